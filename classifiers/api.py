@@ -1,0 +1,105 @@
+"""Jina's wire format as pydantic models, shared by the HTTP ingress and Python handle callers.
+
+Shape errors (wrong types, missing fields) fail here and become 422s; content rules with their own Jina
+error codes (empty or duplicate labels, limits, unknown models) are checked by the service core.
+"""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TextDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="Text content to classify.")
+
+
+class ImageDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="Image as an http(s) URL, base64, or a data: URI.")
+
+
+InputItem = Union[str, TextDoc, ImageDoc]
+
+
+class ClassifyRequest(BaseModel):
+    """Zero-shot (`model` + `labels`) or few-shot (`classifier_id`) classification."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "multilingual-e5-small",
+                    "input": ["Calculate the compound interest on a loan", "Write a haiku about autumn"],
+                    "labels": ["Simple task", "Complex reasoning", "Creative writing"],
+                }
+            ]
+        }
+    )
+
+    model: str | None = Field(default=None, description="Embedding model (zero-shot); see GET /v1/models.")
+    classifier_id: str | None = Field(default=None, description="Few-shot classifier to use instead of labels.")
+    input: InputItem | list[InputItem] = Field(description="A string, {'text'}, {'image'}, or a list of them.")
+    labels: list[str] | dict[str, list[str]] | None = Field(
+        default=None, description="Zero-shot labels: a list, or a dict of named label groups (one prediction each)."
+    )
+
+
+class TextTrainingItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="Input text for training.")
+    label: str = Field(description="Label for the input text.")
+
+
+class ImageTrainingItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="Input image URL or base64 for training.")
+    label: str = Field(description="Label for the input image.")
+
+
+TrainingItem = Union[TextTrainingItem, ImageTrainingItem]
+
+
+class TrainRequest(BaseModel):
+    """Create a classifier (`model` + `input`) or update one (`classifier_id` + `input`)."""
+
+    model: str | None = Field(default=None, description="Embedding model of a new classifier.")
+    classifier_id: str | None = Field(default=None, description="Classifier to update.")
+    access: Literal["public", "private"] = Field(default="public", description="Who may use the new classifier.")
+    input: TrainingItem | list[TrainingItem] = Field(description="Labeled examples.")
+    num_iters: int = Field(default=10, description="How strongly this batch counts (weight num_iters/10).")
+
+
+class PredictionLabel(BaseModel):
+    label: str
+    score: float
+
+
+class ClassificationPrediction(BaseModel):
+    object: Literal["classification"] = "classification"
+    index: int
+    prediction: str | dict[str, str]
+    score: float | dict[str, float]
+    predictions: list[PredictionLabel] | dict[str, list[PredictionLabel]]
+
+
+class Usage(BaseModel):
+    total_tokens: int
+
+
+class ClassificationResponse(BaseModel):
+    data: list[ClassificationPrediction]
+    usage: Usage
+
+
+class TrainingResponse(BaseModel):
+    classifier_id: str
+    num_samples: int
+    usage: Usage
+
+
+class ErrorResponse(BaseModel):
+    code: str
+    detail: str
+    request_id: str

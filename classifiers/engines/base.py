@@ -1,0 +1,38 @@
+"""The encoder interface every backend implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+
+from classifiers.registry import ModelSpec
+
+Role = Literal["input", "label"]
+
+
+class Encoder(ABC):
+    """A loaded embedding model. Not thread-safe: one caller at a time (the deployment serialises batches)."""
+
+    spec: ModelSpec
+    dim: int
+
+    def prefix(self, role: Role) -> str:
+        return self.spec.input_prefix if role == "input" else self.spec.label_prefix
+
+    @abstractmethod
+    def count_tokens(self, texts: list[str], role: Role) -> list[int]:
+        """Exact tokens per text as the model sees it (prefix and special tokens included)."""
+
+    @abstractmethod
+    def encode(self, texts: list[str], role: Role) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised. Texts longer than the window are chunk-pooled."""
+
+    def encode_images(self, images: list) -> np.ndarray:  # overridden by multimodal encoders
+        raise NotImplementedError(f"model {self.spec.name!r} does not embed images")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,55 @@
+"""Turn Jina's flexible `input` field into a flat list of typed items, with the request limits applied."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from classifiers.api import ImageDoc, InputItem, TextDoc
+from classifiers.errors import InputLimitExceeded, InvalidInput, UnsupportedModality
+from classifiers.registry import ModelSpec
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: Literal["text", "image"]
+    value: str
+
+
+def clean_text(text: str) -> str:
+    """Make any JSON string safe for every engine: no lone surrogates, no NUL (C engines stop at NUL)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", " ")
+
+
+def parse_inputs(raw: InputItem | list[InputItem], *, max_inputs: int) -> list[Item]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise InvalidInput("`input` is empty: send at least one text or image")
+    if len(items) > max_inputs:
+        raise InputLimitExceeded(f"{len(items)} inputs in one request; the limit is {max_inputs}")
+    out = []
+    for i, it in enumerate(items):
+        if isinstance(it, ImageDoc):
+            if not it.image.strip():
+                raise InvalidInput(f"input[{i}]: image is empty")
+            out.append(Item("image", it.image.strip()))
+            continue
+        text = it.text if isinstance(it, TextDoc) else it
+        if not text.strip():
+            raise InvalidInput(f"input[{i}]: text is empty")
+        out.append(Item("text", clean_text(text)))
+    return out
+
+
+def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]) -> None:
+    """Refuse inputs the model cannot embed, before any work is scheduled."""
+    for i, it in enumerate(items):
+        if it.kind not in spec.modalities:
+            accepted = ", ".join(image_models) or "none configured"
+            raise UnsupportedModality(
+                f"input[{i}] is an {it.kind}, but model {spec.name!r} embeds only "
+                f"{'/'.join(sorted(spec.modalities))}. Models that accept images: {accepted}"
+            )

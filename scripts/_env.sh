@@ -1,0 +1,24 @@
+# Shared set-up for scripts/serve and scripts/test: one virtual environment in .venv, created on first use.
+# TORCH_SPEC picks the torch build: the default takes the CPU wheel; on a GPU machine install your CUDA
+# build first (`.venv/bin/pip install torch`) or set TORCH_SPEC=torch.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+EXTRAS="${1:-}"
+stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)$EXTRAS"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+if [ ! -f "$stamp" ]; then
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "$TORCH_SPEC"
+  "$VENV/bin/pip" install -q -e ".$EXTRAS"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
+export TOKENIZERS_PARALLELISM=false
