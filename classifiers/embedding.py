@@ -76,3 +76,48 @@ class BatchStats:
             "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
             "requests_per_batch_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
         }
+
+
+# ---- Images (multimodal models): the image side of the same embedding space ----------------------------------
+
+
+@dataclass
+class ImageEmbedRequest:
+    """Image inputs of one request: the raw strings (URL / data URI / base64) and their request positions."""
+
+    values: list[str]
+    positions: list[int]
+
+
+@dataclass
+class ImageEmbedResult:
+    vectors: np.ndarray  # (len(values), dim) float32, rows L2-normalised
+    tokens: list[int] = field(default_factory=list)  # per image (classifiers.images.image_tokens)
+
+
+def embed_image_batch(encoder: Encoder, batch: list[list]) -> list[np.ndarray]:
+    """One model pass for several requests' decoded images; returns each request's (n_i, dim) vectors."""
+    flat = [im for images in batch for im in images]
+    vectors = encoder.encode_images(flat) if flat else np.zeros((0, encoder.dim), np.float32)
+    out, start = [], 0
+    for images in batch:
+        out.append(vectors[start : start + len(images)])
+        start += len(images)
+    return out
+
+
+class ImageBatchStats(BatchStats):
+    """BatchStats for image batches: each request is a list of images (counted under ``texts`` as ``images``)."""
+
+    def record(self, requests: list[list]) -> None:  # type: ignore[override]
+        n = len(requests)
+        self.batches += 1
+        self.requests += n
+        self.texts += sum(len(r) for r in requests)
+        self.max_requests_in_batch = max(self.max_requests_in_batch, n)
+        self.histogram[n] = self.histogram.get(n, 0) + 1
+
+    def snapshot(self) -> dict:
+        snap = super().snapshot()
+        snap["images"] = snap.pop("texts")
+        return snap

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Callable
 
@@ -23,7 +24,9 @@ class TextEmbedder:
         self.spec = ModelSpec(**spec)
         self.config = EmbedderConfig(**config)
         started = time.perf_counter()
-        self.encoder = encoder_loader(self.spec, num_threads=self.config.num_threads, device=self.config.device)
+        # Ray sets OMP_NUM_THREADS=1 in replicas with fractional num_cpus; engines would crawl on one thread.
+        threads = self.config.num_threads or os.cpu_count() or 1
+        self.encoder = encoder_loader(self.spec, num_threads=threads, device=self.config.device)
         logger.info(
             "TextEmbedder %s loaded in %.1fs (dim=%d) with config %s",
             self.spec.name, time.perf_counter() - started, self.encoder.dim, self.config.model_dump_json(),

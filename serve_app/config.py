@@ -33,11 +33,13 @@ class DeploymentConfig(BaseModel):
         default_factory=lambda: {"num_cpus": 0.1}, description="Resources per replica, e.g. {num_cpus: 0.5, num_gpus: 0.25}."
     )
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts concurrently.")
+    access_log: bool = Field(default=False, description="Log every request this deployment handles (Ray Serve access log).")
 
     def serve_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "ray_actor_options": dict(self.ray_actor_options),
             "max_ongoing_requests": self.max_ongoing_requests,
+            "logging_config": {"enable_access_log": self.access_log},
         }
         if self.autoscaling_config:
             opts["autoscaling_config"] = dict(self.autoscaling_config)
@@ -73,6 +75,7 @@ class RouterConfig(DeploymentConfig):
     """The HTTP ingress (ClassifierRouter)."""
 
     max_ongoing_requests: int = Field(default=256, ge=1, description="Requests one router replica handles at once.")
+    access_log: bool = Field(default=True, description="Log every HTTP request with its status, latency and request id.")
     label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per router replica (LRU).")
 
 

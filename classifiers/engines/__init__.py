@@ -20,4 +20,8 @@ def load_encoder(spec: ModelSpec, *, num_threads: int | None = None, device: str
         from classifiers.engines.hf_engine import HFEncoder
 
         return HFEncoder(spec, num_threads=num_threads, device=device)
+    if spec.backend in ("clip", "jina_clip", "open_clip"):
+        from classifiers.engines.clip_engine import load_clip_encoder
+
+        return load_clip_encoder(spec, num_threads=num_threads, device=device)
     raise ValueError(f"backend {spec.backend!r} of model {spec.name!r} has no text encoder here")

@@ -1,0 +1,36 @@
+import pytest
+
+from classifiers.api import ImageDoc, TextDoc
+from classifiers.errors import InputLimitExceeded, InvalidInput, UnsupportedModality
+from classifiers.inputs import Item, check_modalities, clean_text, parse_inputs
+from classifiers.registry import BUILTIN_MODELS
+
+
+def test_all_input_shapes_flatten_to_items():
+    assert parse_inputs("hi", max_inputs=4) == [Item("text", "hi")]
+    assert parse_inputs(TextDoc(text="hi"), max_inputs=4) == [Item("text", "hi")]
+    got = parse_inputs(["a", TextDoc(text="b"), ImageDoc(image=" https://x/y.png ")], max_inputs=4)
+    assert got == [Item("text", "a"), Item("text", "b"), Item("image", "https://x/y.png")]
+
+
+def test_empty_and_too_many_inputs():
+    with pytest.raises(InvalidInput):
+        parse_inputs([], max_inputs=4)
+    with pytest.raises(InvalidInput, match=r"input\[1\]"):
+        parse_inputs(["a", " \n"], max_inputs=4)
+    with pytest.raises(InputLimitExceeded, match="5 inputs"):
+        parse_inputs(["a"] * 5, max_inputs=4)
+
+
+def test_clean_text_removes_what_engines_cannot_take():
+    assert clean_text("a\x00b") == "a b"
+    cleaned = clean_text("x\ud800y")
+    cleaned.encode("utf-8")  # no lone surrogate left
+    assert cleaned.startswith("x") and cleaned.endswith("y")
+    assert clean_text("日本語 😀") == "日本語 😀"
+
+
+def test_images_refused_by_text_models_naming_image_models():
+    spec = next(s for s in BUILTIN_MODELS if s.name == "all-MiniLM-L6-v2")
+    with pytest.raises(UnsupportedModality, match=r"input\[1\].*jina-clip-v2"):
+        check_modalities([Item("text", "a"), Item("image", "u")], spec, ["jina-clip-v2"])

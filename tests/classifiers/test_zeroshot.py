@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from classifiers.errors import InvalidLabels, LabelLimitExceeded
+from classifiers.limits import Limits
+from classifiers.zeroshot import parse_labels, predictions, score, softmax
+
+
+def test_softmax_is_a_distribution_and_stable_for_large_logits():
+    p = softmax(np.array([[1000.0, 999.0, -1000.0]]))
+    assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0)
+    assert p[0, 0] > p[0, 1] > p[0, 2]
+
+
+def test_score_scale_sharpens_without_changing_the_ranking():
+    x = np.array([[1.0, 0.0]])
+    labels = np.array([[0.9, np.sqrt(1 - 0.81)], [0.5, np.sqrt(0.75)]])
+    soft, sharp = score(x, labels, 1.0), score(x, labels, 100.0)
+    assert soft.argmax() == sharp.argmax() == 0
+    assert sharp[0, 0] > soft[0, 0]
+
+
+def test_flat_labels_and_groups_parse():
+    flat = parse_labels(["a", "b"], Limits())
+    assert not flat.grouped and flat.groups == {None: ["a", "b"]}
+    grouped = parse_labels({"g1": ["a", "b"], "g2": ["b", "c"]}, Limits())
+    assert grouped.grouped and grouped.unique() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "labels, err",
+    [
+        (None, InvalidLabels),
+        ([], InvalidLabels),
+        (["a"], InvalidLabels),
+        (["a", " "], InvalidLabels),
+        (["a", "a"], InvalidLabels),
+        ({}, InvalidLabels),
+        ({" ": ["a", "b"]}, InvalidLabels),
+        ({"g": ["a"]}, InvalidLabels),
+        (["l%d" % i for i in range(5)], LabelLimitExceeded),
+        ({"g%d" % i: ["a", "b"] for i in range(3)}, LabelLimitExceeded),
+        ({"g": ["l%d" % i for i in range(4)]}, LabelLimitExceeded),
+    ],
+)
+def test_bad_labels_raise_typed_errors(labels, err):
+    with pytest.raises(err):
+        parse_labels(labels, Limits(max_labels=4, max_label_groups=2, max_labels_per_group=3))
+
+
+def test_predictions_keep_label_order_and_pick_the_best():
+    vecs = {"x": np.array([1.0, 0.0]), "y": np.array([0.0, 1.0])}
+    inputs = np.array([[0.0, 1.0], [1.0, 0.0]])
+    out = predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, 10.0)
+    assert [o.prediction for o in out] == ["y", "x"]
+    assert [p.label for p in out[0].predictions] == ["x", "y"]
+    grouped = predictions(inputs, parse_labels({"g": ["x", "y"], "h": ["y", "x"]}, Limits()), vecs, 10.0)
+    assert grouped[0].prediction == {"g": "y", "h": "y"} and grouped[1].score["h"] == pytest.approx(grouped[1].score["g"])

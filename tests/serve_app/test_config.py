@@ -1,0 +1,42 @@
+import pytest
+from pydantic import ValidationError
+
+from serve_app.app import build_app
+from serve_app.config import AppConfig, EmbedderConfig, load_config
+
+
+def test_defaults_serve_both_embedded_models():
+    cfg = load_config(env={})
+    assert cfg.models == ["multilingual-e5-small", "all-MiniLM-L6-v2"]
+    assert cfg.embedder_config("all-MiniLM-L6-v2").max_ongoing_requests >= cfg.text_embedder.max_batch_size
+
+
+def test_yaml_then_args_then_env_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("models: [all-MiniLM-L6-v2]\ntext_embedder: {max_batch_size: 8, max_ongoing_requests: 16}\nport: 9000\n")
+    cfg = load_config({"port": 9100}, config_file=str(f), env={"CLASSIFIER__TEXT_EMBEDDER__MAX_BATCH_SIZE": "12"})
+    assert cfg.models == ["all-MiniLM-L6-v2"] and cfg.port == 9100 and cfg.text_embedder.max_batch_size == 12
+    cfg = load_config(env={"CLASSIFIER_CONFIG": str(f), "CLASSIFIER__MODELS": "[multilingual-e5-small]"})
+    assert cfg.models == ["multilingual-e5-small"] and cfg.port == 9000
+
+
+def test_per_model_overrides_and_serve_options():
+    cfg = AppConfig(
+        models=["all-MiniLM-L6-v2"],
+        embedder_overrides={"all-MiniLM-L6-v2": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}, "ray_actor_options": {"num_gpus": 0.5}}},
+    )
+    opts = cfg.embedder_config("all-MiniLM-L6-v2").serve_options()
+    assert "num_replicas" not in opts and opts["autoscaling_config"]["max_replicas"] == 4
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.5}
+    assert build_app(config=cfg) is not None
+
+
+def test_validators_name_the_bad_value():
+    with pytest.raises(ValidationError, match="max_ongoing_requests=4 is below max_batch_size=32"):
+        EmbedderConfig(max_ongoing_requests=4)
+    with pytest.raises(ValidationError, match="not in the model table"):
+        AppConfig(models=["nope"])
+    with pytest.raises(ValidationError, match="not one of the served models"):
+        AppConfig(models=["all-MiniLM-L6-v2"], embedder_overrides={"multilingual-e5-small": {}})
+    with pytest.raises(ValidationError):
+        AppConfig(unknown_field=1)
