@@ -258,3 +258,88 @@ class OnlinePA:
         if len(inv) == 1:
             return np.full(len(X), inv[0])
         return inv[np.argmax(X @ self.W.T + self.b, axis=1)]
+
+
+# ------------------------------------------------------------------------------------ stream protocol
+@dataclass
+class Task:
+    """One classification task on cached embeddings: class indices into ``names`` (local order)."""
+
+    name: str
+    names: list[str]  # class names (local index -> name)
+    Xtr: np.ndarray
+    ytr: np.ndarray
+    Xte: np.ndarray
+    yte: np.ndarray
+    L: np.ndarray  # (K, D) label vectors of the names turned into words, registry prompt
+    L_opaque: np.ndarray  # (K, D) label vectors of opaque ids (c00, c01, ...), registry prompt
+
+
+METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids", "logreg", "NCM", "PA")
+PROB_METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids")
+
+
+def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_scale: float, C: float,
+               batch_size: int = 8, num_iters: int = 10, learner_config=None, pa_seed: int = 0) -> dict:
+    """Feed the task's training examples in ``perm`` order, in batches, to every online method; at each
+    checkpoint k evaluate all methods on the test examples of the classes seen so far (the label set the
+    few-shot classifier knows), with the same label set for zero-shot and the batch baselines.
+
+    Returns {metric: {method: array over checkpoints}} for metrics acc, f1, nll, ece, plus ``classes`` and
+    ``coverage`` (fraction of the task's test examples whose class is known at k).
+    """
+    from classifiers.fewshot import FewShotLearner
+
+    dim = task.Xtr.shape[1]
+    weight = num_iters / 10.0
+    learners = {
+        "ours": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), task.L),
+        "ours, no prior": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), None),
+        "ours, opaque ids": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), task.L_opaque),
+    }
+    pa = OnlinePA(dim, seed=pa_seed)
+    out = {m: {k: np.full(len(checkpoints), np.nan) for k in METHODS} for m in ("acc", "f1", "nll", "ece")}
+    out["classes"] = np.zeros(len(checkpoints))
+    out["coverage"] = np.zeros(len(checkpoints))
+    seen_in_learner: set[int] = set()
+    pos = 0
+    for ci, k in enumerate(checkpoints):
+        k = min(k, len(perm))
+        while pos < k:
+            sel = perm[pos : min(pos + batch_size, k)]
+            pos += len(sel)
+            names = [task.names[j] for j in task.ytr[sel]]
+            new = {int(j) for j in task.ytr[sel]} - seen_in_learner
+            seen_in_learner |= new
+            for lrn, Lv in learners.values():
+                lv = None if Lv is None else {task.names[j]: Lv[j] for j in new}
+                lrn.update(task.Xtr[sel], names, weight=weight, label_vectors=lv)
+            pa.partial_fit(task.Xtr[sel], task.ytr[sel], num_iters=num_iters)
+        seen = perm[:k]
+        known = np.unique(task.ytr[seen])
+        mask = np.isin(task.yte, known)
+        Xt, yt = task.Xte[mask], task.yte[mask]
+        out["classes"][ci] = len(known)
+        out["coverage"][ci] = mask.mean()
+        pos_of = {c: i for i, c in enumerate(known)}
+        yl = np.array([pos_of[c] for c in yt])  # test labels as positions in `known`
+
+        def record(method, pred_global, probs_known=None):
+            out["acc"][method][ci] = accuracy(yt, pred_global)
+            out["f1"][method][ci] = macro_f1(yt, pred_global, len(task.names))
+            if probs_known is not None:
+                out["nll"][method][ci] = nll(probs_known, yl)
+                out["ece"][method][ci] = ece(probs_known, yl)
+
+        P = zero_shot_probs(Xt, task.L[known], score_scale)
+        record("zero-shot", known[P.argmax(1)], P)
+        for method, (lrn, _) in learners.items():
+            order = np.array([task.names.index(n) for n in lrn.labels])  # learner columns -> class ids
+            probs = lrn.predict_proba(Xt)
+            cols = np.argsort(order)  # reorder to `known` (sorted ids)
+            record(method, order[probs.argmax(1)], probs[:, cols])
+        Xs, ys = task.Xtr[seen], task.ytr[seen]
+        record("logreg", logreg_fit_predict(Xs, ys, Xt, C))
+        record("NCM", ncm_predict(Xs, ys, Xt, len(task.names)))
+        record("PA", pa.predict(Xt))
+    return out

@@ -26,7 +26,8 @@ the HTTP library):
 6. the bytes must decode as one of ``allowed_formats`` (format plugins such as EPS, which would run
    Ghostscript, are never consulted); the pixel count from the header is checked against ``max_pixels``
    before any pixel is decoded (PIL's own decompression-bomb guard stays on as a backstop); ``verify()`` then a
-   full ``load()`` must succeed; the result is converted to RGB (transparency composited on white).
+   full ``load()`` must succeed; the EXIF orientation is applied and the result converted to RGB (transparency
+   composited on white).
 
 Base64 and data-URI images get the same byte cap, format and pixel checks. :func:`load_images` loads a request's
 images concurrently (bounded per process by ``max_concurrency``) and raises
@@ -184,10 +185,9 @@ def address_problem(ip: IPAddress) -> str | None:
             embedded = ipaddress.IPv4Address(ip.packed[-4:])
         elif ip in _NAT64_LOCAL:
             return "a local-use NAT64 address"
-        if embedded is not None:
+        if embedded is not None:  # the IPv4 address the packets really go to decides
             inner = address_problem(embedded)
-            if inner is not None:
-                return f"an IPv6 address embedding {inner}"
+            return None if inner is None else f"an IPv6 address embedding {inner}"
     if ip.is_loopback:
         return "a loopback address"
     if ip.is_link_local:
@@ -198,10 +198,10 @@ def address_problem(ip: IPAddress) -> str | None:
         return "an unspecified address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_CGNAT:
         return "a shared (CGNAT) address"
-    if ip.is_private:
-        return "a private address"
     if ip.is_reserved:
         return "a reserved address"
+    if ip.is_private:
+        return "a private address"
     if not ip.is_global:
         return "a non-public address"
     return None
@@ -327,6 +327,7 @@ def decode_image(data: bytes, config: ImageFetchConfig):
             probe.verify()
         image = Image.open(BytesIO(data), formats=formats)
         image.load()
+        image = _upright(image)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
@@ -340,11 +341,25 @@ def decode_image(data: bytes, config: ImageFetchConfig):
     return _to_rgb(image)
 
 
+def _upright(image):
+    """Apply the EXIF orientation (phone photos), so the model sees the image the way a viewer shows it."""
+    from PIL import ImageOps
+
+    try:
+        if image.getexif().get(0x0112, 1) in (1, None):
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block is not worth failing the image for
+        return image
+
+
 def _to_rgb(image):
     from PIL import Image
 
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit greyscale: scale, don't saturate at 255
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -473,8 +488,10 @@ async def fetch_url(value: str, config: ImageFetchConfig) -> bytes:
     headers = {"User-Agent": config.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"}
     timeout = httpx.Timeout(config.timeout_s)
     verify = _ssl_context(config.ca_bundle)
+    # No keep-alive: a connection verified for one name is never reused for another name on the same IP.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
     async with httpx.AsyncClient(
-        trust_env=False, follow_redirects=False, timeout=timeout, verify=verify, headers=headers
+        trust_env=False, follow_redirects=False, timeout=timeout, verify=verify, headers=headers, limits=limits
     ) as client:
         for hop in range(config.max_redirects + 1):
             addresses = await _vetted_addresses(url, config)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from classifiers.api import ImageDoc, InputItem, TextDoc
-from classifiers.errors import InputLimitExceeded, InvalidInput, UnsupportedModality
+from classifiers.api import ImageDoc, ImageTrainingItem, InputItem, TextDoc, TrainingItem
+from classifiers.errors import InputLimitExceeded, InvalidInput, InvalidLabels, UnsupportedModality
 from classifiers.registry import ModelSpec
 
 
@@ -53,3 +53,27 @@ def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]
                 f"input[{i}] is an {it.kind}, but model {spec.name!r} embeds only "
                 f"{'/'.join(sorted(spec.modalities))}. Models that accept images: {accepted}"
             )
+
+
+def parse_training_items(raw: TrainingItem | list[TrainingItem], *, max_items: int) -> tuple[list[Item], list[str]]:
+    """Labeled examples -> (items, labels). Labels are cleaned like texts and must not be empty."""
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise InvalidInput("`input` is empty: send at least one labeled example")
+    if len(items) > max_items:
+        raise InputLimitExceeded(f"{len(items)} training examples in one request; the limit is {max_items}")
+    out, labels = [], []
+    for i, it in enumerate(items):
+        label = clean_text(it.label)
+        if not label.strip():
+            raise InvalidLabels(f"input[{i}]: label is empty")
+        if isinstance(it, ImageTrainingItem):
+            if not it.image.strip():
+                raise InvalidInput(f"input[{i}]: image is empty")
+            out.append(Item("image", it.image.strip()))
+        else:
+            if not it.text.strip():
+                raise InvalidInput(f"input[{i}]: text is empty")
+            out.append(Item("text", clean_text(it.text)))
+        labels.append(label)
+    return out, labels

@@ -16,6 +16,7 @@ from classifiers.api import ClassificationResponse, ClassifyRequest, Usage
 from classifiers.embedding import EmbedRequest, EmbedResult
 from classifiers.engines.base import Role
 from classifiers.errors import InputTooLong, InvalidInput
+from classifiers.fewshot_service import Classifiers, FewShotMixin
 from classifiers.inputs import Item, check_modalities, parse_inputs
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, Registry
@@ -54,16 +55,20 @@ class LabelCache:
         return {"size": len(self._data), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
 
 
-class ClassificationService:
-    def __init__(self, *, registry: Registry, limits: Limits, embed: EmbedFn, label_cache_size: int = 20000):
+class ClassificationService(FewShotMixin):
+    def __init__(
+        self, *, registry: Registry, limits: Limits, embed: EmbedFn, label_cache_size: int = 20000,
+        classifiers: Classifiers | None = None,
+    ):
         self.registry = registry
         self.limits = limits
         self._embed = embed
         self.label_cache = LabelCache(label_cache_size)
+        self.classifiers = classifiers
 
-    async def classify(self, req: ClassifyRequest) -> ClassificationResponse:
+    async def classify(self, req: ClassifyRequest, caller: str = "anonymous") -> ClassificationResponse:
         if req.classifier_id is not None:
-            raise InvalidInput("few-shot classification by classifier_id is not available in this deployment")
+            return await self.classify_fewshot(req, caller)
         if req.model is None:
             raise InvalidInput("zero-shot classification needs `model` and `labels`")
         spec = self.registry.get(req.model)
@@ -71,7 +76,7 @@ class ClassificationService:
         check_modalities(items, spec, self.registry.with_image_support())
         label_set = parse_labels(req.labels, self.limits)
         (vectors, input_tokens), (label_vectors, label_tokens) = await asyncio.gather(
-            self.embed_items(spec, items), self._label_vectors(spec, label_set.unique())
+            self.embed_items(spec, items), self.label_vectors(spec, label_set.unique())
         )
         data = predictions(vectors, label_set, label_vectors, spec.score_scale)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=input_tokens + label_tokens))
@@ -89,7 +94,7 @@ class ClassificationService:
             )
         return result.vectors, int(sum(result.tokens))
 
-    async def _label_vectors(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    async def label_vectors(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
         texts = {lab: spec.label_template.replace("{label}", lab) for lab in labels}
         found: dict[str, tuple[np.ndarray, int]] = {}
         missing = []

@@ -83,8 +83,16 @@ def predictions(
     for name, labels in label_set.groups.items():
         mat = np.stack([vectors[lab] for lab in labels])
         per_group[name] = (labels, score(inputs, mat, scale))
+    return build_predictions(per_group, grouped=label_set.grouped)
+
+
+def build_predictions(
+    per_group: dict[str | None, tuple[list[str], np.ndarray]], *, grouped: bool
+) -> list[ClassificationPrediction]:
+    """Result objects from per-group (labels, (N, L) probabilities); group None means a flat label list."""
+    n = next(iter(per_group.values()))[1].shape[0]
     out = []
-    for i in range(inputs.shape[0]):
+    for i in range(n):
         fields = {}
         for name, (labels, probs) in per_group.items():
             p = probs[i]
@@ -94,7 +102,7 @@ def predictions(
                 float(p[best]),
                 [PredictionLabel(label=lab, score=float(s)) for lab, s in zip(labels, p)],
             )
-        if label_set.grouped:
+        if grouped:
             out.append(
                 ClassificationPrediction(
                     index=i,

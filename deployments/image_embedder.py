@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Callable
 
@@ -52,7 +53,9 @@ class ImageEmbedder:
         self.config = EmbedderConfig(**config)
         self.fetch_config = ImageFetchConfig(**(images or {}))
         started = time.perf_counter()
-        self.encoder = encoder_loader(self.spec, num_threads=self.config.num_threads, device=self.config.device)
+        # Ray sets OMP_NUM_THREADS=1 in replicas with fractional num_cpus; engines would crawl on one thread.
+        threads = self.config.num_threads or os.cpu_count() or 1
+        self.encoder = encoder_loader(self.spec, num_threads=threads, device=self.config.device)
         logger.info(
             "ImageEmbedder %s loaded in %.1fs (dim=%d) with config %s, image fetching %s",
             self.spec.name, time.perf_counter() - started, self.encoder.dim, self.config.model_dump_json(),

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from classifiers.limits import Limits
 from classifiers.registry import BUILTIN_MODELS, ModelSpec, Registry, build_registry
@@ -79,6 +79,30 @@ class RouterConfig(DeploymentConfig):
     label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per router replica (LRU).")
 
 
+class StateConfig(BaseModel):
+    """Few-shot classifier state: the shard actors and the durable store behind them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_url: str = Field(
+        default="./data/classifiers",
+        description="Where classifier state is persisted: a local directory (default; resolved to an absolute path "
+        "at start) or an fsspec URL such as s3://bucket/prefix or gs://bucket/prefix for clusters.",
+    )
+    num_shards: int = Field(default=4, ge=1, description="Named state-shard actors classifier ids are hashed onto.")
+    num_cpus: float = Field(default=0.05, ge=0, description="CPU reserved per shard actor.")
+    capacity: int = Field(default=2000, ge=1, description="Classifiers a shard keeps in memory (LRU; rest reload from the store).")
+    usage_flush_s: float = Field(default=5.0, gt=0, description="How often use counters (used_number/used_at) are persisted.")
+    detached: bool = Field(
+        default=True, description="Shard actors outlive the router replicas that created them (kept across app redeploys)."
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+
 class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +118,7 @@ class AppConfig(BaseModel):
     embedder_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-model changes to `text_embedder`, keyed by model name."
     )
+    state: StateConfig = Field(default_factory=StateConfig, description="Few-shot classifier state.")
 
     @model_validator(mode="after")
     def _models_known(self):

@@ -21,6 +21,15 @@ logger = logging.getLogger("ray.serve")
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
+ANONYMOUS = "anonymous"
+
+
+def principal_of(authorization: str | None) -> str:
+    """Who is calling: the owner recorded in classifier state. The seam for API keys (accounts issue):
+    until keys exist every caller is the single anonymous owner."""
+    return ANONYMOUS
+
+
 def request_id_of(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 

