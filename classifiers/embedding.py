@@ -50,20 +50,21 @@ def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedRes
 
 
 class BatchStats:
-    """What batching achieved: how many requests and texts each model call carried."""
+    """What batching achieved: how many requests and items (texts or images) each model call carried."""
 
-    def __init__(self):
+    def __init__(self, item: str = "texts"):
+        self.item = item
         self.batches = 0
         self.requests = 0
-        self.texts = 0
+        self.items = 0
         self.max_requests_in_batch = 0
         self.histogram: dict[int, int] = {}  # requests per batch -> number of batches
 
-    def record(self, requests: list[EmbedRequest]) -> None:
-        n = len(requests)
+    def record(self, items_per_request: list[int]) -> None:
+        n = len(items_per_request)
         self.batches += 1
         self.requests += n
-        self.texts += sum(len(r.texts) for r in requests)
+        self.items += sum(items_per_request)
         self.max_requests_in_batch = max(self.max_requests_in_batch, n)
         self.histogram[n] = self.histogram.get(n, 0) + 1
 
@@ -71,7 +72,7 @@ class BatchStats:
         return {
             "batches": self.batches,
             "requests": self.requests,
-            "texts": self.texts,
+            self.item: self.items,
             "max_requests_in_batch": self.max_requests_in_batch,
             "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
             "requests_per_batch_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
@@ -104,20 +105,3 @@ def embed_image_batch(encoder: Encoder, batch: list[list]) -> list[np.ndarray]:
         out.append(vectors[start : start + len(images)])
         start += len(images)
     return out
-
-
-class ImageBatchStats(BatchStats):
-    """BatchStats for image batches: each request is a list of images (counted under ``texts`` as ``images``)."""
-
-    def record(self, requests: list[list]) -> None:  # type: ignore[override]
-        n = len(requests)
-        self.batches += 1
-        self.requests += n
-        self.texts += sum(len(r) for r in requests)
-        self.max_requests_in_batch = max(self.max_requests_in_batch, n)
-        self.histogram[n] = self.histogram.get(n, 0) + 1
-
-    def snapshot(self) -> dict:
-        snap = super().snapshot()
-        snap["images"] = snap.pop("texts")
-        return snap

@@ -12,7 +12,6 @@ class Limits(BaseModel):
     max_label_groups: int = Field(default=8, gt=0, description="Label groups in a dict of groups.")
     max_labels_per_group: int = Field(default=64, gt=1, description="Labels in one label group.")
     max_input_tokens: int = Field(default=8192, gt=0, description="Tokens per input text (and per label).")
-    max_image_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="Bytes per image (Jina: 8 MB).")
     max_train_items: int = Field(default=1024, gt=0, description="Labeled examples per /train request.")
     max_classes: int = Field(default=16, gt=1, description="Distinct labels (classes) per few-shot classifier.")
     max_classifiers_per_owner: int = Field(default=16, gt=0, description="Few-shot classifiers one owner may keep.")

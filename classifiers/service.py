@@ -13,8 +13,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from classifiers.api import ClassificationResponse, ClassifyRequest, Usage
-from classifiers.embedding import EmbedRequest, EmbedResult
-from classifiers.engines.base import Role
+from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.errors import InputTooLong, InvalidInput
 from classifiers.fewshot_service import Classifiers, FewShotMixin
 from classifiers.inputs import Item, check_modalities, parse_inputs
@@ -23,6 +22,7 @@ from classifiers.registry import ModelSpec, Registry
 from classifiers.zeroshot import parse_labels, predictions
 
 EmbedFn = Callable[[str, EmbedRequest], Awaitable[EmbedResult]]
+ImageEmbedFn = Callable[[str, ImageEmbedRequest], Awaitable[ImageEmbedResult]]
 
 
 class LabelCache:
@@ -58,11 +58,12 @@ class LabelCache:
 class ClassificationService(FewShotMixin):
     def __init__(
         self, *, registry: Registry, limits: Limits, embed: EmbedFn, label_cache_size: int = 20000,
-        classifiers: Classifiers | None = None,
+        classifiers: Classifiers | None = None, embed_images: ImageEmbedFn | None = None,
     ):
         self.registry = registry
         self.limits = limits
         self._embed = embed
+        self._embed_images = embed_images
         self.label_cache = LabelCache(label_cache_size)
         self.classifiers = classifiers
 
@@ -82,16 +83,40 @@ class ClassificationService(FewShotMixin):
         return ClassificationResponse(data=data, usage=Usage(total_tokens=input_tokens + label_tokens))
 
     async def embed_items(self, spec: ModelSpec, items: list[Item]) -> tuple[np.ndarray, int]:
-        """Embed checked input items; returns (N, D) vectors and the total tokens used."""
-        return await self._embed_texts(spec, [it.value for it in items], "input", "input")
+        """Embed checked input items in request order; returns (N, D) vectors and the total tokens used.
 
-    async def _embed_texts(self, spec: ModelSpec, texts: list[str], role: Role, what: str) -> tuple[np.ndarray, int]:
-        result = await self._embed(spec.name, EmbedRequest(texts, role, self.limits.max_input_tokens))
+        Texts and images of one request go to the model's embedder concurrently (images: fetched and decoded
+        there, outside the model's batch loop); errors name the item's position in the request."""
+        texts = [i for i, it in enumerate(items) if it.kind == "text"]
+        images = [i for i, it in enumerate(items) if it.kind == "image"]
+        jobs = []
+        if texts:
+            jobs.append(self._embed_texts(spec, [items[i].value for i in texts], texts))
+        if images:
+            jobs.append(self._embed_image_items(spec, [items[i].value for i in images], images))
+        parts = await asyncio.gather(*jobs)
+        out: np.ndarray | None = None
+        tokens = 0
+        for positions, (vectors, n) in zip([p for p in (texts, images) if p], parts):
+            if out is None:
+                out = np.empty((len(items), vectors.shape[1]), np.float32)
+            out[positions] = vectors
+            tokens += n
+        return out, tokens
+
+    async def _embed_texts(self, spec: ModelSpec, texts: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
+        result = await self._embed(spec.name, EmbedRequest(texts, "input", self.limits.max_input_tokens))
         if result.too_long is not None:
             i = result.too_long
             raise InputTooLong(
-                f"{what}[{i}] has {result.tokens[i]} tokens; the limit is {self.limits.max_input_tokens} per {what}"
+                f"input[{positions[i]}] has {result.tokens[i]} tokens; the limit is {self.limits.max_input_tokens} per input"
             )
+        return result.vectors, int(sum(result.tokens))
+
+    async def _embed_image_items(self, spec: ModelSpec, values: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
+        if self._embed_images is None:
+            raise InvalidInput("image inputs are not enabled in this deployment")
+        result = await self._embed_images(spec.name, ImageEmbedRequest(values, positions))
         return result.vectors, int(sum(result.tokens))
 
     async def label_vectors(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:

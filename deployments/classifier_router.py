@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from classifiers.api import ClassificationResponse, ClassifyRequest, TrainingResponse, TrainRequest
-from classifiers.embedding import EmbedRequest, EmbedResult
+from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.service import ClassificationService
 from classifiers.fewshot_service import Classifiers
 from deployments.classifier_state import ShardClient
@@ -38,11 +38,15 @@ class ClassifierRouter:
             embed=self._embed,
             label_cache_size=self.config.router.label_cache_size,
             classifiers=Classifiers(self.shards),
+            embed_images=self._embed_images,
         )
         logger.info("ClassifierRouter config: %s", self.config.model_dump_json())
 
     async def _embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         return await self._embedders[model].embed.remote(request)
+
+    async def _embed_images(self, model: str, request: ImageEmbedRequest) -> ImageEmbedResult:
+        return await self._embedders[model].embed_images.remote(request)
 
     @api.post("/v1/classify", response_model=ClassificationResponse, response_model_exclude_none=True)
     async def classify(

@@ -22,7 +22,6 @@ from classifiers.embedding import (
     BatchStats,
     EmbedRequest,
     EmbedResult,
-    ImageBatchStats,
     ImageEmbedRequest,
     ImageEmbedResult,
     embed_batch,
@@ -64,15 +63,15 @@ class ImageEmbedder:
         for method in (self._batch, self._image_batch):
             method.set_max_batch_size(self.config.max_batch_size)
             method.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self._stats = BatchStats()
-        self._image_stats = ImageBatchStats()
+        self._stats = BatchStats("texts")
+        self._image_stats = BatchStats("images")
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         return await self._batch(request)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        self._stats.record(requests)
+        self._stats.record([len(r.texts) for r in requests])
         return await asyncio.to_thread(embed_batch, self.encoder, requests)
 
     async def embed_images(self, request: ImageEmbedRequest) -> ImageEmbedResult:
@@ -85,7 +84,7 @@ class ImageEmbedder:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _image_batch(self, batch: list[list]) -> list:
-        self._image_stats.record(batch)
+        self._image_stats.record([len(images) for images in batch])
         return await asyncio.to_thread(embed_image_batch, self.encoder, batch)
 
     def stats(self) -> dict:

@@ -40,7 +40,7 @@ class TextEmbedder:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        self._stats.record(requests)
+        self._stats.record([len(r.texts) for r in requests])
         # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).
         return await asyncio.to_thread(embed_batch, self.encoder, requests)
 

@@ -4,22 +4,27 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.classifier_router import ClassifierRouter
+from deployments.image_embedder import ImageEmbedder
 from deployments.text_embedder import TextEmbedder
 from serve_app.config import AppConfig, load_config
 
 
-def embedder_deployment_name(model: str) -> str:
-    return f"TextEmbedder-{model}"
-
-
 def build_app(args: dict | None = None, *, config: AppConfig | None = None) -> Application:
-    """Bind the router to one TextEmbedder deployment per served model, each configured on its own."""
+    """Bind the router to one embedder deployment per served model, each configured on its own.
+
+    Text models get a TextEmbedder-<model>; multimodal models an ImageEmbedder-<model>, which embeds both
+    their texts and their images so the two share one space."""
     cfg = config or load_config(args)
     registry = cfg.registry()
     embedders = {}
     for name in cfg.models:
-        ecfg = cfg.embedder_config(name)
-        embedders[name] = TextEmbedder.options(name=embedder_deployment_name(name), **ecfg.serve_options()).bind(
-            registry.get(name).model_dump(), ecfg.model_dump()
-        )
+        spec, ecfg = registry.get(name), cfg.embedder_config(name)
+        if "image" in spec.modalities:
+            embedders[name] = ImageEmbedder.options(name=f"ImageEmbedder-{name}", **ecfg.serve_options()).bind(
+                spec.model_dump(), ecfg.model_dump(), cfg.images.model_dump()
+            )
+        else:
+            embedders[name] = TextEmbedder.options(name=f"TextEmbedder-{name}", **ecfg.serve_options()).bind(
+                spec.model_dump(), ecfg.model_dump()
+            )
     return ClassifierRouter.options(**cfg.router.serve_options()).bind(embedders, cfg.model_dump(mode="json"))

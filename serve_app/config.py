@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from classifiers.images import ImageFetchConfig
 from classifiers.limits import Limits
 from classifiers.registry import BUILTIN_MODELS, ModelSpec, Registry, build_registry
 
@@ -114,11 +115,16 @@ class AppConfig(BaseModel):
     aliases: dict[str, str] = Field(default_factory=dict, description="Extra API names -> served model names.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="ClassifierRouter deployment.")
-    text_embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Defaults for every embedder.")
+    text_embedder: EmbedderConfig = Field(
+        default_factory=EmbedderConfig, description="Defaults for every embedder deployment (text and image models)."
+    )
     embedder_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-model changes to `text_embedder`, keyed by model name."
     )
     state: StateConfig = Field(default_factory=StateConfig, description="Few-shot classifier state.")
+    images: ImageFetchConfig = Field(
+        default_factory=ImageFetchConfig, description="How image inputs are fetched and decoded (docs/images.md)."
+    )
 
     @model_validator(mode="after")
     def _models_known(self):

@@ -60,11 +60,37 @@ def deploy(cfg):
 
 
 @pytest.fixture(scope="session")
-def app_config(tmp_path_factory):
-    from serve_app.config import load_config
+def image_server():
+    """Serves test images (and hostile routes) on 127.0.0.1; the app allowlists only this server's port."""
+    from tests.image_server import _Server
+
+    server = _Server()
+    flowers = SHARED_DATA / "images"
+    if flowers.is_dir():
+        for path in sorted(flowers.glob("*/*.jpg"))[:5]:
+            server.files[f"{path.parent.name}-{path.name}"] = path.read_bytes()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def app_config(tmp_path_factory, image_server):
+    """Both embedded text models plus a tiny random CLIP (saved to disk, loaded through the real code)."""
+    from serve_app.config import DEFAULT_MODELS, load_config
+    from tests.clip_fixture import make_tiny_clip, tiny_clip_spec
 
     store = tmp_path_factory.mktemp("classifier-store")
-    return load_config({"port": free_port(), "state": {"store_url": str(store), "num_shards": 2}}, env={})
+    clip_dir = make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return load_config(
+        {
+            "port": free_port(),
+            "models": [*DEFAULT_MODELS, "tiny-clip"],
+            "extra_models": [tiny_clip_spec(clip_dir).model_dump()],
+            "state": {"store_url": str(store), "num_shards": 2},
+            "images": {"allow_hosts": [f"127.0.0.1:{image_server.port}"], "timeout_s": 5},
+        },
+        env={},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -183,5 +183,5 @@ def test_models_health_ready(http):
     assert http.get("/health").json() == {"status": "ok"}
     assert http.get("/live").status_code == 200
     ready = http.get("/ready")
-    assert ready.status_code == 200 and set(ready.json()["models"]) == {"multilingual-e5-small", "all-MiniLM-L6-v2"}
+    assert ready.status_code == 200 and {"multilingual-e5-small", "all-MiniLM-L6-v2"} <= set(ready.json()["models"])
     assert "/v1/classify" in http.get("/openapi.json").json()["paths"]

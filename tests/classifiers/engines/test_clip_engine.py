@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifiers.embedding import ImageBatchStats, embed_image_batch
+from classifiers.embedding import BatchStats, embed_image_batch
 from classifiers.engines import load_encoder
 from classifiers.engines.clip_engine import CLIPEncoder, open_clip_name
 from tests.clip_fixture import TINY_DIM, make_tiny_clip, tiny_clip_spec
@@ -91,8 +91,8 @@ def test_embed_image_batch_splits_per_request(encoder):
     parts = embed_image_batch(encoder, [imgs[:2], [], imgs[2:]])
     assert [p.shape[0] for p in parts] == [2, 0, 3]
     np.testing.assert_allclose(np.vstack([parts[0], parts[2]]), encoder.encode_images(imgs), atol=1e-5)
-    stats = ImageBatchStats()
-    stats.record([imgs[:2], imgs[2:]])
+    stats = BatchStats("images")
+    stats.record([2, 3])
     assert stats.snapshot()["images"] == 5 and stats.snapshot()["requests"] == 2
 
 
