@@ -39,7 +39,7 @@ class ModelSpec(BaseModel):
     )
     max_tokens: int = Field(
         gt=0, description="The model's own window in tokens; longer inputs are embedded window by window and "
-        "mean-pooled (see docs/limits.md)."
+        "mean-pooled (chunk pooling; README, Models)."
     )
     dim: int | None = Field(default=None, description="Embedding dimension, if known before loading.")
     pooling: Literal["mean", "cls"] = Field(default="mean", description="Token pooling for `hf` models.")
@@ -50,12 +50,12 @@ class ModelSpec(BaseModel):
     )
     score_scale: float = Field(
         gt=0, description="Zero-shot scores are softmax(score_scale * cosine similarity): the inverse "
-        "temperature, fitted per model so that scores are calibrated (docs/scoring.md)."
+        "temperature, fitted per model so that scores are calibrated (docs/eval/report.md)."
     )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the Hub (Jina models need it).")
     task: str | None = Field(default=None, description="Task adapter for models that have them (jina-embeddings-v3).")
     image_tokens: int = Field(
-        default=0, ge=0, description="Tokens charged per image (multimodal models only; docs/usage.md)."
+        default=0, ge=0, description="Tokens charged per image (multimodal models only; docs/images.md)."
     )
     description: str = Field(default="", description="Shown in /v1/models.")
 

@@ -2,7 +2,7 @@
 
 Scores are a probability distribution over the labels of a group: ``softmax(scale * cos(x, label))``.
 ``scale`` is the model's inverse temperature from the registry, fitted so that scores are calibrated on
-real data (docs/scoring.md). With label groups, each group gets its own distribution and prediction.
+real data (docs/eval/report.md). With label groups, each group gets its own distribution and prediction.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,15 @@ class ClassifierShard:
         return self.book.flush_usage()
 
     async def stats(self) -> dict:
-        return {"shard": self.index, **self.book.stats()}
+        return {"shard": self.index, "rss_bytes": _rss_bytes(), **self.book.stats()}
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
 
 
 def shard_of(key: str, num_shards: int) -> int:

