@@ -10,69 +10,28 @@ decoded images of concurrent requests are coalesced by a second ``@serve.batch``
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import time
 from typing import Callable
 
 import numpy as np
 from ray import serve
 
-from classifiers.embedding import (
-    BatchStats,
-    EmbedRequest,
-    EmbedResult,
-    ImageEmbedRequest,
-    ImageEmbedResult,
-    embed_batch,
-    embed_image_batch,
-)
+from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.images import ImageFetchConfig, image_tokens, load_images
-from classifiers.registry import ModelSpec
-
-logger = logging.getLogger("ray.serve")
+from deployments.text_embedder import TextSide
 
 
 @serve.deployment(name="ImageEmbedder")
-class ImageEmbedder:
+class ImageEmbedder(TextSide):
     def __init__(
-        self,
-        spec: dict,
-        config: dict,
-        images: dict | None = None,
-        *,
-        encoder_loader: Callable[..., Encoder] = load_encoder,
+        self, spec: dict, config: dict, images: dict | None = None, *, encoder_loader: Callable[..., Encoder] = load_encoder
     ):
-        from serve_app.config import EmbedderConfig
-
-        self.spec = ModelSpec(**spec)
-        if "image" not in self.spec.modalities:
-            raise ValueError(f"ImageEmbedder serves multimodal models; {self.spec.name!r} embeds only text")
-        self.config = EmbedderConfig(**config)
+        if "image" not in spec.get("modalities", ()):
+            raise ValueError(f"ImageEmbedder serves multimodal models; {spec.get('name')!r} embeds only text")
         self.fetch_config = ImageFetchConfig(**(images or {}))
-        started = time.perf_counter()
-        # Ray sets OMP_NUM_THREADS=1 in replicas with fractional num_cpus; engines would crawl on one thread.
-        threads = self.config.num_threads or os.cpu_count() or 1
-        self.encoder = encoder_loader(self.spec, num_threads=threads, device=self.config.device)
-        logger.info(
-            "ImageEmbedder %s loaded in %.1fs (dim=%d) with config %s, image fetching %s",
-            self.spec.name, time.perf_counter() - started, self.encoder.dim, self.config.model_dump_json(),
-            self.fetch_config.model_dump_json(),
-        )
-        for method in (self._batch, self._image_batch):
-            method.set_max_batch_size(self.config.max_batch_size)
-            method.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self._stats = BatchStats("texts")
+        super().__init__(spec, config, encoder_loader=encoder_loader)
+        self._configure_batching(self._image_batch)
         self._image_stats = BatchStats("images")
-
-    async def embed(self, request: EmbedRequest) -> EmbedResult:
-        return await self._batch(request)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        self._stats.record([len(r.texts) for r in requests])
-        return await asyncio.to_thread(embed_batch, self.encoder, requests)
 
     async def embed_images(self, request: ImageEmbedRequest) -> ImageEmbedResult:
         # Network and decoding happen here, per request and concurrently; only decoded images enter the batch.
@@ -88,7 +47,4 @@ class ImageEmbedder:
         return await asyncio.to_thread(embed_image_batch, self.encoder, batch)
 
     def stats(self) -> dict:
-        return {"model": self.spec.name, **self._stats.snapshot(), "image_batches": self._image_stats.snapshot()}
-
-    def ready(self) -> bool:
-        return True  # a replica answers only once __init__ (the model load) has finished
+        return {**super().stats(), "image_batches": self._image_stats.snapshot()}

@@ -16,8 +16,9 @@ from classifiers.registry import ModelSpec
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(name="TextEmbedder")
-class TextEmbedder:
+class TextSide:
+    """Model loading and batched text embedding; shared by TextEmbedder and ImageEmbedder (CLIP text tower)."""
+
     def __init__(self, spec: dict, config: dict, *, encoder_loader: Callable[..., Encoder] = load_encoder):
         from serve_app.config import EmbedderConfig
 
@@ -28,12 +29,16 @@ class TextEmbedder:
         threads = self.config.num_threads or os.cpu_count() or 1
         self.encoder = encoder_loader(self.spec, num_threads=threads, device=self.config.device)
         logger.info(
-            "TextEmbedder %s loaded in %.1fs (dim=%d) with config %s",
-            self.spec.name, time.perf_counter() - started, self.encoder.dim, self.config.model_dump_json(),
+            "%s %s loaded in %.1fs (dim=%d, %d threads) with config %s",
+            type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, threads,
+            self.config.model_dump_json(),
         )
-        self._batch.set_max_batch_size(self.config.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self._stats = BatchStats()
+        self._configure_batching(self._batch)
+        self._stats = BatchStats("texts")
+
+    def _configure_batching(self, method) -> None:
+        method.set_max_batch_size(self.config.max_batch_size)
+        method.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         return await self._batch(request)
@@ -49,3 +54,8 @@ class TextEmbedder:
 
     def ready(self) -> bool:
         return True  # a replica answers only once __init__ (the model load) has finished
+
+
+@serve.deployment(name="TextEmbedder")
+class TextEmbedder(TextSide):
+    pass

@@ -36,3 +36,19 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a HF tokenizer puts before and after content (e.g. [CLS] / [SEP], <s> / </s>)."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def windowed_token_counts(content_ids: list[list[int]], window: int, specials: int) -> list[int]:
+    """Tokens the model processes per text when content is split into windows that each get the specials."""
+    step = window - specials
+    return [len(ids) + max(1, -(-len(ids) // step)) * specials for ids in content_ids]

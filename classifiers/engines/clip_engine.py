@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from classifiers.engines.base import Encoder, Role, l2_normalize
+from classifiers.engines.base import Encoder, Role, l2_normalize, special_wrapping, windowed_token_counts
 from classifiers.registry import ModelSpec
 
 
@@ -97,7 +97,7 @@ class CLIPEncoder(Encoder):
         text_cfg = self.model.config.text_config
         self.window = min(spec.max_tokens, int(text_cfg.max_position_embeddings))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves
-        self._head, self._tail = self._special_wrapping()
+        self._head, self._tail = special_wrapping(self.tokenizer)
         self._specials = len(self._head) + len(self._tail)
         if self.window <= self._specials:
             raise ValueError(f"model {spec.name!r}: window {self.window} leaves no room for content tokens")
@@ -114,23 +114,13 @@ class CLIPEncoder(Encoder):
         if spec.dim is not None and spec.dim != self.dim:
             raise ValueError(f"model {spec.name!r}: registry says dim={spec.dim}, the checkpoint has {self.dim}")
 
-    def _special_wrapping(self) -> tuple[list[int], list[int]]:
-        probe = "hello"
-        plain = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
-        for i in range(len(full) - len(plain) + 1):
-            if full[i : i + len(plain)] == plain:
-                return full[:i], full[i + len(plain) :]
-        return [], []
-
     def _content_ids(self, texts: list[str], role: Role) -> list[list[int]]:
         pfx = self.prefix(role)
         enc = self.tokenizer([pfx + t for t in texts], add_special_tokens=False, truncation=False)
         return [[i for i in ids if i not in self._drop] for ids in enc["input_ids"]]
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
-        step = self.window - self._specials
-        return [len(ids) + max(1, -(-len(ids) // step)) * self._specials for ids in self._content_ids(texts, role)]
+        return windowed_token_counts(self._content_ids(texts, role), self.window, self._specials)
 
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers.engines.base import Encoder, Role, l2_normalize
+from classifiers.engines.base import Encoder, Role, l2_normalize, special_wrapping, windowed_token_counts
 from classifiers.registry import ModelSpec
 
 
@@ -34,19 +34,9 @@ class HFEncoder(Encoder):
         self.batch_size = batch_size
         self.window = min(spec.max_tokens, int(getattr(self.tokenizer, "model_max_length", spec.max_tokens) or 0) or spec.max_tokens)
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves; silence the length warning
-        self._head, self._tail = self._special_wrapping()
+        self._head, self._tail = special_wrapping(self.tokenizer)
         self._specials = len(self._head) + len(self._tail)
         self.dim = int(self.model.config.hidden_size if spec.dim is None else spec.dim)
-
-    def _special_wrapping(self) -> tuple[list[int], list[int]]:
-        """The special tokens the tokenizer puts before and after content (e.g. [CLS] / [SEP])."""
-        probe = "hello"
-        plain = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
-        for i in range(len(full) - len(plain) + 1):
-            if full[i : i + len(plain)] == plain:
-                return full[:i], full[i + len(plain) :]
-        return [], []
 
     def _content_ids(self, texts: list[str], role: Role) -> list[list[int]]:
         pfx = self.prefix(role)
@@ -54,12 +44,7 @@ class HFEncoder(Encoder):
         return enc["input_ids"]
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
-        step = self.window - self._specials
-        out = []
-        for ids in self._content_ids(texts, role):
-            windows = max(1, -(-len(ids) // step))
-            out.append(len(ids) + windows * self._specials)
-        return out
+        return windowed_token_counts(self._content_ids(texts, role), self.window, self._specials)
 
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:
