@@ -18,12 +18,13 @@ No Ray, no torch: numpy only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FewShotLearner", "LearnerConfig"]
+__all__ = ["FewShotLearner", "LearnerConfig", "LinearPredictor"]
 
 STATE_VERSION = 1
 
@@ -46,10 +47,11 @@ class LearnerConfig(BaseModel):
         "weight is dof0 / (dof0 + N - K), so it fades as examples accumulate.",
     )
     gate_threshold: float = Field(
-        default=1.0, ge=0.0,
+        default=4.0, ge=0.0,
         description="Label-prior gate: the prior's slope beta (how far class means move along their label "
         "embeddings) is used with weight max(0, 1 - gate_threshold / t^2), t = beta / its standard error "
-        "(a positive-part James-Stein rule). Random or opaque label names give t ~ 0 and switch the prior off.",
+        "(a positive-part James-Stein rule; 4 means the gate starts to open at t = 2, about 95% one-sided "
+        "significance). Random or opaque label names give t ~ 0 and switch the prior off.",
     )
     temperature: float = Field(
         default=10.0, gt=0.0,
@@ -69,13 +71,44 @@ class LearnerConfig(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class LinearPredictor:
+    """A compiled, read-only classifier: ``softmax(X @ W + b)``. What :meth:`FewShotLearner.compile` returns
+    for serving: no statistics, D x K + K floats (49 KB at D=384, 16 classes), identical scores."""
+
+    labels: tuple[str, ...]
+    W: np.ndarray  # (D, K), already divided by the temperature
+    b: np.ndarray  # (K,)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.W.nbytes + self.b.nbytes)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.W.shape[0]:
+            raise ValueError(f"X must have shape (n, {self.W.shape[0]}), got {X.shape}")
+        return X @ self.W + self.b
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = self.decision_function(X)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
 def _state_bytes(dim: int, classes: int, full: bool) -> int:
     cov = 8 * dim * (dim + 1) // 2 if full else 8 * dim
     return cov + classes * (8 + 8 * dim + 4 * dim + 1)
 
 
 class FewShotLearner:
-    """One few-shot classifier. Not thread-safe; the caller serialises access."""
+    """One few-shot classifier.
+
+    ``update`` must not run concurrently with anything else on the same object (the service updates a copy made
+    with ``from_state(to_state())`` and swaps it in); concurrent ``predict_proba`` calls are safe (the cached
+    fit is recomputed idempotently at worst). A label's vector is taken the first time one is given for it.
+    """
 
     def __init__(self, dim: int, *, score_scale: float, config: LearnerConfig | None = None):
         if dim <= 0:
@@ -171,7 +204,6 @@ class FewShotLearner:
         K = len(n)
         N = float(n.sum())
         g = s.sum(0) / N
-        means = s / n[:, None]
         full = self.covariance == "full"
         # within-class scatter W = S - sum_k s_k s_k^T / n_k; total per-dimension variance nu for the prior
         if full:
@@ -229,21 +261,25 @@ class FewShotLearner:
         self._fit()
         return dict(self._diag)
 
+    def compile(self) -> LinearPredictor:
+        """The current classifier as a stand-alone :class:`LinearPredictor` (same scores, no statistics)."""
+        if not self._labels:
+            raise ValueError("the learner has no classes yet: call update() first")
+        A, b = self._fit()
+        return LinearPredictor(tuple(self._labels), A.copy(), b.copy())
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """(n, K) logits (already divided by the temperature), columns in ``labels`` order."""
         if not self._labels:
             raise ValueError("the learner has no classes yet: call update() first")
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.dim:
-            raise ValueError(f"X must have shape (n, {self.dim}), got {X.shape}")
         A, b = self._fit()
-        return X @ A + b
+        return LinearPredictor(tuple(self._labels), A, b).decision_function(X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = self.decision_function(X)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        if not self._labels:
+            raise ValueError("the learner has no classes yet: call update() first")
+        A, b = self._fit()
+        return LinearPredictor(tuple(self._labels), A, b).predict_proba(X)
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict:
@@ -264,7 +300,7 @@ class FewShotLearner:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "FewShotLearner":
+    def from_state(cls, state: dict) -> FewShotLearner:
         if int(state.get("version", -1)) != STATE_VERSION:
             raise ValueError(f"unsupported few-shot state version {state.get('version')!r}")
         cfg = LearnerConfig(**{**state["config"], "covariance": state["covariance"]})

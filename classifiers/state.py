@@ -5,8 +5,10 @@ A :class:`ClassifierBook` holds the classifiers of one state shard (the Ray acto
 
 * An update is applied to a copy of the learner, persisted (write-through, atomic), and only then swapped in:
   a failed limit check, a store error or a crash never leaves a half-applied classifier, in memory or on disk.
-* Updates to one classifier are serialised by a per-classifier lock; classify reads the current learner
+* Updates to one classifier are serialised by a per-classifier lock; classify reads the current predictor
   object without locking, so reads never wait on other classifiers (nor on a slow write of the same one).
+* In memory a classifier is only its compiled linear predictor (D x K, ~50 KB at 384-d and 16 classes) and
+  metadata; the sufficient statistics (~0.6 MB) are read from the store when an update needs them.
 * ``private`` classifiers exist only for their owner (others get RESOURCE_NOT_FOUND); ``public`` ones can be
   used for classification by anyone with the id, but read, updated, listed or deleted only by the owner.
 * Each update carries an id; a retried update (e.g. after the actor died between persisting and answering)
@@ -25,7 +27,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from classifiers.errors import LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound
-from classifiers.fewshot import FewShotLearner
+from classifiers.fewshot import FewShotLearner, LinearPredictor
 from classifiers.limits import Limits
 from classifiers.store import StateStore
 
@@ -35,11 +37,13 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ClassifierRecord:
+    """A classifier's metadata with its learner (when loaded for an update) or just its compiled predictor."""
+
     classifier_id: str
     owner: str
     model: str
     access: str
-    learner: FewShotLearner
+    learner: FewShotLearner | None
     created_at: float
     updated_at: float
     updated_number: int = 0
@@ -47,6 +51,20 @@ class ClassifierRecord:
     recent_updates: dict[str, int] = field(default_factory=dict)  # update id -> num_samples it added
     used_number: int = 0
     used_at: float | None = None
+    predictor: LinearPredictor | None = None
+    state_bytes: int = 0
+
+    def compiled(self) -> "ClassifierRecord":
+        """Compile the predictor and drop the statistics: what a shard keeps in memory."""
+        if self.learner is not None:
+            self.predictor = self.learner.compile()
+            self.state_bytes = self.learner.state_nbytes()
+            self.learner = None
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.learner.labels if self.learner is not None else self.predictor.labels)
 
     def to_bytes(self) -> bytes:
         state = self.learner.to_state()
@@ -93,7 +111,7 @@ class ClassifierRecord:
             "classifier_id": self.classifier_id,
             "user_id": self.owner,
             "model": self.model,
-            "labels": list(self.learner.labels),
+            "labels": self.labels,
             "access": self.access,
             "num_samples": self.num_samples,
             "updated_number": self.updated_number,
@@ -103,7 +121,7 @@ class ClassifierRecord:
             "used_at": iso(self.used_at),
             "is_active": True,
             "is_latest": True,
-            "metadata_": {"state_bytes": self.learner.state_nbytes()},
+            "metadata_": {"state_bytes": self.state_bytes},
         }
 
 
@@ -149,7 +167,7 @@ class ClassifierBook:
         blob = self.store.load_classifier(cid)
         if blob is None:
             return None
-        rec = ClassifierRecord.from_bytes(blob)
+        rec = ClassifierRecord.from_bytes(blob).compiled()
         usage = self.store.read(f"usage/{cid}.json")
         if usage:
             u = json.loads(usage)
@@ -158,7 +176,7 @@ class ClassifierBook:
         return rec
 
     def _remember(self, rec: ClassifierRecord) -> None:
-        self._loaded[rec.classifier_id] = rec
+        self._loaded[rec.classifier_id] = rec.compiled()
         self._loaded.move_to_end(rec.classifier_id)
         while len(self._loaded) > self.capacity:
             old_id = next(iter(self._loaded))
@@ -222,8 +240,10 @@ class ClassifierBook:
             rec = self._visible(cid, caller, write=True)
             if update_id in rec.recent_updates:
                 return self._outcome(rec, rec.recent_updates[update_id])
-            self._check_classes(set(y), set(rec.learner.labels))
-            learner = FewShotLearner.from_state(rec.learner.to_state())  # work on a copy: no partial update
+            self._check_classes(set(y), set(rec.labels))
+            # The statistics come from the store (the in-memory record holds only the predictor); this fresh
+            # copy is updated, persisted, and only then swapped in: no partial update, ever.
+            learner = ClassifierRecord.from_bytes(self.store.load_classifier(cid)).learner
             learner.update(X, y, weight=weight, label_vectors=label_vectors)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
             recent[update_id] = len(y)
@@ -246,21 +266,21 @@ class ClassifierBook:
 
     @staticmethod
     def _outcome(rec: ClassifierRecord, added: int) -> TrainOutcome:
-        return TrainOutcome(rec.classifier_id, added, rec.num_samples, list(rec.learner.labels))
+        return TrainOutcome(rec.classifier_id, added, rec.num_samples, rec.labels)
 
     # -- reading --------------------------------------------------------------------------------------------
     async def info(self, cid: str, caller: str, write: bool) -> ClassifierInfo:
         rec = self._visible(cid, caller, write=write)
-        return ClassifierInfo(rec.model, list(rec.learner.labels), rec.access, rec.owner)
+        return ClassifierInfo(rec.model, rec.labels, rec.access, rec.owner)
 
     async def classify(self, cid: str, caller: str, X: np.ndarray) -> tuple[list[str], np.ndarray]:
         rec = self._visible(cid, caller, write=False)
-        learner = rec.learner  # one reference: a concurrent update swaps the record, never mutates this
-        probs = learner.predict_proba(X)
+        predictor = rec.predictor  # one reference: a concurrent update swaps the record, never mutates this
+        probs = predictor.predict_proba(X)
         rec.used_number += 1
         rec.used_at = self._clock()
         self._dirty_usage.add(cid)
-        return list(learner.labels), probs
+        return list(predictor.labels), probs
 
     async def summary(self, cid: str, caller: str) -> dict | None:
         try:
@@ -292,7 +312,8 @@ class ClassifierBook:
         return {
             "loaded": len(self._loaded),
             "capacity": self.capacity,
-            "state_bytes": int(sum(r.learner.state_nbytes() for r in self._loaded.values())),
+            "stored_state_bytes": int(sum(r.state_bytes for r in self._loaded.values())),
+            "memory_bytes": int(sum(r.predictor.nbytes for r in self._loaded.values())),
         }
 
 
