@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, saturate, start_app, stop_app
+from bench.common import ROOT, load, saturate, start_app, stop_app
 
 FLOWERS = ROOT.parent / "shared" / "data" / "images"
 
@@ -40,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = tiny_clip_spec(make_tiny_clip(Path(tmp) / "clip-b32", size="base"), name="clip-b32-random", dim=512)
         enc = load_encoder(spec)
-        images = [Image.open(__import__("io").BytesIO(b)).convert("RGB") for b in blobs]
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
         enc.encode_images(images[:8])
         best = (0.0, 0)
         for bs in (8, 16, 32):
@@ -60,11 +61,11 @@ def main() -> None:
             for size in args.request_sizes:
                 payloads = [{"model": spec.name, "input": [{"image": x} for x in b64[i : i + size]], "labels": labels}
                             for i in range(0, len(b64), size)]
-                conc = max(2, 64 // size)
-                secs, failed = asyncio.run(saturate(url, "/v1/classify", payloads, conc))
-                rate = len(b64) / secs
+                conc = max(4, 32 // size)
+                rate, failed, client = load(url, "/v1/classify", payloads, conc, seconds=30)
+                rate *= size
                 rows.append((size, conc, rate, failed))
-                print(f"  http images/request={size}: {rate:6.1f} images/s, ratio {rate / best[0]:.2f}")
+                print(f"  http ({client}) images/request={size}: {rate:6.1f} images/s, ratio {rate / best[0]:.2f}")
         finally:
             stop_app()
     print("\n| raw images/s (best batch) | images/request | concurrency | HTTP images/s | ratio |")

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import time
 
-from bench.common import clinc_texts, saturate, start_app, stop_app
+from bench.common import clinc_texts, load, saturate, start_app, stop_app
 
 LABELS = ["banking and money", "travel and transport", "cooking and food", "small talk", "home and utilities"]
 
@@ -56,11 +56,12 @@ def main() -> None:
             asyncio.run(saturate(url, "/v1/classify", warm, 1))
             for size in args.request_sizes:
                 payloads = [{"model": model, "input": texts[i : i + size], "labels": LABELS} for i in range(0, n, size)]
-                conc = max(2, min(args.concurrency, 4 * 32 // size))
-                secs, failed = asyncio.run(saturate(url, "/v1/classify", payloads, conc))
-                http = n / secs
+                conc = max(2, min(args.concurrency, 8 * 32 // size))
+                rate, failed, client = load(url, "/v1/classify", payloads, conc)
+                http = rate * size
                 rows.append((model, best_bs, raw, size, conc, http, http / raw, failed))
-                print(f"  http {model} inputs/request={size:3d} concurrency={conc:3d}: {http:8.1f} inputs/s  ratio {http / raw:.2f}")
+                print(f"  http ({client}) {model} inputs/request={size:3d} concurrency={conc:3d}: {http:8.1f} inputs/s  "
+                      f"ratio {http / raw:.2f}")
         finally:
             stop_app()
 

@@ -75,15 +75,3 @@ class ResourceNotFound(ServiceError):
 class ResourceLimitExceeded(ServiceError):
     code = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     status = 403
-
-
-class ResourceBusy(ServiceError):
-    code = "CONFLICT_RESOURCE_BUSY"
-    status = 409
-
-
-class ModelFailure(ServiceError):
-    """The model itself failed; the client cannot fix this (500, logged with the request id)."""
-
-    code = "INTERNAL_ERROR"
-    status = 500

