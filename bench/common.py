@@ -33,7 +33,7 @@ def start_app(models: list[str], **overrides):
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import bind_app
     from serve_app.config import load_config
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
@@ -41,7 +41,7 @@ def start_app(models: list[str], **overrides):
     port = free_port()
     cfg = load_config({"port": port, "models": models, **overrides}, env={})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config=cfg), name=cfg.app_name, route_prefix="/")
+    serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 

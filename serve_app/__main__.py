@@ -14,7 +14,7 @@ import threading
 import ray
 from ray import serve
 
-from serve_app.app import build_app
+from serve_app.app import bind_app
 from serve_app.config import load_config
 
 logger = logging.getLogger("serve_app")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(config=cfg), name=cfg.app_name, route_prefix="/")
+    serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
     logger.info("serving on http://%s:%d  (Ctrl-C to stop)", cfg.host, cfg.port)
 
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Application builder: ``build_app(args) -> Application``, usable from Python, `serve run` and `serve deploy`."""
+"""Application builders: ``build_app(args)`` for `serve run` / `serve deploy`, ``bind_app(AppConfig)`` from Python."""
 from __future__ import annotations
 
 from ray.serve import Application
@@ -9,12 +9,16 @@ from deployments.text_embedder import TextEmbedder
 from serve_app.config import AppConfig, load_config
 
 
-def build_app(args: dict | None = None, *, config: AppConfig | None = None) -> Application:
+def build_app(args: dict) -> Application:
+    """The builder `serve run serve_app/serve_config.yaml` and `serve deploy` call with the config's `args`."""
+    return bind_app(load_config(args))
+
+
+def bind_app(cfg: AppConfig) -> Application:
     """Bind the router to one embedder deployment per served model, each configured on its own.
 
     Text models get a TextEmbedder-<model>; multimodal models an ImageEmbedder-<model>, which embeds both
     their texts and their images so the two share one space."""
-    cfg = config or load_config(args)
     registry = cfg.registry()
     embedders = {}
     for name in cfg.models:

@@ -54,9 +54,9 @@ def ray_cluster(tmp_path_factory):
 def deploy(cfg):
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import bind_app
 
-    serve.run(build_app(config=cfg), name=cfg.app_name, route_prefix="/")
+    serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from serve_app.app import build_app
+from ray.serve import Application
+
+from serve_app.app import bind_app, build_app
 from serve_app.config import AppConfig, EmbedderConfig, load_config
 
 
@@ -28,7 +32,7 @@ def test_per_model_overrides_and_serve_options():
     opts = cfg.embedder_config("all-MiniLM-L6-v2").serve_options()
     assert "num_replicas" not in opts and opts["autoscaling_config"]["max_replicas"] == 4
     assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.5}
-    assert build_app(config=cfg) is not None
+    assert bind_app(cfg) is not None
 
 
 def test_validators_name_the_bad_value():
@@ -40,3 +44,14 @@ def test_validators_name_the_bad_value():
         AppConfig(models=["all-MiniLM-L6-v2"], embedder_overrides={"multilingual-e5-small": {}})
     with pytest.raises(ValidationError):
         AppConfig(unknown_field=1)
+
+
+def test_serve_config_builder_takes_one_args_dict():
+    import inspect
+
+    import yaml
+
+    assert list(inspect.signature(build_app).parameters) == ["args"]  # what `serve run` / `serve deploy` require
+    with open(Path(__file__).resolve().parents[2] / "serve_app" / "serve_config.yaml") as f:
+        args = yaml.safe_load(f)["applications"][0]["args"]
+    assert isinstance(build_app(args), Application)
