@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classifiers.zeroshot import score, softmax
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache" / "eval"
 
@@ -117,12 +119,6 @@ def embed(model: str, texts: list[str], role: str, *, label_prefix: str | None =
 
 
 # ------------------------------------------------------------------------------------------ metrics
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
 
@@ -178,7 +174,8 @@ def fit_scale(cos: np.ndarray, y: np.ndarray, lo: float = 1.0, hi: float = 300.0
 
 # ---------------------------------------------------------------------------------------- baselines
 def zero_shot_probs(X: np.ndarray, L: np.ndarray, scale: float) -> np.ndarray:
-    return softmax(scale * (X @ L.T))
+    """The service's own zero-shot scoring (classifiers.zeroshot.score)."""
+    return score(X, L, scale)
 
 
 def ncm_predict(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, K: int) -> np.ndarray:
