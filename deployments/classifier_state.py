@@ -104,10 +104,12 @@ def shard_of(key: str, num_shards: int) -> int:
 
 
 class ShardClient:
-    """How the router reaches the shards: get-or-create named actors, retry once if a shard died.
+    """How the router reaches the shards: get-or-create named actors, retry if a shard died.
 
     A retried call is safe: train/create carry an update id the shard recognises if it already applied it.
     """
+
+    RETRIES = 3
 
     def __init__(self, *, num_shards: int, store_url: str, limits: Limits, capacity: int, usage_flush_s: float,
                  num_cpus: float, detached: bool):
@@ -129,12 +131,15 @@ class ShardClient:
 
     async def call(self, key: str, method: str, *args, **kwargs):
         i = shard_of(key, self.num_shards)
-        try:
-            return await getattr(self._handle(i), method).remote(*args, **kwargs)
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            logger.warning("classifier shard %d unavailable (%s); reconnecting and retrying once", i, type(exc).__name__)
-            await asyncio.sleep(0.5)
-            return await getattr(self._handle(i, fresh=True), method).remote(*args, **kwargs)
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return await getattr(self._handle(i, fresh=attempt > 0), method).remote(*args, **kwargs)
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if attempt == self.RETRIES:
+                    raise
+                # A just-killed actor's name can linger for a moment: back off, then get-or-create again.
+                logger.warning("classifier shard %d unavailable (%s); reconnecting (retry %d)", i, type(exc).__name__, attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     async def all(self, method: str) -> list:
         return await asyncio.gather(*(getattr(self._handle(i), method).remote() for i in range(self.num_shards)))
