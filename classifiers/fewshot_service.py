@@ -8,18 +8,27 @@ classifier's lock on the shard where a concurrent request could have changed the
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Protocol
 
 import numpy as np
 
 from classifiers.api import ClassificationResponse, ClassifyRequest, TrainingResponse, TrainRequest, Usage
-from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded
+from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, ResourceNotFound
 from classifiers.inputs import check_modalities, parse_inputs, parse_training_items
 from classifiers.state import ClassifierInfo, TrainOutcome
 from classifiers.zeroshot import build_predictions
 
 DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
+# Ids this service issues are UUIDs; anything outside this shape cannot exist and never reaches a store path.
+CLASSIFIER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def checked_id(cid: str) -> str:
+    if not CLASSIFIER_ID.fullmatch(cid):
+        raise ResourceNotFound(f"Classifier '{cid[:80]}' not found or access denied. Verify the ID and your permissions.")
+    return cid
 
 
 class ShardCaller(Protocol):
@@ -47,19 +56,19 @@ class Classifiers:
         return await self.shards.call(cid, "create", cid, owner, model, access, **kw)
 
     async def train(self, cid: str, caller: str, **kw) -> TrainOutcome:
-        return await self.shards.call(cid, "train", cid, caller, **kw)
+        return await self.shards.call(cid, "train", checked_id(cid), caller, **kw)
 
     async def info(self, cid: str, caller: str, write: bool) -> ClassifierInfo:
-        return await self.shards.call(cid, "info", cid, caller, write)
+        return await self.shards.call(cid, "info", checked_id(cid), caller, write)
 
     async def classify(self, cid: str, caller: str, X: np.ndarray) -> tuple[list[str], np.ndarray]:
-        return await self.shards.call(cid, "classify", cid, caller, X)
+        return await self.shards.call(cid, "classify", checked_id(cid), caller, X)
 
     async def summary(self, cid: str, caller: str) -> dict | None:
-        return await self.shards.call(cid, "summary", cid, caller)
+        return await self.shards.call(cid, "summary", checked_id(cid), caller)
 
     async def delete(self, cid: str, caller: str) -> None:
-        await self.shards.call(cid, "delete", cid, caller)
+        await self.shards.call(cid, "delete", checked_id(cid), caller)
 
 
 def humanize(label: str) -> str:

@@ -169,6 +169,8 @@ def _state(http, cid):
         ({"model": "nope", "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, 400, "INPUT_MODEL_NOT_FOUND"),
         ({"input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, 400, "INPUT_INVALID"),
         ({"classifier_id": "does-not-exist", "input": [{"text": "a", "label": "x"}]}, 404, "RESOURCE_NOT_FOUND"),
+        ({"classifier_id": "../../etc/passwd", "input": [{"text": "a", "label": "x"}]}, 404, "RESOURCE_NOT_FOUND"),
+        ({"classifier_id": "nul\x00byte", "input": [{"text": "a", "label": "x"}]}, 404, "RESOURCE_NOT_FOUND"),
         ({"model": MODEL, "input": [{"text": "a"}]}, 422, "INPUT_VALIDATION_FAILED"),
         ({"model": MODEL, "input": [{"text": "a", "label": 3}]}, 422, "INPUT_VALIDATION_FAILED"),
         ({"model": MODEL, "access": "secret", "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, 422, "INPUT_VALIDATION_FAILED"),
@@ -213,6 +215,10 @@ def test_classify_by_id_errors(http):
         assert r.status_code == 400 and r.json()["code"] == code, r.text
     r = http.post("/v1/classify", json={"classifier_id": cid, "model": MODEL, "input": ["Rain tomorrow"]})
     assert r.status_code == 200
+    for bad in ["../" + cid, "\x00", "a/b", "x" * 100]:
+        r = http.post("/v1/classify", json={"classifier_id": bad, "input": ["x"]})
+        assert r.status_code == 404 and r.json()["code"] == "RESOURCE_NOT_FOUND", r.text
+    assert http.delete("/v1/classifiers/..%2F..%2Fetc").status_code == 404
 
 
 def test_owner_classifier_limit(http):
