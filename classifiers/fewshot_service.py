@@ -27,7 +27,7 @@ CLASSIFIER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 def checked_id(cid: str) -> str:
     if not CLASSIFIER_ID.fullmatch(cid):
-        raise ResourceNotFound(f"Classifier '{cid[:80]}' not found or access denied. Verify the ID and your permissions.")
+        raise ResourceNotFound(f"Classifier {cid[:80]!r} not found or access denied. Verify the ID and your permissions.")
     return cid
 
 
@@ -51,6 +51,9 @@ class Classifiers:
 
     async def owned(self, owner: str) -> list[str]:
         return await self.shards.call(owner, "owned", owner)
+
+    async def release_stale(self, owner: str, cid: str) -> None:
+        await self.shards.call(owner, "release_stale", owner, cid)
 
     async def create(self, cid: str, owner: str, model: str, access: str, **kw) -> TrainOutcome:
         return await self.shards.call(cid, "create", cid, owner, model, access, **kw)
@@ -90,7 +93,7 @@ class FewShotMixin:
         backend = self._backend()
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
-        items, labels = parse_training_items(req.input, max_items=self.limits.max_train_items)
+        items, labels = parse_training_items(req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens)
         distinct = list(dict.fromkeys(labels))
         weight = req.num_iters / DEFAULT_NUM_ITERS
         update_id = update_id or uuid.uuid4().hex
@@ -143,7 +146,7 @@ class FewShotMixin:
         backend = self._backend()
         if req.labels is not None:
             raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
-        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs)
+        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
         info = await backend.info(req.classifier_id, caller, write=False)
         if req.model is not None and self.registry.canonical(req.model) != info.model:
             raise InvalidInput(f"classifier {req.classifier_id} uses model {info.model!r}, not {req.model!r}")
@@ -159,8 +162,8 @@ class FewShotMixin:
         ids = await backend.owned(caller)
         summaries = await asyncio.gather(*(backend.summary(cid, caller) for cid in ids))
         for cid, s in zip(ids, summaries):
-            if s is None:  # a create that crashed after reserving: drop the dangling reservation
-                await backend.release(caller, cid)
+            if s is None:  # reserved, not (yet) created: a create in flight, or one that crashed long ago
+                await backend.release_stale(caller, cid)
         return sorted((s for s in summaries if s is not None), key=lambda s: s["created_at"])
 
     async def delete_classifier(self, cid: str, caller: str) -> dict:

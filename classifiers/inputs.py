@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from classifiers.api import ImageDoc, ImageTrainingItem, InputItem, TextDoc, TrainingItem
-from classifiers.errors import InputLimitExceeded, InvalidInput, InvalidLabels, UnsupportedModality
+from classifiers.errors import InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, UnsupportedModality
 from classifiers.registry import ModelSpec
 
 
@@ -13,6 +13,16 @@ from classifiers.registry import ModelSpec
 class Item:
     kind: Literal["text", "image"]
     value: str
+
+
+# A token is almost never longer than this many characters: longer texts cannot fit the token limit, and are
+# refused before a tokenizer spends time (and memory) on them.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def check_length(text: str, where: str, max_tokens: int) -> None:
+    if len(text) > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise InputTooLong(f"{where} has {len(text)} characters, far over the limit of {max_tokens} tokens")
 
 
 def clean_text(text: str) -> str:
@@ -24,7 +34,7 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", " ")
 
 
-def parse_inputs(raw: InputItem | list[InputItem], *, max_inputs: int) -> list[Item]:
+def parse_inputs(raw: InputItem | list[InputItem], *, max_inputs: int, max_tokens: int = 8192) -> list[Item]:
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         raise InvalidInput("`input` is empty: send at least one text or image")
@@ -40,6 +50,7 @@ def parse_inputs(raw: InputItem | list[InputItem], *, max_inputs: int) -> list[I
         text = it.text if isinstance(it, TextDoc) else it
         if not text.strip():
             raise InvalidInput(f"input[{i}]: text is empty")
+        check_length(text, f"input[{i}]", max_tokens)
         out.append(Item("text", clean_text(text)))
     return out
 
@@ -55,7 +66,9 @@ def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]
             )
 
 
-def parse_training_items(raw: TrainingItem | list[TrainingItem], *, max_items: int) -> tuple[list[Item], list[str]]:
+def parse_training_items(
+    raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192
+) -> tuple[list[Item], list[str]]:
     """Labeled examples -> (items, labels). Labels are cleaned like texts and must not be empty."""
     items = raw if isinstance(raw, list) else [raw]
     if not items:
@@ -74,6 +87,7 @@ def parse_training_items(raw: TrainingItem | list[TrainingItem], *, max_items: i
         else:
             if not it.text.strip():
                 raise InvalidInput(f"input[{i}]: text is empty")
+            check_length(it.text, f"input[{i}]", max_tokens)
             out.append(Item("text", clean_text(it.text)))
         labels.append(label)
     return out, labels

@@ -73,7 +73,7 @@ class ClassificationService(FewShotMixin):
         if req.model is None:
             raise InvalidInput("zero-shot classification needs `model` and `labels`")
         spec = self.registry.get(req.model)
-        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs)
+        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
         check_modalities(items, spec, self.registry.with_image_support())
         label_set = parse_labels(req.labels, self.limits)
         (vectors, input_tokens), (label_vectors, label_tokens) = await asyncio.gather(
@@ -140,6 +140,7 @@ class ClassificationService(FewShotMixin):
                     f"the limit is {self.limits.max_input_tokens}"
                 )
             for lab, vec, n in zip(missing, result.vectors, result.tokens):
+                vec = np.array(vec, copy=True)  # own the row: a view would pin the whole Ray result buffer
                 found[lab] = (vec, n)
                 self.label_cache.put((spec.name, texts[lab]), (vec, n))
         return {lab: v for lab, (v, _) in found.items()}, sum(n for _, n in found.values())

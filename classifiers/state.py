@@ -32,6 +32,7 @@ from classifiers.limits import Limits
 from classifiers.store import StateStore
 
 RECENT_UPDATES = 64
+STALE_RESERVATION_S = 600.0  # a create takes seconds; a reservation this old without its classifier is a crash
 FORMAT_VERSION = 1
 
 
@@ -191,19 +192,29 @@ class ClassifierBook:
 
     # -- owners ---------------------------------------------------------------------------------------------
     async def reserve(self, owner: str, cid: str) -> None:
-        """Count a new classifier against its owner's limit (call on the owner's shard before creating)."""
+        """Count a new classifier against its owner's limit (call on the owner's shard before creating).
+        Idempotent: a retried reservation of the same id is not counted twice."""
         async with self._lock(self._owner_locks, owner):
             owned = self.store.owned(owner)
+            if cid in owned:
+                return
             if len(owned) >= self.limits.max_classifiers_per_owner:
                 raise ResourceLimitExceeded(
                     f"Resource limit exceeded. Current: {len(owned)} classifiers, limit: "
                     f"{self.limits.max_classifiers_per_owner}. Delete existing classifiers first."
                 )
-            self.store.add_owned(owner, cid)
+            self.store.add_owned(owner, cid, self._clock())
 
     async def release(self, owner: str, cid: str) -> None:
         async with self._lock(self._owner_locks, owner):
             self.store.remove_owned(owner, cid)
+
+    async def release_stale(self, owner: str, cid: str, older_than_s: float = STALE_RESERVATION_S) -> None:
+        """Drop a reservation whose create never finished, but never one that may still be in flight."""
+        async with self._lock(self._owner_locks, owner):
+            since = self.store.owned_since(owner, cid)
+            if since is not None and self._clock() - since > older_than_s and self.store.load_classifier(cid) is None:
+                self.store.remove_owned(owner, cid)
 
     async def owned(self, owner: str) -> list[str]:
         return self.store.owned(owner)
@@ -236,6 +247,7 @@ class ClassifierBook:
         self, cid: str, caller: str, *, X: np.ndarray, y: list[str], weight: float,
         label_vectors: dict[str, np.ndarray], update_id: str,
     ) -> TrainOutcome:
+        self._visible(cid, caller, write=True)  # unknown ids fail here, before a lock is made for them
         async with self._lock(self._locks, cid):
             rec = self._visible(cid, caller, write=True)
             if update_id in rec.recent_updates:
@@ -289,11 +301,13 @@ class ClassifierBook:
             return None
 
     async def delete(self, cid: str, caller: str) -> None:
+        self._visible(cid, caller, write=True)
         async with self._lock(self._locks, cid):
             self._visible(cid, caller, write=True)
             self.store.delete_classifier(cid)
             self._loaded.pop(cid, None)
             self._dirty_usage.discard(cid)
+        self._locks.pop(cid, None)
 
     # -- usage counters -------------------------------------------------------------------------------------
     def _flush_usage(self, cid: str) -> None:

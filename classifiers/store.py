@@ -2,7 +2,7 @@
 
 Layout under the store root:
   classifiers/<classifier_id>.npz   the learner's sufficient statistics + metadata, one atomic object
-  owners/<owner_key>/<classifier_id> empty markers: which classifiers an owner has (count limit, listing)
+  owners/<owner_key>/<classifier_id> markers holding the reservation time: an owner's classifiers (limit, listing)
   usage/<classifier_id>.json        use counters, flushed lazily (losing a few on a crash is harmless)
 
 A local directory (default) writes a temp file in the same directory, fsyncs it and ``os.replace``s it, so a
@@ -54,8 +54,18 @@ class StateStore(ABC):
     def owned(self, owner: str) -> list[str]:
         return sorted(self.list(f"owners/{owner_key(owner)}"))
 
-    def add_owned(self, owner: str, cid: str) -> None:
-        self.write(f"owners/{owner_key(owner)}/{cid}", b"")
+    def add_owned(self, owner: str, cid: str, at: float) -> None:
+        self.write(f"owners/{owner_key(owner)}/{cid}", repr(at).encode())
+
+    def owned_since(self, owner: str, cid: str) -> float | None:
+        """When the reservation was made (None: no reservation)."""
+        raw = self.read(f"owners/{owner_key(owner)}/{cid}")
+        if raw is None:
+            return None
+        try:
+            return float(raw.decode() or 0)
+        except ValueError:
+            return 0.0
 
     def remove_owned(self, owner: str, cid: str) -> None:
         self.delete(f"owners/{owner_key(owner)}/{cid}")
@@ -138,7 +148,8 @@ class FsspecStore(StateStore):
         if self._atomic:
             self.fs.pipe_file(path, data)
             return
-        tmp = f"{path}.{os.getpid()}.tmp"
+        folder, name = path.rsplit("/", 1)
+        tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # hidden: never listed as a classifier or an owned id
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
 

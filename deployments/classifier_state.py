@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -64,6 +65,9 @@ class ClassifierShard:
 
     async def owned(self, owner: str) -> list[str]:
         return await self.book.owned(owner)
+
+    async def release_stale(self, owner: str, cid: str) -> None:
+        await self.book.release_stale(owner, cid)
 
     async def create(self, cid: str, owner: str, model: str, access: str, **kw) -> TrainOutcome:
         return await self.book.create(cid, owner, model, access, **kw)
@@ -115,6 +119,10 @@ class ShardClient:
                  num_cpus: float, detached: bool):
         self.num_shards = num_shards
         self._args = (store_url, limits.model_dump(), capacity, usage_flush_s)
+        # Detached actors outlive redeploys; a changed store, limit or shard count must get fresh shards,
+        # never silently reuse ones built with the old settings.
+        digest = hashlib.sha256(json.dumps([num_shards, *self._args], sort_keys=True).encode()).hexdigest()[:10]
+        self.name_prefix = f"classifier-shard-{digest}"
         self._options = {
             "namespace": NAMESPACE,
             "get_if_exists": True,
@@ -124,9 +132,12 @@ class ShardClient:
         }
         self._handles: dict[int, Any] = {}
 
+    def actor_name(self, i: int) -> str:
+        return f"{self.name_prefix}-{i}"
+
     def _handle(self, i: int, fresh: bool = False):
         if fresh or i not in self._handles:
-            self._handles[i] = ClassifierShard.options(name=f"classifier-shard-{i}", **self._options).remote(i, *self._args)
+            self._handles[i] = ClassifierShard.options(name=self.actor_name(i), **self._options).remote(i, *self._args)
         return self._handles[i]
 
     async def call(self, key: str, method: str, *args, **kwargs):

@@ -1,7 +1,7 @@
 import pytest
 
 from classifiers.api import ImageDoc, TextDoc
-from classifiers.errors import InputLimitExceeded, InvalidInput, UnsupportedModality
+from classifiers.errors import InputLimitExceeded, InputTooLong, InvalidInput, UnsupportedModality
 from classifiers.inputs import Item, check_modalities, clean_text, parse_inputs
 from classifiers.registry import BUILTIN_MODELS
 
@@ -34,3 +34,9 @@ def test_images_refused_by_text_models_naming_image_models():
     spec = next(s for s in BUILTIN_MODELS if s.name == "all-MiniLM-L6-v2")
     with pytest.raises(UnsupportedModality, match=r"input\[1\].*jina-clip-v2"):
         check_modalities([Item("text", "a"), Item("image", "u")], spec, ["jina-clip-v2"])
+
+
+def test_absurdly_long_text_is_refused_before_tokenizing():
+    with pytest.raises(InputTooLong, match=r"input\[1\] has 3300 characters"):
+        parse_inputs(["ok", "x" * 3300], max_inputs=4, max_tokens=100)
+    assert parse_inputs(["x" * 3200], max_inputs=4, max_tokens=100)[0].value == "x" * 3200

@@ -113,6 +113,7 @@ def test_retried_update_is_applied_once(book):
 
 def test_owner_limit_and_release(book):
     run(book.reserve("alice", "c1"))
+    run(book.reserve("alice", "c1"))  # a retried reservation is not counted twice
     run(book.reserve("alice", "c2"))
     with pytest.raises(ResourceLimitExceeded, match="limit: 2"):
         run(book.reserve("alice", "c3"))
@@ -155,3 +156,25 @@ def test_usage_counters_flush_and_eviction_keeps_them(tmp_path):
     run(book.classify("c1", "alice", Xq))
     create(book, "c2")  # evicts c1, flushing its counters
     assert run(book.summary("c1", "alice"))["used_number"] == 1
+
+
+def test_only_stale_reservations_are_released(tmp_path):
+    now = [1000.0]
+    book = ClassifierBook(LocalDirStore(tmp_path), Limits(), clock=lambda: now[0])
+    run(book.reserve("alice", "in-flight"))
+    run(book.release_stale("alice", "in-flight"))  # a create may still be running: keep it
+    assert run(book.owned("alice")) == ["in-flight"]
+    now[0] += 3600
+    run(book.release_stale("alice", "in-flight"))
+    assert run(book.owned("alice")) == []
+
+
+def test_unknown_ids_leave_no_locks_behind(book):
+    for i in range(50):
+        with pytest.raises(ResourceNotFound):
+            run(book.delete(f"missing-{i}", "alice"))
+        with pytest.raises(ResourceNotFound):
+            run(book.train(f"missing-{i}", "alice", X=np.zeros((1, D)), y=["a"], weight=1.0, label_vectors={}, update_id="u"))
+    create(book)
+    run(book.delete("c1", "alice"))
+    assert book._locks == {}

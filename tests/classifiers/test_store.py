@@ -17,9 +17,10 @@ def test_roundtrip_list_delete(store):
     store.save_classifier("x", b"abc")
     store.save_classifier("x", b"def")
     assert store.load_classifier("x") == b"def"
-    store.add_owned("alice", "x")
-    store.add_owned("alice", "y")
+    store.add_owned("alice", "x", 100.0)
+    store.add_owned("alice", "y", 200.5)
     assert store.owned("alice") == ["x", "y"] and store.owned("bob") == []
+    assert store.owned_since("alice", "y") == 200.5 and store.owned_since("bob", "y") is None
     store.remove_owned("alice", "y")
     store.delete_classifier("x")
     store.delete_classifier("x")  # idempotent

@@ -1,6 +1,7 @@
 """End-to-end few-shot over HTTP: /v1/train, /v1/classify by classifier_id, list, delete, durability."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -128,8 +129,7 @@ def test_killed_state_actor_answers_identically_from_the_store(http, app_config)
     cid = train(http, model=MODEL, input=examples(TRAIN))["classifier_id"]
     texts, _ = queries(TEST)
     before = classify(http, cid, texts)
-    for i in range(app_config.state.num_shards):
-        ray.kill(ray.get_actor(f"classifier-shard-{i}", namespace="ray-classifier"), no_restart=True)
+    kill_shards()
     after = classify(http, cid, texts)
     assert np.array_equal(scores(before), scores(after))
 
@@ -139,15 +139,19 @@ def test_restarting_the_whole_app_serves_the_same_classifiers(http, app_config):
     texts, _ = queries(TEST)
     before = classify(http, cid, texts)
     serve.delete(app_config.app_name)
-    for i in range(app_config.state.num_shards):
-        try:
-            ray.kill(ray.get_actor(f"classifier-shard-{i}", namespace="ray-classifier"), no_restart=True)
-        except ValueError:
-            pass
+    kill_shards()
     deploy(app_config)
     after = classify(http, cid, texts)
     assert np.array_equal(scores(before), scores(after))
     assert [c["classifier_id"] for c in http.get("/v1/classifiers").json()] == [cid]
+
+
+def kill_shards():
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "ray-classifier" and a["name"].startswith("classifier-shard-")]
+    assert names
+    for name in names:
+        ray.kill(ray.get_actor(name, namespace="ray-classifier"), no_restart=True)
 
 
 def _state(http, cid):
@@ -215,8 +219,9 @@ def test_classify_by_id_errors(http):
         assert r.status_code == 400 and r.json()["code"] == code, r.text
     r = http.post("/v1/classify", json={"classifier_id": cid, "model": MODEL, "input": ["Rain tomorrow"]})
     assert r.status_code == 200
-    for bad in ["../" + cid, "\x00", "a/b", "x" * 100]:
-        r = http.post("/v1/classify", json={"classifier_id": bad, "input": ["x"]})
+    for bad in ["../" + cid, "\x00", "a/b", "x" * 100, "\udc80"]:
+        raw = json.dumps({"classifier_id": bad, "input": ["x"]}).encode()  # \udc80 travels as a JSON escape
+        r = http.post("/v1/classify", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 404 and r.json()["code"] == "RESOURCE_NOT_FOUND", r.text
     assert http.delete("/v1/classifiers/..%2F..%2Fetc").status_code == 404
 
