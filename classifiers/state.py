@@ -239,7 +239,7 @@ class ClassifierBook:
                 created_at=now, updated_at=now, updated_number=0, num_samples=len(y),
                 recent_updates={update_id: len(y)},
             )
-            self.store.save_classifier(cid, rec.to_bytes())
+            await asyncio.to_thread(self.store.save_classifier, cid, rec.to_bytes())  # off the event loop
             self._remember(rec)
             return self._outcome(rec, len(y))
 
@@ -265,7 +265,9 @@ class ClassifierBook:
                 num_samples=rec.num_samples + len(y), recent_updates=recent,
                 used_number=rec.used_number, used_at=rec.used_at,
             )
-            self.store.save_classifier(cid, new.to_bytes())  # durable before it is visible or acknowledged
+            # Durable before it is visible or acknowledged; written off the event loop so that calls for other
+            # classifiers on this shard are not held up by fsync / an object-store PUT.
+            await asyncio.to_thread(self.store.save_classifier, cid, new.to_bytes())
             self._remember(new)
             return self._outcome(new, len(y))
 
@@ -304,7 +306,7 @@ class ClassifierBook:
         self._visible(cid, caller, write=True)
         async with self._lock(self._locks, cid):
             self._visible(cid, caller, write=True)
-            self.store.delete_classifier(cid)
+            await asyncio.to_thread(self.store.delete_classifier, cid)
             self._loaded.pop(cid, None)
             self._dirty_usage.discard(cid)
         self._locks.pop(cid, None)
