@@ -282,6 +282,18 @@ METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids", "ours, dia
 PROB_METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids")
 
 
+def stream_batches(perm: np.ndarray, checkpoints: list[int], batch_size: int):
+    """Walk a stream to each checkpoint: yields (checkpoint index, k, the batches fed since the last one)."""
+    pos = 0
+    for ci, k in enumerate(checkpoints):
+        k = min(k, len(perm))
+        batches = []
+        while pos < k:
+            batches.append(perm[pos : min(pos + batch_size, k)])
+            pos += len(batches[-1])
+        yield ci, k, batches
+
+
 def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_scale: float,
                batch_size: int = 8, num_iters: int = 10, learner_config=None, pa_seed: int = 0) -> dict:
     """Feed the task's training examples in ``perm`` order, in batches, to every online method; at each
@@ -310,12 +322,8 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
     out["classes"] = np.zeros(len(checkpoints))
     out["coverage"] = np.zeros(len(checkpoints))
     seen_in_learner: set[int] = set()
-    pos = 0
-    for ci, k in enumerate(checkpoints):
-        k = min(k, len(perm))
-        while pos < k:
-            sel = perm[pos : min(pos + batch_size, k)]
-            pos += len(sel)
+    for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
+        for sel in batches:
             names = [task.names[j] for j in task.ytr[sel]]
             new = {int(j) for j in task.ytr[sel]} - seen_in_learner
             seen_in_learner |= new
@@ -361,12 +369,8 @@ def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, we
     lrn = FewShotLearner(task.Xtr.shape[1], score_scale=1.0, config=learner_config)
     acc = np.zeros(len(checkpoints))
     seen: set[int] = set()
-    pos = 0
-    for ci, k in enumerate(checkpoints):
-        k = min(k, len(perm))
-        while pos < k:
-            sel = perm[pos : min(pos + batch_size, k)]
-            pos += len(sel)
+    for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
+        for sel in batches:
             new = {int(j) for j in task.ytr[sel]} - seen
             seen |= new
             lrn.update(task.Xtr[sel], [task.names[j] for j in task.ytr[sel]], weight=weight,

@@ -52,3 +52,26 @@ def windowed_token_counts(content_ids: list[list[int]], window: int, specials: i
     """Tokens the model processes per text when content is split into windows that each get the specials."""
     step = window - specials
     return [len(ids) + max(1, -(-len(ids) // step)) * specials for ids in content_ids]
+
+
+def split_windows(
+    content_ids: list[list[int]], head: list[int], tail: list[int], window: int
+) -> tuple[list[list[int]], list[int]]:
+    """Cut each text's content tokens into windows that fit the model (each wrapped in the specials).
+    Returns the windows and, per window, the index of the text it came from."""
+    step = window - len(head) - len(tail)
+    windows: list[list[int]] = []
+    owner: list[int] = []
+    for i, ids in enumerate(content_ids):
+        for start in range(0, max(len(ids), 1), step):
+            windows.append(head + ids[start : start + step] + tail)
+            owner.append(i)
+    return windows, owner
+
+
+def pool_windows(vectors: np.ndarray, windows: list[list[int]], owner: list[int], n_texts: int) -> np.ndarray:
+    """One L2-normalised vector per text: its windows' vectors averaged, weighted by their token counts."""
+    weights = np.array([len(w) for w in windows], dtype=np.float32)
+    out = np.zeros((n_texts, vectors.shape[1]), np.float32)
+    np.add.at(out, np.array(owner), vectors * weights[:, None])
+    return l2_normalize(out)

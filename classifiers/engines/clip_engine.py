@@ -26,7 +26,15 @@ import os
 
 import numpy as np
 
-from classifiers.engines.base import Encoder, Role, l2_normalize, special_wrapping, windowed_token_counts
+from classifiers.engines.base import (
+    Encoder,
+    Role,
+    l2_normalize,
+    pool_windows,
+    special_wrapping,
+    split_windows,
+    windowed_token_counts,
+)
 from classifiers.registry import ModelSpec
 
 
@@ -125,20 +133,11 @@ class CLIPEncoder(Encoder):
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        step = self.window - self._specials
-        windows: list[list[int]] = []
-        owner: list[int] = []
-        for i, ids in enumerate(self._content_ids(texts, role)):
-            for start in range(0, max(len(ids), 1), step):
-                windows.append(self._head + ids[start : start + step] + self._tail)
-                owner.append(i)
+        windows, owner = split_windows(self._content_ids(texts, role), self._head, self._tail, self.window)
         vecs = l2_normalize(self._embed_windows(windows))
         if len(windows) == len(texts):  # the common case: one window per text
             return vecs
-        weights = np.array([len(w) for w in windows], dtype=np.float32)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        np.add.at(out, np.array(owner), vecs * weights[:, None])
-        return l2_normalize(out)
+        return pool_windows(vecs, windows, owner, len(texts))
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch

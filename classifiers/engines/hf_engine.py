@@ -1,6 +1,6 @@
 """Sentence-embedding models through transformers ``AutoModel`` (MiniLM, E5, BGE, jina-embeddings-v3, ...).
 
-Texts are tokenized once, sorted by length and run in sub-batches of ``batch_size`` so that padding is
+Texts are tokenized, sorted by length and run in sub-batches of ``batch_size`` so that padding is
 minimal; pooling (mean or CLS) follows the registry. A text longer than the model window is split into
 windows of ``max_tokens - specials`` content tokens; each window is embedded on its own and the windows'
 pooled vectors are averaged weighted by their token counts before normalisation (chunk pooling), so long
@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifiers.engines.base import Encoder, Role, l2_normalize, special_wrapping, windowed_token_counts
+from classifiers.engines.base import (
+    Encoder,
+    Role,
+    l2_normalize,
+    pool_windows,
+    special_wrapping,
+    split_windows,
+    windowed_token_counts,
+)
 from classifiers.registry import ModelSpec
 
 
@@ -53,18 +61,8 @@ class HFEncoder(Encoder):
             pfx = self.prefix(role)
             vecs = self.model.encode([pfx + t for t in texts], task=self.spec.task, max_length=self.spec.max_tokens)
             return l2_normalize(np.asarray(vecs))
-        step = self.window - self._specials
-        windows: list[list[int]] = []  # token ids with specials, one per window
-        owner: list[int] = []  # which text each window belongs to
-        for i, ids in enumerate(self._content_ids(texts, role)):
-            for start in range(0, max(len(ids), 1), step):
-                windows.append(self._head + ids[start : start + step] + self._tail)
-                owner.append(i)
-        pooled = self._embed_windows(windows)  # (W, dim), un-normalised
-        weights = np.array([len(w) for w in windows], dtype=np.float32)
-        out = np.zeros((len(texts), pooled.shape[1]), np.float32)
-        np.add.at(out, np.array(owner), pooled * weights[:, None])
-        return l2_normalize(out)
+        windows, owner = split_windows(self._content_ids(texts, role), self._head, self._tail, self.window)
+        return pool_windows(self._embed_windows(windows), windows, owner, len(texts))  # pooled un-normalised
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch
