@@ -23,10 +23,13 @@ class ImageDoc(BaseModel):
 InputItem = Union[str, TextDoc, ImageDoc]
 
 
+# Request bodies ignore unknown top-level fields, as Jina does (its own product page sends `"action": "list"`);
+# nested items stay strict, so `{"text": ..., "image": ...}` is an error rather than a guess.
 class ClassifyRequest(BaseModel):
     """Zero-shot (`model` + `labels`) or few-shot (`classifier_id`) classification."""
 
     model_config = ConfigDict(
+        extra="ignore",
         json_schema_extra={
             "examples": [
                 {
@@ -64,6 +67,8 @@ TrainingItem = Union[TextTrainingItem, ImageTrainingItem]
 class TrainRequest(BaseModel):
     """Create a classifier (`model` + `input`) or update one (`classifier_id` + `input`)."""
 
+    model_config = ConfigDict(extra="ignore")
+
     model: str | None = Field(default=None, description="Embedding model of a new classifier.")
     classifier_id: str | None = Field(default=None, description="Classifier to update.")
     access: Literal["public", "private"] = Field(default="public", description="Who may use the new classifier.")
@@ -98,8 +103,3 @@ class TrainingResponse(BaseModel):
     num_samples: int
     usage: Usage
 
-
-class ErrorResponse(BaseModel):
-    code: str
-    detail: str
-    request_id: str

@@ -24,9 +24,6 @@ class ServiceError(Exception):
     def __reduce__(self):  # keep code/status when Ray pickles the error across processes
         return (_rebuild, (type(self), self.detail, self.code, self.status))
 
-    def to_body(self, request_id: str) -> dict:
-        return {"code": self.code, "detail": self.detail, "request_id": request_id}
-
 
 def _rebuild(cls, detail, code, status):
     return cls(detail, code=code, status=status)
@@ -65,6 +62,26 @@ class UnsupportedModality(InvalidInput):
 
 class InvalidImage(InvalidInput):
     code = "INPUT_INVALID_IMAGE"
+
+
+class RequestValidationFailed(ServiceError):
+    """A schema rule whose bound is configuration (e.g. /train's item cap), so pydantic cannot check it.
+
+    Answers like pydantic's own schema errors: 422 ``INPUT_VALIDATION_FAILED`` with an ``errors`` list."""
+
+    code = "INPUT_VALIDATION_FAILED"
+    status = 422
+
+    def __init__(self, detail: str, *, errors: list[dict] | None = None, code: str | None = None, status: int | None = None):
+        super().__init__(detail, code=code, status=status)
+        self.errors = list(errors or [])
+
+    def __reduce__(self):
+        return (_rebuild_validation, (self.detail, self.errors))
+
+
+def _rebuild_validation(detail, errors):
+    return RequestValidationFailed(detail, errors=errors)
 
 
 class ResourceNotFound(ServiceError):

@@ -1,11 +1,14 @@
 """Turn Jina's flexible `input` field into a flat list of typed items, with the request limits applied."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 from classifiers.api import ImageDoc, ImageTrainingItem, InputItem, TextDoc, TrainingItem
-from classifiers.errors import InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, UnsupportedModality
+from classifiers.errors import (
+    InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, RequestValidationFailed, UnsupportedModality,
+)
 from classifiers.registry import ModelSpec
 
 
@@ -32,6 +35,15 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text.replace("\x00", " ")
+
+
+def normalize_label(label: str) -> str:
+    """The one canonical form of a label: Unicode NFC, surrounding whitespace trimmed, case kept.
+
+    Jina treats `"Sport"`, `" Sport"` and the NFD spelling of a label as one label (its own product page sends
+    every label twice); comparing labels in this form makes zero-shot labels, label groups and training
+    labels agree on what "the same label" means."""
+    return unicodedata.normalize("NFC", clean_text(label)).strip()
 
 
 def parse_inputs(raw: InputItem | list[InputItem], *, max_inputs: int, max_tokens: int = 8192) -> list[Item]:
@@ -69,16 +81,20 @@ def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]
 def parse_training_items(
     raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192
 ) -> tuple[list[Item], list[str]]:
-    """Labeled examples -> (items, labels). Labels are cleaned like texts and must not be empty."""
+    """Labeled examples -> (items, labels). Labels are normalised (:func:`normalize_label`) and must not be empty."""
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         raise InvalidInput("`input` is empty: send at least one labeled example")
     if len(items) > max_items:
-        raise InputLimitExceeded(f"{len(items)} training examples in one request; the limit is {max_items}")
+        # Jina's spec caps /train at `maxItems` (512): a schema rule, so a 422 like every other schema error.
+        raise RequestValidationFailed(
+            f"Invalid request: input: {len(items)} training examples in one request; the limit is {max_items}",
+            errors=[{"field": "input", "message": f"List should have at most {max_items} items", "type": "too_long"}],
+        )
     out, labels = [], []
     for i, it in enumerate(items):
-        label = clean_text(it.label)
-        if not label.strip():
+        label = normalize_label(it.label)
+        if not label:
             raise InvalidLabels(f"input[{i}]: label is empty")
         if isinstance(it, ImageTrainingItem):
             if not it.image.strip():

@@ -12,7 +12,9 @@ class Limits(BaseModel):
     max_label_groups: int = Field(default=8, gt=0, description="Label groups in a dict of groups.")
     max_labels_per_group: int = Field(default=64, gt=1, description="Labels in one label group.")
     max_input_tokens: int = Field(default=8192, gt=0, description="Tokens per input text (and per label).")
-    max_train_items: int = Field(default=1024, gt=0, description="Labeled examples per /train request.")
+    max_train_items: int = Field(
+        default=512, gt=0, description="Labeled examples per /train request (Jina's spec: maxItems 512); over it is a 422."
+    )
     max_classes: int = Field(default=16, gt=1, description="Distinct labels (classes) per few-shot classifier.")
     max_classifiers_per_owner: int = Field(default=16, gt=0, description="Few-shot classifiers one owner may keep.")
     min_train_labels: int = Field(default=2, ge=1, description="Distinct labels needed to create a classifier.")

@@ -12,7 +12,7 @@ import numpy as np
 
 from classifiers.api import ClassificationPrediction, PredictionLabel
 from classifiers.errors import InvalidLabels, LabelLimitExceeded
-from classifiers.inputs import clean_text
+from classifiers.inputs import normalize_label
 from classifiers.limits import Limits
 
 
@@ -31,18 +31,17 @@ class LabelSet:
 
 
 def _check_group(labels: list[str], where: str, limit: int) -> list[str]:
-    if len(labels) > limit:
-        raise LabelLimitExceeded(f"Label limit exceeded: {len(labels)} labels provided{where}, maximum {limit} allowed")
-    cleaned = [clean_text(lab) for lab in labels]
-    if len(cleaned) < 2:
-        raise InvalidLabels(f"At least 2 labels are required{where}, got {len(cleaned)}")
-    for i, lab in enumerate(cleaned):
-        if not lab.strip():
+    """Normalise and collapse duplicates (first occurrence wins), then apply the count rules to what is left."""
+    normalized = [normalize_label(lab) for lab in labels]
+    for i, lab in enumerate(normalized):
+        if not lab:
             raise InvalidLabels(f"label {i}{where} is empty")
-    dupes = sorted({lab for lab in cleaned if cleaned.count(lab) > 1})
-    if dupes:
-        raise InvalidLabels(f"duplicate labels{where}: {dupes}")
-    return cleaned
+    unique = list(dict.fromkeys(normalized))
+    if len(unique) > limit:
+        raise LabelLimitExceeded(f"Label limit exceeded: {len(unique)} labels provided{where}, maximum {limit} allowed")
+    if len(unique) < 2:
+        raise InvalidLabels(f"At least 2 distinct labels are required{where}, got {len(unique)}")
+    return unique
 
 
 def parse_labels(labels: list[str] | dict[str, list[str]] | None, limits: Limits) -> LabelSet:

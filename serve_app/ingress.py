@@ -14,14 +14,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from classifiers.errors import ServiceError
+from classifiers.errors import RequestValidationFailed, ServiceError
 
 logger = logging.getLogger("ray.serve")
 
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
-ANONYMOUS = "anonymous"
+# The one account of anonymous mode. Jina's spec types `user_id` as a UUID, so the anonymous owner is one too
+# (fixed, so classifiers created anonymously stay listed across restarts); never derived from a key.
+ANONYMOUS = "00000000-0000-4000-8000-000000000000"
 
 
 def principal_of(authorization: str | None) -> str:
@@ -42,7 +44,8 @@ def error_response(request: Request, status: int, code: str, detail: str, **extr
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     if exc.status >= 500:
         logger.error("request %s failed: %s", request_id_of(request), exc.detail, exc_info=exc)
-    return error_response(request, exc.status, exc.code, exc.detail)
+    extra = {"errors": exc.errors} if isinstance(exc, RequestValidationFailed) else {}
+    return error_response(request, exc.status, exc.code, exc.detail, **extra)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

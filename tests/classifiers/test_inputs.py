@@ -1,8 +1,10 @@
 import pytest
 
 from classifiers.api import ImageDoc, TextDoc
-from classifiers.errors import InputLimitExceeded, InputTooLong, InvalidInput, UnsupportedModality
-from classifiers.inputs import Item, check_modalities, clean_text, parse_inputs
+from classifiers.errors import (
+    InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, RequestValidationFailed, UnsupportedModality,
+)
+from classifiers.inputs import Item, check_modalities, clean_text, parse_inputs, parse_training_items
 from classifiers.registry import BUILTIN_MODELS
 
 
@@ -40,3 +42,21 @@ def test_absurdly_long_text_is_refused_before_tokenizing():
     with pytest.raises(InputTooLong, match=r"input\[1\] has 3300 characters"):
         parse_inputs(["ok", "x" * 3300], max_inputs=4, max_tokens=100)
     assert parse_inputs(["x" * 3200], max_inputs=4, max_tokens=100)[0].value == "x" * 3200
+
+
+def test_training_labels_are_normalised_like_zero_shot_labels():
+    from classifiers.api import TextTrainingItem
+
+    raw = [TextTrainingItem(text="t", label=lab) for lab in ["weather ", "weather", " Cafe\u0301", "Caf\u00e9", "Weather"]]
+    _, labels = parse_training_items(raw, max_items=10)
+    assert labels == ["weather", "weather", "Caf\u00e9", "Caf\u00e9", "Weather"]
+    with pytest.raises(InvalidLabels):
+        parse_training_items([TextTrainingItem(text="t", label=" \u3000 ")], max_items=10)
+
+
+def test_too_many_training_items_is_a_schema_error():
+    from classifiers.api import TextTrainingItem
+
+    with pytest.raises(RequestValidationFailed) as err:
+        parse_training_items([TextTrainingItem(text="t", label="x")] * 6, max_items=5)
+    assert err.value.status == 422 and err.value.errors[0]["field"] == "input"

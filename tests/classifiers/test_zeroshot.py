@@ -34,13 +34,15 @@ def test_flat_labels_and_groups_parse():
         ([], InvalidLabels),
         (["a"], InvalidLabels),
         (["a", " "], InvalidLabels),
-        (["a", "a"], InvalidLabels),
+        (["a", "a"], InvalidLabels),  # one distinct label after collapsing
+        (["\u00e1", " a\u0301 "], InvalidLabels),  # NFC and trimmed NFD spellings of "á" are one label
         ({}, InvalidLabels),
         ({" ": ["a", "b"]}, InvalidLabels),
         ({"g": ["a"]}, InvalidLabels),
         (["l%d" % i for i in range(5)], LabelLimitExceeded),
         ({"g%d" % i: ["a", "b"] for i in range(3)}, LabelLimitExceeded),
         ({"g": ["l%d" % i for i in range(4)]}, LabelLimitExceeded),
+        ({"g": ["a", "a "]}, InvalidLabels),
     ],
 )
 def test_bad_labels_raise_typed_errors(labels, err):
@@ -56,3 +58,28 @@ def test_predictions_keep_label_order_and_pick_the_best():
     assert [p.label for p in out[0].predictions] == ["x", "y"]
     grouped = predictions(inputs, parse_labels({"g": ["x", "y"], "h": ["y", "x"]}, Limits()), vecs, 10.0)
     assert grouped[0].prediction == {"g": "y", "h": "y"} and grouped[1].score["h"] == pytest.approx(grouped[1].score["g"])
+
+
+def test_duplicate_labels_collapse_to_the_first_occurrence():
+    # Jina's product page sends each of its three labels twice; the answer lists each once, in first-seen order.
+    page = ["Simple task", "Complex reasoning", "Creative writing", "Complex reasoning", "Creative writing", "Simple task"]
+    assert parse_labels(page, Limits()).groups == {None: ["Simple task", "Complex reasoning", "Creative writing"]}
+
+
+def test_labels_compare_after_nfc_and_trimming_but_keep_case():
+    nfd, nfc = "Cafe\u0301", "Caf\u00e9"
+    got = parse_labels([" Sport", "Sport", "Sport\t", nfd, nfc, "sport", "\u3000Sport"], Limits()).groups[None]
+    assert got == ["Sport", nfc, "sport"]
+
+
+def test_groups_collapse_their_own_duplicates_independently():
+    ls = parse_labels({"topic": ["sport", "sport ", "news"], "tone": ["calm", "angry", " calm"]}, Limits())
+    assert ls.groups == {"topic": ["sport", "news"], "tone": ["calm", "angry"]}
+    assert ls.unique() == ["sport", "news", "calm", "angry"]
+
+
+def test_label_limits_count_distinct_labels():
+    limits = Limits(max_labels=3)
+    assert parse_labels(["a", "b", "c", "a", "b", "c"], limits).groups[None] == ["a", "b", "c"]
+    with pytest.raises(LabelLimitExceeded, match="4 labels"):
+        parse_labels(["a", "b", "c", "d", "a"], limits)

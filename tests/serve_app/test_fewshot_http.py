@@ -11,6 +11,7 @@ import ray
 from ray import serve
 
 from tests.conftest import deploy
+from tests.serve_app.test_jina_spec import check, load_spec
 
 pytestmark = pytest.mark.e2e
 MODEL = "all-MiniLM-L6-v2"
@@ -167,7 +168,8 @@ def _state(http, cid):
         ({"model": MODEL, "input": [{"text": "a", "label": ""}, {"text": "b", "label": "y"}]}, 400, "INPUT_INVALID_LABELS"),
         ({"model": MODEL, "input": [{"text": " ", "label": "x"}, {"text": "b", "label": "y"}]}, 400, "INPUT_INVALID"),
         ({"model": MODEL, "input": [{"text": f"t{i}", "label": f"l{i}"} for i in range(17)]}, 400, "INPUT_LABEL_LIMIT_EXCEEDED"),
-        ({"model": MODEL, "input": [{"text": "a", "label": "x"}] * 1025}, 400, "INPUT_LIMIT_EXCEEDED"),
+        ({"model": MODEL, "input": [{"text": "a", "label": "x"}] * 513}, 422, "INPUT_VALIDATION_FAILED"),
+        ({"model": MODEL, "input": [{"text": "a", "label": "x"}, {"text": "b", "label": " x "}]}, 400, "INPUT_INVALID_LABELS"),
         ({"model": MODEL, "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], "num_iters": 0}, 400, "INPUT_INVALID"),
         ({"model": MODEL, "input": [{"image": "https://x/y.png", "label": "x"}, {"text": "b", "label": "y"}]}, 400, "INPUT_UNSUPPORTED_MODALITY"),
         ({"model": "nope", "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, 400, "INPUT_MODEL_NOT_FOUND"),
@@ -185,6 +187,13 @@ def test_bad_train_requests(http, body, status, code):
     assert r.status_code == status, r.text
     assert r.json()["code"] == code and r.json()["request_id"]
     assert http.get("/v1/classifiers").json() == []  # nothing was created
+
+
+def test_training_labels_are_normalised(http):
+    out = train(http, model=MODEL, input=[{"text": "Rain all day", "label": "weather "}, {"text": "Goal!", "label": "sport"}])
+    train(http, classifier_id=out["classifier_id"], input=[{"text": "Snow tonight", "label": "weather"},
+                                                           {"text": "Fog later", "label": "\u3000weather"}])
+    assert _state(http, out["classifier_id"])["labels"] == ["weather", "sport"]
 
 
 def test_refused_update_leaves_the_classifier_exactly_as_before(http):
@@ -231,4 +240,5 @@ def test_owner_classifier_limit(http):
         train(http, model=MODEL, input=[{"text": f"a{i}", "label": "x"}, {"text": f"b{i}", "label": "y"}])
     r = http.post("/v1/train", json={"model": MODEL, "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})
     assert r.status_code == 403 and r.json()["code"] == "AUTHZ_RESOURCE_LIMIT_EXCEEDED", r.text
+    check(load_spec(), r, "/v1/train")
     assert len(http.get("/v1/classifiers").json()) == 16

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from tests.conftest import ROOT
+
 pytestmark = pytest.mark.e2e
 
 SIX_PROMPTS = [
@@ -12,7 +14,7 @@ SIX_PROMPTS = [
     "分析使用CRISPR基因编辑技术在人类胚胎中的伦理影响。考虑潜在的医疗益处和长期社会后果。",
     "AIが自意識を持つディストピアの未来を舞台にした短編小説を書いてください。人間とAIの関係や意識の本質をテーマに探求してください。",
     "Erklären Sie die Unterschiede zwischen Merge-Sort und Quicksort-Algorithmen in Bezug auf Zeitkomplexität, Platzkomplexität und Leistung in der Praxis.",
-    "Write a poem about the beauty of nature and its healing effects on the human soul.",
+    "Write a poem about the beauty of nature and its healing power on the human soul.",
     "Translate the following sentence into French: The quick brown fox jumps over the lazy dog.",
 ]
 SIX_LABELS = ["Simple task", "Complex reasoning", "Creative writing"]
@@ -44,19 +46,61 @@ def _check_error(resp, status: int, code: str | None = None):
     return body
 
 
-def test_readme_six_prompt_example_picks_sensible_labels(http):
-    r = http.post("/v1/classify", json={"model": "multilingual-e5-small", "input": [{"text": t} for t in SIX_PROMPTS], "labels": SIX_LABELS})
+# Jina's Classifier product page's curl body, verbatim: every label twice, its own model name, an unknown field.
+PRODUCT_PAGE_BODY = {
+    "input": SIX_PROMPTS,
+    "labels": ["Simple task", "Complex reasoning", "Creative writing", "Complex reasoning", "Creative writing", "Simple task"],
+    "model": "jina-embeddings-v3",
+    "action": "list",
+}
+
+
+def test_product_page_curl_body_verbatim_answers_200(http):
+    r = http.post("/v1/classify", json=PRODUCT_PAGE_BODY, headers={"Authorization": "Bearer"})  # curl -H "Authorization: Bearer " sends this
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert len(data) == 6
+    for d in data:
+        assert [p["label"] for p in d["predictions"]] == SIX_LABELS
+    # The same answer as the deduplicated request: collapsing is exact, not approximate.
+    plain = http.post("/v1/classify", json={"model": "jina-embeddings-v3", "input": SIX_PROMPTS, "labels": SIX_LABELS}).json()
+    assert [d["predictions"] for d in plain["data"]] == [d["predictions"] for d in data]
+
+
+def test_unknown_top_level_fields_are_ignored_on_every_route(http):
+    extra = {"action": "list", "foo": {"bar": [1, 2]}}
+    r = http.post("/v1/classify", json={"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": ["a", "b"], **extra})
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/train", json={"model": "all-MiniLM-L6-v2", "input": [{"text": "sun", "label": "weather"},
+                                                                          {"text": "goal", "label": "sport"}], **extra})
+    assert r.status_code == 200, r.text
+    cid = r.json()["classifier_id"]
+    assert http.post("/v1/classify", json={"classifier_id": cid, "input": ["rain"], **extra}).status_code == 200
+    assert http.post("/v1/train", json={"classifier_id": cid, "input": {"text": "snow", "label": "weather"}, **extra}).status_code == 200
+    assert http.post("/v1/classifiers", json=extra).status_code == 200
+    assert http.request("DELETE", f"/v1/classifiers/{cid}", json=extra).status_code == 200
+
+
+def test_readme_example_prints_what_the_service_returns(http):
+    """The README's first example sends the product page's prompts verbatim and states the predictions the
+    embedded default returns, whatever they are: this keeps that text true."""
+    readme = (ROOT / "README.md").read_text()
+    for prompt in SIX_PROMPTS:
+        assert json.dumps(prompt, ensure_ascii=False) in readme
+    r = http.post("/v1/classify", json={"model": "multilingual-e5-small", "input": SIX_PROMPTS, "labels": SIX_LABELS})
     assert r.status_code == 200, r.text
     assert r.headers.get("x-request-id")
     body = r.json()
-    assert body["usage"]["total_tokens"] > 0
     assert [d["index"] for d in body["data"]] == list(range(6))
-    for d, ok in zip(body["data"], SENSIBLE):
+    for d in body["data"]:
         assert d["object"] == "classification"
         assert [p["label"] for p in d["predictions"]] == SIX_LABELS
         assert sum(p["score"] for p in d["predictions"]) == pytest.approx(1.0, abs=1e-5)
         assert d["score"] == max(p["score"] for p in d["predictions"])
-        assert d["prediction"] in ok, (d["prediction"], ok)
+    stated = ", ".join(f"{d['prediction']} ({d['score']:.2f})" for d in body["data"])
+    said = readme.split("The embedded default predicts, in order: ", 1)[1].split(". The fifth", 1)[0]
+    assert " ".join(said.split()) == stated
+    assert f'"usage":{{"total_tokens":{body["usage"]["total_tokens"]}}}' in readme
 
 
 @pytest.mark.parametrize("model", ["multilingual-e5-small", "all-MiniLM-L6-v2", "jina-embeddings-v3"])
@@ -118,7 +162,7 @@ def test_long_input_is_chunk_pooled_not_refused(http):
         ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": []}, 400, "INPUT_INVALID_LABELS"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": ["only"]}, 400, "INPUT_INVALID_LABELS"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": ["a", ""]}, 400, "INPUT_INVALID_LABELS"),
-        ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": ["a", "b", "a"]}, 400, "INPUT_INVALID_LABELS"),
+        ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": ["a", " a", "a "]}, 400, "INPUT_INVALID_LABELS"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": {}}, 400, "INPUT_INVALID_LABELS"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"], "labels": {"g": ["a", "a"]}}, 400, "INPUT_INVALID_LABELS"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"]}, 400, "INPUT_INVALID_LABELS"),

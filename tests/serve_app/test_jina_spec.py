@@ -1,0 +1,153 @@
+"""Every kind of response the service sends, validated against Jina's published OpenAPI spec.
+
+The schema for each check is the one the spec gives for that route, method and status (following its
+``$ref``s into ``components``), with formats enforced (``uuid``, ``date-time``), so a field Jina types as a
+UUID or a timestamp must be one. Extra fields of ours are fine wherever the spec allows additional properties.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+SPEC_PATH = ROOT.parent / "shared" / "jina-api" / "openapi.json"
+MODEL = "all-MiniLM-L6-v2"
+EXAMPLES = [
+    {"text": "Heavy rain and thunderstorms tonight", "label": "weather"},
+    {"text": "The striker scored twice in the final", "label": "sport"},
+    {"text": "Sunny and warm all weekend", "label": "weather"},
+]
+
+
+def load_spec() -> dict:
+    if not SPEC_PATH.is_file():
+        pytest.fail(f"Jina's spec is missing at {SPEC_PATH}: the contract these tests check")
+    return json.loads(SPEC_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return load_spec()
+
+
+def _response_schema(spec: dict, route: str, method: str, status: int) -> dict:
+    responses = spec["paths"][route][method]["responses"]
+    assert str(status) in responses, f"the spec lists no {status} for {method.upper()} {route}"
+    entry = responses[str(status)]
+    if "$ref" in entry:
+        entry = spec["components"]["responses"][entry["$ref"].rsplit("/", 1)[-1]]
+    return entry["content"]["application/json"]["schema"]
+
+
+def check(spec: dict, resp, route: str, method: str = "post") -> dict:
+    """Validate one real response against the spec's schema for its route, method and status."""
+    schema = _response_schema(spec, route, method, resp.status_code)
+    # The whole spec is the root document, so `#/components/...` references resolve inside it.
+    validator = Draft202012Validator({**spec, **schema}, format_checker=FormatChecker())
+    body = resp.json()
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, f"{method.upper()} {route} {resp.status_code} breaks Jina's spec: " + "; ".join(
+        f"{'/'.join(map(str, e.path)) or '<body>'}: {e.message}" for e in errors[:5]
+    )
+    return body
+
+
+def test_the_validator_catches_what_the_spec_forbids(spec):
+    """The check above must be able to fail: a listing with the old non-UUID owner is refused."""
+
+    class Fake:
+        status_code = 200
+
+        def __init__(self, body):
+            self._body = body
+
+        def json(self):
+            return self._body
+
+    summary = {
+        "classifier_id": "2b0c5f8e-3d4f-4b8a-9c3e-1f2a3b4c5d6e", "user_id": "anonymous", "model": MODEL,
+        "labels": ["a", "b"], "access": "public", "updated_number": 0, "used_number": 0,
+        "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:00+00:00",
+    }
+    with pytest.raises(AssertionError, match="user_id"):
+        check(spec, Fake([summary]), "/v1/classifiers", "get")
+    check(spec, Fake([{**summary, "user_id": "00000000-0000-4000-8000-000000000000"}]), "/v1/classifiers", "get")
+    listing = copy.deepcopy(spec["components"]["schemas"]["ModelListResponse"]["example"])
+    check(spec, Fake(listing), "/v1/models", "get")
+    del listing["data"][0]["pricing"]["input_cache_read"]
+    with pytest.raises(AssertionError, match="input_cache_read"):
+        check(spec, Fake(listing), "/v1/models", "get")
+
+
+def test_zero_shot_list_and_groups(http, spec):
+    r = http.post("/v1/classify", json={"model": MODEL, "input": ["Will it rain?", {"text": "Who won?"}], "labels": ["weather", "sport"]})
+    assert r.status_code == 200
+    check(spec, r, "/v1/classify")
+    r = http.post("/v1/classify", json={
+        "model": MODEL, "input": "Will it rain?", "labels": {"topic": ["weather", "sport"], "tone": ["calm", "angry"]},
+    })
+    assert r.status_code == 200
+    check(spec, r, "/v1/classify")
+
+
+def test_train_classify_list_delete(http, spec):
+    created = http.post("/v1/train", json={"model": MODEL, "access": "private", "input": EXAMPLES})
+    assert created.status_code == 200, created.text
+    cid = check(spec, created, "/v1/train")["classifier_id"]
+    updated = http.post("/v1/train", json={"classifier_id": cid, "input": {"text": "Snow expected", "label": "weather"}})
+    assert updated.status_code == 200
+    check(spec, updated, "/v1/train")
+    r = http.post("/v1/classify", json={"classifier_id": cid, "input": ["Is it going to snow?", "Match report"]})
+    assert r.status_code == 200
+    check(spec, r, "/v1/classify")
+    for method in ("get", "post"):
+        listing = http.request(method.upper(), "/v1/classifiers")
+        assert listing.status_code == 200
+        assert cid in [c["classifier_id"] for c in check(spec, listing, "/v1/classifiers", method)]
+    deleted = http.delete(f"/v1/classifiers/{cid}")
+    assert deleted.status_code == 200
+    check(spec, deleted, "/v1/classifiers/{classifier_id}", "delete")
+
+
+def test_models(http, spec):
+    r = http.get("/v1/models")
+    assert r.status_code == 200 and r.json()["data"]
+    check(spec, r, "/v1/models", "get")
+    r = http.get(f"/v1/models/{MODEL}")
+    assert r.status_code == 200
+    check(spec, r, "/v1/models/{model_id}", "get")
+
+
+@pytest.mark.parametrize(
+    "route, method, body, status",
+    [
+        ("/v1/classify", "post", {"model": "nope", "input": "a", "labels": ["a", "b"]}, 400),
+        ("/v1/classify", "post", {"model": MODEL, "input": "a", "labels": ["a", " a"]}, 400),
+        ("/v1/classify", "post", {"model": MODEL, "input": [1], "labels": ["a", "b"]}, 422),
+        ("/v1/classify", "post", {"classifier_id": "0b5d9c1e-0000-4000-8000-000000000000", "input": "a"}, 404),
+        ("/v1/train", "post", {"model": MODEL, "input": [{"text": "a", "label": "x"}] * 513}, 422),
+        ("/v1/train", "post", {"model": MODEL, "input": [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}]}, 400),
+        ("/v1/train", "post", {"classifier_id": "0b5d9c1e-0000-4000-8000-000000000000", "input": {"text": "a", "label": "x"}}, 404),
+        ("/v1/classifiers/{classifier_id}", "delete", None, 404),
+        ("/v1/models/{model_id}", "get", None, 400),
+    ],
+)
+def test_error_statuses(http, spec, route, method, body, status):
+    path = route.replace("{classifier_id}", "0b5d9c1e-0000-4000-8000-000000000000").replace("{model_id}", "nope")
+    r = http.request(method.upper(), path, json=body)
+    assert r.status_code == status, r.text
+    err = check(spec, r, route, method)
+    assert err["code"] and err["detail"] and err["request_id"] == r.headers["x-request-id"]
+
+
+def test_class_limit(http, spec):
+    r = http.post("/v1/train", json={"model": MODEL, "input": [{"text": f"t{i}", "label": f"l{i}"} for i in range(17)]})
+    assert r.status_code == 400 and r.json()["code"] == "INPUT_LABEL_LIMIT_EXCEEDED"
+    check(spec, r, "/v1/train")
+    # The 403 (the owner's classifier limit) is checked where it is produced: test_fewshot_http.py.
