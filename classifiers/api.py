@@ -103,3 +103,27 @@ class TrainingResponse(BaseModel):
     num_samples: int
     usage: Usage
 
+
+
+class ClassifierSummary(BaseModel):
+    """One classifier in a listing: Jina's summary fields, plus `num_samples` (ours)."""
+
+    classifier_id: str = Field(description="The classifier's id (a UUID).")
+    user_id: str = Field(description="The owning account's UUID (never an API key).")
+    model: str = Field(description="Embedding model the classifier was created with.")
+    labels: list[str] = Field(description="Classes the classifier knows, in the order it met them.")
+    access: Literal["public", "private"]
+    num_samples: int = Field(description="Examples learned so far (each counted once, whatever num_iters).")
+    updated_number: int = Field(description="Updates after the create.")
+    used_number: int = Field(description="Classify calls (persisted every few seconds).")
+    created_at: str = Field(description="ISO 8601 date-time.")
+    updated_at: str = Field(description="ISO 8601 date-time.")
+    used_at: str | None = Field(default=None, description="ISO 8601 date-time of the last classify, if any.")
+    is_active: bool = True
+    is_latest: bool = True
+    metadata_: dict = Field(default_factory=dict, description="Ours: `state_bytes`, the stored statistics' size.")
+
+
+class DeleteResponse(BaseModel):
+    classifier_id: str
+    deleted: bool = True

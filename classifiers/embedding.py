@@ -6,11 +6,15 @@ fails only its own request and never the others that share the batch.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from classifiers.engines.base import Encoder, Role
+from classifiers.images import ImageFetchConfig, image_tokens, load_images
+from classifiers.registry import ModelSpec
 
 
 @dataclass
@@ -105,3 +109,35 @@ def embed_image_batch(encoder: Encoder, batch: list[list]) -> list[np.ndarray]:
         out.append(vectors[start : start + len(images)])
         start += len(images)
     return out
+
+
+class Embedder(Protocol):
+    """How the services reach a model: the Ray embedder deployments (``deployments/embedder_handles.py``), or
+    :class:`LocalEmbedder` in one process. Both run :func:`embed_batch` / :func:`embed_image_batch`."""
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult: ...
+
+    async def embed_images(self, model: str, request: ImageEmbedRequest) -> ImageEmbedResult: ...
+
+
+class LocalEmbedder:
+    """The in-process Embedder: loaded encoders called directly (one request per model call, off the loop).
+
+    For unit tests, benchmarks and tools that want the service's logic without Ray. ``specs`` and
+    ``image_config`` are needed only for image inputs (token rule, safe fetching)."""
+
+    def __init__(
+        self, encoders: dict[str, Encoder], *, specs: dict[str, ModelSpec] | None = None,
+        image_config: ImageFetchConfig | None = None,
+    ):
+        self.encoders = encoders
+        self.specs = specs or {}
+        self.image_config = image_config
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        return (await asyncio.to_thread(embed_batch, self.encoders[model], [request]))[0]
+
+    async def embed_images(self, model: str, request: ImageEmbedRequest) -> ImageEmbedResult:
+        images = await load_images(request.values, request.positions, self.image_config or ImageFetchConfig())
+        (vectors,) = await asyncio.to_thread(embed_image_batch, self.encoders[model], [images])
+        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(im, self.specs[model]) for im in images])

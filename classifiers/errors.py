@@ -92,3 +92,14 @@ class ResourceNotFound(ServiceError):
 class ResourceLimitExceeded(ServiceError):
     code = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     status = 403
+
+
+class ServiceUnavailable(ServiceError):
+    """A transient condition (a replica or state shard restarting, a store unreachable): retry later."""
+
+    code = "SERVICE_UNAVAILABLE"
+    status = 503
+
+
+class StaleWriter(ServiceUnavailable):
+    """This shard set no longer owns the store (a newer deploy claimed it): the retry reaches the current one."""

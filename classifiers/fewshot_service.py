@@ -1,28 +1,33 @@
-"""Few-shot endpoints' logic: /train (create, update), /classify by classifier_id, list, delete. No Ray imports.
+"""Few-shot classification: /train (create, update), /classify by classifier_id, list, delete. No Ray imports.
 
-The classifiers themselves are reached through :class:`Classifiers` over a shard caller: the router's Ray
-state shards, or (tests, single process) a :class:`~classifiers.state.LocalShard` around one ClassifierBook.
-Everything a client can get wrong is checked here before any model work, and checked again under the
-classifier's lock on the shard where a concurrent request could have changed the answer (class limit).
+Everything a client can get wrong is checked here before any model work; what a concurrent request could change
+(the class limit, the owner's quota) is checked again, authoritatively, by the repository under its locks.
+
+Remote calls: a classifier's model, owner and access never change after its create, so they are cached here by
+id; with a warm cache a classify or an update is one repository call (one actor call in the Ray repo).
 """
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
-from typing import Protocol
+from collections import OrderedDict
 
-import numpy as np
-
-from classifiers.api import ClassificationResponse, ClassifyRequest, TrainingResponse, TrainRequest, Usage
+from classifiers.api import (
+    ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest, Usage,
+)
 from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, ResourceNotFound
 from classifiers.inputs import check_modalities, parse_inputs, parse_training_items
-from classifiers.state import ClassifierInfo, TrainOutcome
+from classifiers.limits import Limits
+from classifiers.registry import Registry
+from classifiers.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
+from classifiers.vectors import Vectors
 from classifiers.zeroshot import build_predictions
 
 DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
 # Ids this service issues are UUIDs; anything outside this shape cannot exist and never reaches a store path.
 CLASSIFIER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+INFO_CACHE_SIZE = 100_000  # ~200 bytes each
 
 
 def checked_id(cid: str) -> str:
@@ -31,72 +36,44 @@ def checked_id(cid: str) -> str:
     return cid
 
 
-class ShardCaller(Protocol):
-    async def call(self, key: str, method: str, *args, **kwargs): ...
-
-
-class Classifiers:
-    """Routes each operation to the state shard that owns it: owner operations by owner, the rest by id.
-
-    `shards` is the router's Ray ShardClient, or a LocalShard around one ClassifierBook in tests."""
-
-    def __init__(self, shards: ShardCaller):
-        self.shards = shards
-
-    async def reserve(self, owner: str, cid: str) -> None:
-        await self.shards.call(owner, "reserve", owner, cid)
-
-    async def release(self, owner: str, cid: str) -> None:
-        await self.shards.call(owner, "release", owner, cid)
-
-    async def owned(self, owner: str) -> list[str]:
-        return await self.shards.call(owner, "owned", owner)
-
-    async def release_stale(self, owner: str, cid: str) -> None:
-        await self.shards.call(owner, "release_stale", owner, cid)
-
-    async def create(self, cid: str, owner: str, model: str, access: str, **kw) -> TrainOutcome:
-        return await self.shards.call(cid, "create", cid, owner, model, access, **kw)
-
-    async def train(self, cid: str, caller: str, **kw) -> TrainOutcome:
-        return await self.shards.call(cid, "train", checked_id(cid), caller, **kw)
-
-    async def info(self, cid: str, caller: str, write: bool) -> ClassifierInfo:
-        return await self.shards.call(cid, "info", checked_id(cid), caller, write)
-
-    async def classify(self, cid: str, caller: str, X: np.ndarray) -> tuple[list[str], np.ndarray]:
-        return await self.shards.call(cid, "classify", checked_id(cid), caller, X)
-
-    async def summary(self, cid: str, caller: str) -> dict | None:
-        return await self.shards.call(cid, "summary", checked_id(cid), caller)
-
-    async def delete(self, cid: str, caller: str) -> None:
-        await self.shards.call(cid, "delete", checked_id(cid), caller)
-
-
 def humanize(label: str) -> str:
     """`book_flight` -> `book flight`: the label-name prior embeds words, not identifiers."""
     return " ".join(label.replace("_", " ").replace("-", " ").split()) or label
 
 
-class FewShotMixin:
-    """Few-shot methods of ClassificationService (needs .registry, .limits, .embed_items, .label_vectors)."""
+class FewShotService:
+    def __init__(self, *, registry: Registry, limits: Limits, vectors: Vectors, repo: ClassifierRepo):
+        self.registry = registry
+        self.limits = limits
+        self.vectors = vectors
+        self.repo = repo
+        self._infos: OrderedDict[str, ClassifierInfo] = OrderedDict()
 
-    classifiers: Classifiers | None
+    async def _info(self, cid: str, caller: str, *, write: bool) -> ClassifierInfo:
+        """The classifier's immutable facts, from the cache or the repository (which checks visibility)."""
+        info = self._infos.get(checked_id(cid))
+        if info is None:
+            info = await self.repo.info(cid, caller, write=write)
+            self._infos[cid] = info
+            while len(self._infos) > INFO_CACHE_SIZE:
+                self._infos.popitem(last=False)
+        elif not info.visible_to(caller, write=write):
+            raise ResourceNotFound(f"Classifier '{cid}' not found or access denied. Verify the ID and your permissions.")
+        return info
 
-    def _backend(self) -> Classifiers:
-        if self.classifiers is None:
-            raise InvalidInput("few-shot classifiers are not enabled in this deployment")
-        return self.classifiers
+    def _check_model(self, req_model: str | None, info: ClassifierInfo) -> None:
+        if req_model is not None and self.registry.canonical(req_model) != info.model:
+            raise InvalidInput(f"classifier {info.classifier_id} uses model {info.model!r}, not {req_model!r}")
 
     async def train(self, req: TrainRequest, caller: str, *, update_id: str | None = None) -> TrainingResponse:
-        backend = self._backend()
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
         items, labels = parse_training_items(req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens)
         distinct = list(dict.fromkeys(labels))
-        weight = req.num_iters / DEFAULT_NUM_ITERS
-        update_id = update_id or uuid.uuid4().hex
+        if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
+            raise LabelLimitExceeded(
+                f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
+            )
         if req.classifier_id is None:
             if req.model is None:
                 raise InvalidInput("/train needs `model` (to create a classifier) or `classifier_id` (to update one)")
@@ -106,68 +83,47 @@ class FewShotMixin:
                     f"Invalid training labels. At least {self.limits.min_train_labels} unique labels are required "
                     f"for training, got {len(distinct)}"
                 )
-            known: list[str] = []
         else:
-            info = await backend.info(req.classifier_id, caller, write=True)
-            if req.model is not None and self.registry.canonical(req.model) != info.model:
-                raise InvalidInput(f"classifier {req.classifier_id} uses model {info.model!r}, not {req.model!r}")
+            info = await self._info(req.classifier_id, caller, write=True)
+            self._check_model(req.model, info)
             spec = self.registry.get(info.model)
-            known = info.labels
-        total = len(set(known) | set(distinct))
-        if total > self.limits.max_classes:
-            raise LabelLimitExceeded(
-                f"Label limit exceeded: {total} labels provided, maximum {self.limits.max_classes} allowed per classifier"
-            )
         check_modalities(items, spec, self.registry.with_image_support())
-        new_labels = [lab for lab in distinct if lab not in known]
+        # Label-name vectors for the batch's labels (the learner's prior uses those of classes it has not met
+        # yet); the label cache makes known ones free, and they are not charged.
         (X, tokens), (prior, _) = await asyncio.gather(
-            self.embed_items(spec, items), self.label_vectors(spec, [humanize(lab) for lab in new_labels])
+            self.vectors.inputs(spec, items), self.vectors.labels(spec, [humanize(lab) for lab in distinct])
         )
-        label_vectors = {lab: prior[humanize(lab)] for lab in new_labels}
-        common = dict(X=X, y=labels, weight=weight, label_vectors=label_vectors, update_id=update_id)
+        batch = TrainBatch(
+            X=X, y=labels, weight=req.num_iters / DEFAULT_NUM_ITERS, update_id=update_id or uuid.uuid4().hex,
+            label_vectors={lab: prior[humanize(lab)] for lab in distinct},
+        )
         if req.classifier_id is None:
-            cid = str(uuid.uuid4())
-            await backend.reserve(caller, cid)
-            try:
-                outcome = await backend.create(
-                    cid, caller, spec.name, req.access, dim=int(X.shape[1]), score_scale=spec.score_scale, **common
-                )
-            except BaseException:
-                await backend.release(caller, cid)
-                raise
+            new = NewClassifier(owner=caller, model=spec.name, access=req.access, dim=int(X.shape[1]), score_scale=spec.score_scale)
+            outcome = await self.repo.create(new, batch)
         else:
-            outcome = await backend.train(req.classifier_id, caller, **common)
+            outcome = await self.repo.train(req.classifier_id, caller, batch)
         return TrainingResponse(
             classifier_id=outcome.classifier_id, num_samples=outcome.num_samples,
             usage=Usage(total_tokens=tokens * req.num_iters),
         )
 
-    async def classify_fewshot(self, req: ClassifyRequest, caller: str) -> ClassificationResponse:
-        backend = self._backend()
+    async def classify(self, req: ClassifyRequest, caller: str) -> ClassificationResponse:
         if req.labels is not None:
             raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
         items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
-        info = await backend.info(req.classifier_id, caller, write=False)
-        if req.model is not None and self.registry.canonical(req.model) != info.model:
-            raise InvalidInput(f"classifier {req.classifier_id} uses model {info.model!r}, not {req.model!r}")
+        info = await self._info(req.classifier_id, caller, write=False)
+        self._check_model(req.model, info)
         spec = self.registry.get(info.model)
         check_modalities(items, spec, self.registry.with_image_support())
-        X, tokens = await self.embed_items(spec, items)
-        labels, probs = await backend.classify(req.classifier_id, caller, X)
-        data = build_predictions({None: (labels, probs)}, grouped=False)
+        X, tokens = await self.vectors.inputs(spec, items)
+        scores = await self.repo.classify(req.classifier_id, caller, X)
+        data = build_predictions({None: (scores.labels, scores.probs)}, grouped=False)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))
 
-    async def list_classifiers(self, caller: str) -> list[dict]:
-        backend = self._backend()
-        ids = await backend.owned(caller)
-        summaries = await asyncio.gather(*(backend.summary(cid, caller) for cid in ids))
-        for cid, s in zip(ids, summaries):
-            if s is None:  # reserved, not (yet) created: a create in flight, or one that crashed long ago
-                await backend.release_stale(caller, cid)
-        return sorted((s for s in summaries if s is not None), key=lambda s: s["created_at"])
+    async def list(self, caller: str) -> list[ClassifierSummary]:
+        return await self.repo.list(caller)
 
-    async def delete_classifier(self, cid: str, caller: str) -> dict:
-        backend = self._backend()
-        await backend.delete(cid, caller)
-        await backend.release(caller, cid)
-        return {"classifier_id": cid, "deleted": True}
+    async def delete(self, classifier_id: str, caller: str) -> DeleteResponse:
+        await self.repo.delete(checked_id(classifier_id), caller)
+        self._infos.pop(classifier_id, None)
+        return DeleteResponse(classifier_id=classifier_id)

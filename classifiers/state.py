@@ -1,18 +1,24 @@
-"""Few-shot classifier state: records, access rules, serialised updates, persistence. No Ray imports.
+"""Few-shot classifier state in one process: records, access rules, serialised updates, persistence. No Ray.
 
-A :class:`ClassifierBook` holds the classifiers of one state shard (the Ray actor in
-``deployments/classifier_state.py`` is a thin wrapper around it). Rules it enforces:
+:class:`ClassifierTable` is the in-process :class:`~classifiers.repository.ClassifierRepo`: unit tests and
+single-process tools use it directly, and each Ray state shard (``deployments/classifier_shards.py``) is a
+thin actor around one. Rules it enforces:
 
 * An update is applied to a copy of the learner, persisted (write-through, atomic), and only then swapped in:
   a failed limit check, a store error or a crash never leaves a half-applied classifier, in memory or on disk.
+* A create reserves its owner's quota and writes the classifier as one shielded step: a caller that gives up
+  (a client disconnect cancels it) leaves either a complete, listed classifier or nothing.
 * Updates to one classifier are serialised by a per-classifier lock; classify reads the current predictor
   object without locking, so reads never wait on other classifiers (nor on a slow write of the same one).
+  All store I/O is async (``StateStore``'s own threads): a slow store delays only the calls that need it.
 * In memory a classifier is only its compiled linear predictor (D x K, ~50 KB at 384-d and 16 classes) and
   metadata; the sufficient statistics (~0.6 MB) are read from the store when an update needs them.
 * ``private`` classifiers exist only for their owner (others get RESOURCE_NOT_FOUND); ``public`` ones can be
-  used for classification by anyone with the id, but read, updated, listed or deleted only by the owner.
+  used for classification by anyone with the id, but updated, listed or deleted only by the owner.
 * Each update carries an id; a retried update (e.g. after the actor died between persisting and answering)
   is recognised and not applied twice.
+* Once the store's fence names another writer (a newer deploy took over), every call raises StaleWriter, reads
+  included: a replaced table never serves predictions the current one may have updated.
 """
 from __future__ import annotations
 
@@ -20,20 +26,34 @@ import asyncio
 import io
 import json
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 
-from classifiers.errors import LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound
-from classifiers.fewshot import FewShotLearner, LinearPredictor
+from classifiers.api import ClassifierSummary
+from classifiers.errors import LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound, StaleWriter
+from classifiers.fewshot import FewShotLearner, LearnerConfig, LinearPredictor
 from classifiers.limits import Limits
+from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome
 from classifiers.store import StateStore
 
 RECENT_UPDATES = 64
 STALE_RESERVATION_S = 600.0  # a create takes seconds; a reservation this old without its classifier is a crash
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: owners are account UUIDs (1 wrote the anonymous owner as "anonymous")
+ANONYMOUS_OWNER = "00000000-0000-4000-8000-000000000000"  # anonymous mode's one account (Jina: user_id is a UUID)
+_LEGACY_OWNERS = {"anonymous": ANONYMOUS_OWNER}
+
+
+class UnsupportedStateFormat(RuntimeError):
+    """A stored classifier written by a newer version of this service: never guess at its layout."""
+
+
+def _not_found(cid: str) -> ResourceNotFound:
+    return ResourceNotFound(f"Classifier '{cid}' not found or access denied. Verify the ID and your permissions.")
 
 
 @dataclass
@@ -55,8 +75,12 @@ class ClassifierRecord:
     predictor: LinearPredictor | None = None
     state_bytes: int = 0
 
+    @property
+    def info(self) -> ClassifierInfo:
+        return ClassifierInfo(self.classifier_id, self.model, self.owner, self.access)
+
     def compiled(self) -> "ClassifierRecord":
-        """Compile the predictor and drop the statistics: what a shard keeps in memory."""
+        """Compile the predictor and drop the statistics: what a table keeps in memory."""
         if self.learner is not None:
             self.predictor = self.learner.compile()
             self.state_bytes = self.learner.state_nbytes()
@@ -92,10 +116,17 @@ class ClassifierRecord:
     def from_bytes(cls, blob: bytes) -> "ClassifierRecord":
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            version = meta.get("format", 1)
+            if version > FORMAT_VERSION:
+                raise UnsupportedStateFormat(
+                    f"classifier {meta.get('classifier_id')!r} was stored in state format {version}; this version "
+                    f"reads formats up to {FORMAT_VERSION}: upgrade the service"
+                )
             state = {**meta["learner"], **{k[len("learner.") :]: z[k] for k in z.files if k.startswith("learner.")}}
+        owner = meta["owner"] if version >= 2 else _LEGACY_OWNERS.get(meta["owner"], meta["owner"])
         return cls(
             classifier_id=meta["classifier_id"],
-            owner=meta["owner"],
+            owner=owner,
             model=meta["model"],
             access=meta["access"],
             learner=FewShotLearner.from_state(state),
@@ -106,170 +137,195 @@ class ClassifierRecord:
             recent_updates=dict(meta["recent_updates"]),
         )
 
-    def summary(self) -> dict:
+    def summary(self) -> ClassifierSummary:
         iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat() if t is not None else None  # noqa: E731
-        return {
-            "classifier_id": self.classifier_id,
-            "user_id": self.owner,
-            "model": self.model,
-            "labels": self.labels,
-            "access": self.access,
-            "num_samples": self.num_samples,
-            "updated_number": self.updated_number,
-            "used_number": self.used_number,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "used_at": iso(self.used_at),
-            "is_active": True,
-            "is_latest": True,
-            "metadata_": {"state_bytes": self.state_bytes},
-        }
+        return ClassifierSummary(
+            classifier_id=self.classifier_id,
+            user_id=self.owner,
+            model=self.model,
+            labels=self.labels,
+            access=self.access,
+            num_samples=self.num_samples,
+            updated_number=self.updated_number,
+            used_number=self.used_number,
+            created_at=iso(self.created_at),
+            updated_at=iso(self.updated_at),
+            used_at=iso(self.used_at),
+            metadata_={"state_bytes": self.state_bytes},
+        )
 
 
-@dataclass(frozen=True)
-class ClassifierInfo:
-    model: str
-    labels: list[str]
-    access: str
-    owner: str
+async def migrate_legacy_owners(store: StateStore) -> int:
+    """Move owner-index markers written under format 1's owner names to the owners' UUIDs (idempotent; run
+    when a deploy claims the store). Records themselves are read with the new owner and rewritten on update."""
+    moved = 0
+    for legacy, owner in _LEGACY_OWNERS.items():
+        for cid in await store.owned(legacy):
+            await store.add_owned(owner, cid, await store.owned_since(legacy, cid) or time.time())
+            await store.remove_owned(legacy, cid)
+            moved += 1
+    return moved
 
 
-@dataclass(frozen=True)
-class TrainOutcome:
-    classifier_id: str
-    num_samples: int  # examples this request added
-    total_samples: int
-    labels: list[str]
+class ClassifierTable:
+    """The classifiers one process serves, over a :class:`StateStore`: the in-process ClassifierRepo.
 
+    ``owns(classifier_id)`` says whether this table is the one that serves (and caches) a classifier; a Ray
+    shard owns the ids that hash to it. Listing an owner's classifiers that another table owns reads them from
+    the store instead of caching them here.
+    """
 
-class ClassifierBook:
-    def __init__(self, store: StateStore, limits: Limits, *, capacity: int = 2000, clock=time.time):
+    def __init__(
+        self, store: StateStore, limits: Limits, *, capacity: int = 2000, clock: Callable[[], float] = time.time,
+        owns: Callable[[str], bool] = lambda cid: True,
+    ):
         self.store = store
         self.limits = limits
         self.capacity = capacity
         self._clock = clock
+        self._owns = owns
+        self._learner_config = LearnerConfig(max_classes=limits.max_classes)
         self._loaded: OrderedDict[str, ClassifierRecord] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._owner_locks: dict[str, asyncio.Lock] = {}
         self._dirty_usage: set[str] = set()
+        self._evicted_usage: dict[str, dict] = {}  # counters of evicted classifiers, written by the next flush
+        self._stale: StaleWriter | None = None
 
     # -- loading --------------------------------------------------------------------------------------------
-    def _lock(self, table: dict[str, asyncio.Lock], key: str) -> asyncio.Lock:
+    @staticmethod
+    def _lock(table: dict[str, asyncio.Lock], key: str) -> asyncio.Lock:
         lock = table.get(key)
         if lock is None:
             lock = table[key] = asyncio.Lock()
         return lock
 
-    def _get(self, cid: str) -> ClassifierRecord | None:
+    def _check_current(self) -> None:
+        if self._stale is not None:
+            raise self._stale
+
+    def fence_lost(self, error: StaleWriter) -> None:
+        """Stop serving: another shard set owns the store now (its updates are invisible to this table)."""
+        self._stale = error
+        self._loaded.clear()
+
+    async def _read(self, cid: str) -> ClassifierRecord | None:
+        """A classifier's full record (statistics included) from the store, with its latest counters."""
+        blob = await self.store.load_classifier(cid)
+        if blob is None:
+            return None
+        rec = ClassifierRecord.from_bytes(blob)
+        usage = self._evicted_usage.get(cid) or await self.store.read_usage(cid)
+        if usage:
+            rec.used_number, rec.used_at = usage["used_number"], usage["used_at"]
+        return rec
+
+    async def _get(self, cid: str) -> ClassifierRecord | None:
+        self._check_current()
         rec = self._loaded.get(cid)
         if rec is not None:
             self._loaded.move_to_end(cid)
             return rec
-        blob = self.store.load_classifier(cid)
-        if blob is None:
+        rec = await self._read(cid)
+        if rec is None:
             return None
-        rec = ClassifierRecord.from_bytes(blob).compiled()
-        usage = self.store.read(f"usage/{cid}.json")
-        if usage:
-            u = json.loads(usage)
-            rec.used_number, rec.used_at = u["used_number"], u["used_at"]
+        self._check_current()
         self._remember(rec)
-        return rec
+        return self._loaded[cid]
 
     def _remember(self, rec: ClassifierRecord) -> None:
         self._loaded[rec.classifier_id] = rec.compiled()
         self._loaded.move_to_end(rec.classifier_id)
         while len(self._loaded) > self.capacity:
-            old_id = next(iter(self._loaded))
-            self._flush_usage(old_id)
-            del self._loaded[old_id]  # evicted state reloads from the store on the next use
+            old_id, old = self._loaded.popitem(last=False)  # evicted state reloads from the store on next use
+            if old_id in self._dirty_usage:
+                self._dirty_usage.discard(old_id)
+                self._evicted_usage[old_id] = {"used_number": old.used_number, "used_at": old.used_at}
 
-    def _visible(self, cid: str, caller: str, *, write: bool) -> ClassifierRecord:
-        rec = self._get(cid)
-        if rec is None or (rec.owner != caller and (write or rec.access != "public")):
-            raise ResourceNotFound(f"Classifier '{cid}' not found or access denied. Verify the ID and your permissions.")
+    async def _visible(self, cid: str, caller: str, *, write: bool) -> ClassifierRecord:
+        rec = await self._get(cid)
+        if rec is None or not rec.info.visible_to(caller, write=write):
+            raise _not_found(cid)
         return rec
 
-    # -- owners ---------------------------------------------------------------------------------------------
-    async def reserve(self, owner: str, cid: str) -> None:
-        """Count a new classifier against its owner's limit (call on the owner's shard before creating).
-        Idempotent: a retried reservation of the same id is not counted twice."""
-        async with self._lock(self._owner_locks, owner):
-            owned = self.store.owned(owner)
-            if cid in owned:
-                return
+    async def _persist(self, cid: str, blob: bytes) -> None:
+        try:
+            await self.store.save_classifier(cid, blob)
+        except StaleWriter as err:
+            self.fence_lost(err)
+            raise
+
+    # -- ClassifierRepo ---------------------------------------------------------------------------------------
+    async def create(self, new: NewClassifier, batch: TrainBatch, *, classifier_id: str | None = None) -> TrainOutcome:
+        """Reserve the owner's quota and write the classifier, shielded from the caller's cancellation."""
+        self._check_current()
+        cid = classifier_id or str(uuid.uuid4())
+        return await asyncio.shield(asyncio.ensure_future(self._create(cid, new, batch)))
+
+    async def _create(self, cid: str, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
+        async with self._lock(self._owner_locks, new.owner), self._lock(self._locks, cid):
+            existing = await self._get(cid)
+            if existing is not None:
+                if batch.update_id in existing.recent_updates and existing.owner == new.owner:
+                    return self._outcome(existing, existing.recent_updates[batch.update_id])  # a retried create
+                raise ResourceLimitExceeded(f"classifier id {cid} already exists")
+            owned = await self.store.owned(new.owner)
             if len(owned) >= self.limits.max_classifiers_per_owner:
                 raise ResourceLimitExceeded(
                     f"Resource limit exceeded. Current: {len(owned)} classifiers, limit: "
                     f"{self.limits.max_classifiers_per_owner}. Delete existing classifiers first."
                 )
-            self.store.add_owned(owner, cid, self._clock())
-
-    async def release(self, owner: str, cid: str) -> None:
-        async with self._lock(self._owner_locks, owner):
-            self.store.remove_owned(owner, cid)
-
-    async def release_stale(self, owner: str, cid: str, older_than_s: float = STALE_RESERVATION_S) -> None:
-        """Drop a reservation whose create never finished, but never one that may still be in flight."""
-        async with self._lock(self._owner_locks, owner):
-            since = self.store.owned_since(owner, cid)
-            if since is not None and self._clock() - since > older_than_s and self.store.load_classifier(cid) is None:
-                self.store.remove_owned(owner, cid)
-
-    async def owned(self, owner: str) -> list[str]:
-        return self.store.owned(owner)
-
-    # -- training -------------------------------------------------------------------------------------------
-    async def create(
-        self, cid: str, owner: str, model: str, access: str, *, dim: int, score_scale: float,
-        X: np.ndarray, y: list[str], weight: float, label_vectors: dict[str, np.ndarray], update_id: str,
-    ) -> TrainOutcome:
-        async with self._lock(self._locks, cid):
-            if self._get(cid) is not None:
-                rec = self._loaded[cid]
-                if update_id in rec.recent_updates and rec.owner == owner:
-                    return self._outcome(rec, rec.recent_updates[update_id])
-                raise ResourceLimitExceeded(f"classifier id {cid} already exists")
-            self._check_classes(set(y), set())
+            self._check_classes(set(batch.y), set())
             now = self._clock()
-            learner = FewShotLearner(dim, score_scale=score_scale)
-            learner.update(X, y, weight=weight, label_vectors=label_vectors)
+            learner = FewShotLearner(new.dim, score_scale=new.score_scale, config=self._learner_config)
+            learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
             rec = ClassifierRecord(
-                classifier_id=cid, owner=owner, model=model, access=access, learner=learner,
-                created_at=now, updated_at=now, updated_number=0, num_samples=len(y),
-                recent_updates={update_id: len(y)},
+                classifier_id=cid, owner=new.owner, model=new.model, access=new.access, learner=learner,
+                created_at=now, updated_at=now, num_samples=len(batch.y), recent_updates={batch.update_id: len(batch.y)},
             )
-            await asyncio.to_thread(self.store.save_classifier, cid, rec.to_bytes())  # off the event loop
+            blob = rec.to_bytes()
+            # The owner's marker first: a crash between the two writes leaves a counted marker without a
+            # classifier (dropped by listing once stale), never a classifier its owner can neither see nor count.
+            try:
+                await self.store.add_owned(new.owner, cid, now)
+            except StaleWriter as err:
+                self.fence_lost(err)
+                raise
+            try:
+                await self._persist(cid, blob)
+            except BaseException:
+                await self.store.remove_owned(new.owner, cid)
+                raise
             self._remember(rec)
-            return self._outcome(rec, len(y))
+            return self._outcome(rec, len(batch.y))
 
-    async def train(
-        self, cid: str, caller: str, *, X: np.ndarray, y: list[str], weight: float,
-        label_vectors: dict[str, np.ndarray], update_id: str,
-    ) -> TrainOutcome:
-        self._visible(cid, caller, write=True)  # unknown ids fail here, before a lock is made for them
+    async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:
+        cid = classifier_id
+        await self._visible(cid, caller, write=True)  # unknown ids fail here, before a lock is made for them
         async with self._lock(self._locks, cid):
-            rec = self._visible(cid, caller, write=True)
-            if update_id in rec.recent_updates:
-                return self._outcome(rec, rec.recent_updates[update_id])
-            self._check_classes(set(y), set(rec.labels))
+            rec = await self._visible(cid, caller, write=True)
+            if batch.update_id in rec.recent_updates:
+                return self._outcome(rec, rec.recent_updates[batch.update_id])
+            self._check_classes(set(batch.y), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
-            learner = ClassifierRecord.from_bytes(self.store.load_classifier(cid)).learner
-            learner.update(X, y, weight=weight, label_vectors=label_vectors)
+            stored = await self._read(cid)
+            if stored is None:  # deleted meanwhile by a writer this table cannot see: it is gone
+                self._loaded.pop(cid, None)
+                raise _not_found(cid)
+            learner = stored.learner
+            learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
-            recent[update_id] = len(y)
+            recent[batch.update_id] = len(batch.y)
             new = ClassifierRecord(
                 classifier_id=cid, owner=rec.owner, model=rec.model, access=rec.access, learner=learner,
                 created_at=rec.created_at, updated_at=self._clock(), updated_number=rec.updated_number + 1,
-                num_samples=rec.num_samples + len(y), recent_updates=recent,
+                num_samples=rec.num_samples + len(batch.y), recent_updates=recent,
                 used_number=rec.used_number, used_at=rec.used_at,
             )
-            # Durable before it is visible or acknowledged; written off the event loop so that calls for other
-            # classifiers on this shard are not held up by fsync / an object-store PUT.
-            await asyncio.to_thread(self.store.save_classifier, cid, new.to_bytes())
+            await self._persist(cid, new.to_bytes())  # durable before it is visible or acknowledged
             self._remember(new)
-            return self._outcome(new, len(y))
+            return self._outcome(new, len(batch.y))
 
     def _check_classes(self, new: set[str], known: set[str]) -> None:
         total = len(known | new)
@@ -282,62 +338,80 @@ class ClassifierBook:
     def _outcome(rec: ClassifierRecord, added: int) -> TrainOutcome:
         return TrainOutcome(rec.classifier_id, added, rec.num_samples, rec.labels)
 
-    # -- reading --------------------------------------------------------------------------------------------
-    async def info(self, cid: str, caller: str, write: bool) -> ClassifierInfo:
-        rec = self._visible(cid, caller, write=write)
-        return ClassifierInfo(rec.model, rec.labels, rec.access, rec.owner)
+    async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
+        return (await self._visible(classifier_id, caller, write=write)).info
 
-    async def classify(self, cid: str, caller: str, X: np.ndarray) -> tuple[list[str], np.ndarray]:
-        rec = self._visible(cid, caller, write=False)
+    async def classify(self, classifier_id: str, caller: str, X: np.ndarray) -> Scores:
+        rec = await self._visible(classifier_id, caller, write=False)
         predictor = rec.predictor  # one reference: a concurrent update swaps the record, never mutates this
         probs = predictor.predict_proba(X)
         rec.used_number += 1
         rec.used_at = self._clock()
-        self._dirty_usage.add(cid)
-        return list(predictor.labels), probs
+        self._dirty_usage.add(classifier_id)
+        return Scores(list(predictor.labels), probs)
 
-    async def summary(self, cid: str, caller: str) -> dict | None:
-        try:
-            return self._visible(cid, caller, write=True).summary()
-        except ResourceNotFound:
-            return None
+    async def list(self, owner: str) -> list[ClassifierSummary]:
+        self._check_current()
+        ids = await self.store.owned(owner)
+        records = await asyncio.gather(*(self._listed(cid) for cid in ids))
+        out = []
+        for cid, rec in zip(ids, records):
+            if rec is None:  # reserved, not (yet) created: a create in flight, or one that crashed long ago
+                await self._release_stale(owner, cid)
+            elif rec.owner == owner:
+                out.append(rec.summary())
+        return sorted(out, key=lambda s: s.created_at)
 
-    async def delete(self, cid: str, caller: str) -> None:
-        self._visible(cid, caller, write=True)
+    async def _listed(self, cid: str) -> ClassifierRecord | None:
+        if self._owns(cid):
+            return await self._get(cid)
+        rec = await self._read(cid)  # another table serves it: read, don't cache (its counters may lag a flush)
+        return rec.compiled() if rec is not None else None
+
+    async def _release_stale(self, owner: str, cid: str) -> None:
+        """Drop a reservation whose create never finished, but never one that may still be in flight."""
+        async with self._lock(self._owner_locks, owner):
+            since = await self.store.owned_since(owner, cid)
+            if since is not None and self._clock() - since > STALE_RESERVATION_S and await self.store.load_classifier(cid) is None:
+                await self.store.remove_owned(owner, cid)
+
+    async def delete(self, classifier_id: str, caller: str) -> None:
+        cid = classifier_id
+        await self._visible(cid, caller, write=True)
         async with self._lock(self._locks, cid):
-            self._visible(cid, caller, write=True)
-            await asyncio.to_thread(self.store.delete_classifier, cid)
+            rec = await self._visible(cid, caller, write=True)
+            try:
+                await self.store.delete_classifier(cid, rec.owner)
+            except StaleWriter as err:
+                self.fence_lost(err)
+                raise
             self._loaded.pop(cid, None)
             self._dirty_usage.discard(cid)
+            self._evicted_usage.pop(cid, None)
         self._locks.pop(cid, None)
 
-    # -- usage counters -------------------------------------------------------------------------------------
-    def _flush_usage(self, cid: str) -> None:
-        rec = self._loaded.get(cid)
-        if cid in self._dirty_usage and rec is not None:
-            self.store.write(f"usage/{cid}.json", json.dumps({"used_number": rec.used_number, "used_at": rec.used_at}).encode())
-        self._dirty_usage.discard(cid)
-
-    def flush_usage(self) -> int:
-        dirty = list(self._dirty_usage)
-        for cid in dirty:
-            self._flush_usage(cid)
-        return len(dirty)
-
-    def stats(self) -> dict:
-        return {
+    async def stats(self) -> list[dict]:
+        return [{
             "loaded": len(self._loaded),
             "capacity": self.capacity,
             "stored_state_bytes": int(sum(r.state_bytes for r in self._loaded.values())),
             "memory_bytes": int(sum(r.predictor.nbytes for r in self._loaded.values())),
-        }
+        }]
 
-
-class LocalShard:
-    """One in-process shard with the same `call(key, method, ...)` shape as the router's Ray ShardClient."""
-
-    def __init__(self, book: ClassifierBook):
-        self.book = book
-
-    async def call(self, key: str, method: str, *args, **kwargs):
-        return await getattr(self.book, method)(*args, **kwargs)
+    # -- usage counters -------------------------------------------------------------------------------------
+    async def flush_usage(self) -> int:
+        """Persist changed use counters (one store round trip for all of them); returns how many."""
+        counters = dict(self._evicted_usage)
+        for cid in self._dirty_usage:
+            rec = self._loaded.get(cid)
+            if rec is not None:
+                counters[cid] = {"used_number": rec.used_number, "used_at": rec.used_at}
+        self._dirty_usage.clear()
+        self._evicted_usage.clear()
+        try:
+            await self.store.write_usage(counters)
+        except BaseException:
+            for cid, usage in counters.items():  # try again next time; newer in-memory counts still win
+                self._evicted_usage.setdefault(cid, usage)
+            raise
+        return len(counters)

@@ -18,17 +18,20 @@ from ray import serve
 from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.images import ImageFetchConfig, image_tokens, load_images
+from classifiers.registry import ModelSpec
+from deployments.config import EmbedderConfig
 from deployments.text_embedder import TextSide
 
 
 @serve.deployment(name="ImageEmbedder")
 class ImageEmbedder(TextSide):
     def __init__(
-        self, spec: dict, config: dict, images: dict | None = None, *, encoder_loader: Callable[..., Encoder] = load_encoder
+        self, spec: ModelSpec, config: EmbedderConfig, images: ImageFetchConfig | None = None, *,
+        encoder_loader: Callable[..., Encoder] = load_encoder,
     ):
-        if "image" not in spec.get("modalities", ()):
-            raise ValueError(f"ImageEmbedder serves multimodal models; {spec.get('name')!r} embeds only text")
-        self.fetch_config = ImageFetchConfig(**(images or {}))
+        if "image" not in spec.modalities:
+            raise ValueError(f"ImageEmbedder serves multimodal models; {spec.name!r} embeds only text")
+        self.fetch_config = images or ImageFetchConfig()
         super().__init__(spec, config, encoder_loader=encoder_loader)
         self._configure_batching(self._image_batch)
         self._image_stats = BatchStats("images")
@@ -41,7 +44,7 @@ class ImageEmbedder(TextSide):
         vectors = await self._image_batch(images)
         return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(im, self.spec) for im in images])
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _image_batch(self, batch: list[list]) -> list:
         self._image_stats.record([len(images) for images in batch])
         return await asyncio.to_thread(embed_image_batch, self.encoder, batch)

@@ -12,6 +12,7 @@ from ray import serve
 from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, embed_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.registry import ModelSpec
+from deployments.config import EmbedderConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -19,11 +20,9 @@ logger = logging.getLogger("ray.serve")
 class TextSide:
     """Model loading and batched text embedding; shared by TextEmbedder and ImageEmbedder (CLIP text tower)."""
 
-    def __init__(self, spec: dict, config: dict, *, encoder_loader: Callable[..., Encoder] = load_encoder):
-        from serve_app.config import EmbedderConfig
-
-        self.spec = ModelSpec(**spec)
-        self.config = EmbedderConfig(**config)
+    def __init__(self, spec: ModelSpec, config: EmbedderConfig, *, encoder_loader: Callable[..., Encoder] = load_encoder):
+        self.spec = spec
+        self.config = config
         started = time.perf_counter()
         # Ray sets OMP_NUM_THREADS=1 in replicas with fractional num_cpus; engines would crawl on one thread.
         threads = self.config.num_threads or os.cpu_count() or 1
@@ -43,7 +42,7 @@ class TextSide:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         return await self._batch(request)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
         self._stats.record([len(r.texts) for r in requests])
         # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).

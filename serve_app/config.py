@@ -2,8 +2,8 @@
 
 Precedence (later wins): the defaults below < a YAML file (``CLASSIFIER_CONFIG`` or ``--config``) < the
 ``args`` of a Serve config file (``serve run serve_app/serve_config.yaml``) < environment variables
-``CLASSIFIER__<field>__<subfield>=<yaml value>``, e.g. ``CLASSIFIER__TEXT_EMBEDDER__MAX_BATCH_SIZE=64`` or
-``CLASSIFIER__MODELS='[all-MiniLM-L6-v2]'``. The effective config is logged when the router starts.
+``CLASSIFIER__<field>__<subfield>=<yaml value>``, e.g. ``CLASSIFIER__EMBEDDER__MAX_BATCH_SIZE=64`` or
+``CLASSIFIER__MODELS='[all-MiniLM-L6-v2]'``. The effective config is logged at start (runner and ingress).
 """
 from __future__ import annotations
 
@@ -11,104 +11,31 @@ import os
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifiers.images import ImageFetchConfig
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, Registry, build_registry
+from deployments.config import DeploymentConfig, EmbedderConfig, StateConfig
 
 ENV_PREFIX = "CLASSIFIER__"
 DEFAULT_MODELS = ["multilingual-e5-small", "all-MiniLM-L6-v2"]
 
 
-class DeploymentConfig(BaseModel):
-    """Serve options every deployment has."""
+class IngressConfig(DeploymentConfig):
+    """The HTTP ingress deployment (`Ingress`): routes, validation, zero-shot scoring, few-shot orchestration."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count; ignored if autoscaling_config is set.")
-    autoscaling_config: dict[str, Any] | None = Field(
-        default=None, description="Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...)."
-    )
-    ray_actor_options: dict[str, Any] = Field(
-        default_factory=lambda: {"num_cpus": 0.1}, description="Resources per replica, e.g. {num_cpus: 0.5, num_gpus: 0.25}."
-    )
-    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts concurrently.")
-    access_log: bool = Field(default=False, description="Log every request this deployment handles (Ray Serve access log).")
-
-    def serve_options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {
-            "ray_actor_options": dict(self.ray_actor_options),
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "logging_config": {"enable_access_log": self.access_log},
-        }
-        if self.autoscaling_config:
-            opts["autoscaling_config"] = dict(self.autoscaling_config)
-        else:
-            opts["num_replicas"] = self.num_replicas
-        return opts
-
-
-class EmbedderConfig(DeploymentConfig):
-    """An embedder deployment (one per served model)."""
-
-    ray_actor_options: dict[str, Any] = Field(
-        default_factory=lambda: {"num_cpus": 0.5}, description="Resources per replica (add num_gpus on GPU nodes)."
-    )
-    max_batch_size: int = Field(default=32, ge=1, description="Requests @serve.batch coalesces into one model call.")
-    batch_wait_timeout_s: float = Field(
-        default=0.02, ge=0,
-        description="How long a batch waits to fill. 20 ms: at saturation on 2 cores 0.02 s gave +16% over 0.005 s "
-        "(docs/benchmarks.md); lower it for latency-sensitive, lightly loaded services.",
-    )
-    num_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads of the engine (OpenMP / torch). Default: all cores of the node."
-    )
-    device: str | None = Field(default=None, description="torch device for torch engines; default cuda if present.")
-
-    @model_validator(mode="after")
-    def _batches_can_fill(self):
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size={self.max_batch_size}: "
-                "batches could never fill; raise max_ongoing_requests to at least max_batch_size"
-            )
-        return self
-
-
-class RouterConfig(DeploymentConfig):
-    """The HTTP ingress (ClassifierRouter)."""
-
-    max_ongoing_requests: int = Field(default=256, ge=1, description="Requests one router replica handles at once.")
+    max_ongoing_requests: int = Field(default=256, ge=1, description="Requests one ingress replica handles at once.")
     access_log: bool = Field(default=True, description="Log every HTTP request with its status, latency and request id.")
-    label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per router replica (LRU).")
-
-
-class StateConfig(BaseModel):
-    """Few-shot classifier state: the shard actors and the durable store behind them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    store_url: str = Field(
-        default="./data/classifiers",
-        description="Where classifier state is persisted: a local directory (default; resolved to an absolute path "
-        "at start) or an fsspec URL such as s3://bucket/prefix or gs://bucket/prefix for clusters.",
+    label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per ingress replica (LRU).")
+    max_request_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Largest request body accepted (413 INPUT_TOO_LARGE above it)."
     )
-    num_shards: int = Field(default=4, ge=1, description="Named state-shard actors classifier ids are hashed onto.")
-    num_cpus: float = Field(default=0.05, ge=0, description="CPU reserved per shard actor.")
-    capacity: int = Field(default=2000, ge=1, description="Classifiers a shard keeps in memory (LRU; rest reload from the store).")
-    usage_flush_s: float = Field(default=5.0, gt=0, description="How often use counters (used_number/used_at) are persisted.")
-    detached: bool = Field(
-        default=True, description="Shard actors outlive the router replicas that created them (kept across app redeploys)."
-    )
-
-    @field_validator("store_url")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
 
 
 class AppConfig(BaseModel):
+    """The whole application: which models, the limits, and one config per component."""
+
     model_config = ConfigDict(extra="forbid")
 
     app_name: str = Field(default="classifier", description="Serve application name (for serve.get_app_handle).")
@@ -118,12 +45,12 @@ class AppConfig(BaseModel):
     extra_models: list[ModelSpec] = Field(default_factory=list, description="Registry entries added by the operator.")
     aliases: dict[str, str] = Field(default_factory=dict, description="Extra API names -> served model names.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
-    router: RouterConfig = Field(default_factory=RouterConfig, description="ClassifierRouter deployment.")
-    text_embedder: EmbedderConfig = Field(
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="The HTTP ingress deployment.")
+    embedder: EmbedderConfig = Field(
         default_factory=EmbedderConfig, description="Defaults for every embedder deployment (text and image models)."
     )
     embedder_overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-model changes to `text_embedder`, keyed by model name."
+        default_factory=dict, description="Per-model changes to `embedder`, keyed by model name."
     )
     state: StateConfig = Field(default_factory=StateConfig, description="Few-shot classifier state.")
     images: ImageFetchConfig = Field(
@@ -144,7 +71,7 @@ class AppConfig(BaseModel):
         return build_registry(self.models, self.extra_models, self.aliases)
 
     def embedder_config(self, model: str) -> EmbedderConfig:
-        merged = _deep_merge(self.text_embedder.model_dump(), self.embedder_overrides.get(model, {}))
+        merged = _deep_merge(self.embedder.model_dump(), self.embedder_overrides.get(model, {}))
         return EmbedderConfig(**merged)
 
 

@@ -12,7 +12,7 @@ Three backends (``ModelSpec.backend``):
   embedded in sub-batches.
 * ``jina_clip`` -- :class:`JinaCLIPEncoder`, jina-clip-v1/v2 through their own Hub code
   (``trust_remote_code``) and its ``encode_text`` / ``encode_image``. Texts beyond the window (8192) are
-  truncated by that code; the router's token limit is not larger than the window by default.
+  truncated by that code; the ingress's token limit is not larger than the window by default.
 * ``open_clip`` -- :class:`OpenCLIPEncoder`, the optional ``open_clip_torch`` package (needs torchvision; see
   docs/images.md). Source ``hf-hub:<repo id>``, ``<architecture>:<pretrained tag or checkpoint file>``, or a
   local directory (``local-dir:``). Texts are truncated at the context length by open_clip's tokenizer.

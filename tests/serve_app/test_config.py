@@ -12,14 +12,14 @@ from serve_app.config import AppConfig, EmbedderConfig, load_config
 def test_defaults_serve_both_embedded_models():
     cfg = load_config(env={})
     assert cfg.models == ["multilingual-e5-small", "all-MiniLM-L6-v2"]
-    assert cfg.embedder_config("all-MiniLM-L6-v2").max_ongoing_requests >= cfg.text_embedder.max_batch_size
+    assert cfg.embedder_config("all-MiniLM-L6-v2").max_ongoing_requests >= cfg.embedder.max_batch_size
 
 
 def test_yaml_then_args_then_env_precedence(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("models: [all-MiniLM-L6-v2]\ntext_embedder: {max_batch_size: 8, max_ongoing_requests: 16}\nport: 9000\n")
-    cfg = load_config({"port": 9100}, config_file=str(f), env={"CLASSIFIER__TEXT_EMBEDDER__MAX_BATCH_SIZE": "12"})
-    assert cfg.models == ["all-MiniLM-L6-v2"] and cfg.port == 9100 and cfg.text_embedder.max_batch_size == 12
+    f.write_text("models: [all-MiniLM-L6-v2]\nembedder: {max_batch_size: 8, max_ongoing_requests: 16}\nport: 9000\n")
+    cfg = load_config({"port": 9100}, config_file=str(f), env={"CLASSIFIER__EMBEDDER__MAX_BATCH_SIZE": "12"})
+    assert cfg.models == ["all-MiniLM-L6-v2"] and cfg.port == 9100 and cfg.embedder.max_batch_size == 12
     cfg = load_config(env={"CLASSIFIER_CONFIG": str(f), "CLASSIFIER__MODELS": "[multilingual-e5-small]"})
     assert cfg.models == ["multilingual-e5-small"] and cfg.port == 9000
 

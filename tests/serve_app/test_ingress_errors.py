@@ -10,7 +10,7 @@ from serve_app.ingress import make_api
 
 @pytest.fixture
 def client():
-    api = make_api()
+    api = make_api(max_request_bytes=10)
 
     @api.get("/boom")
     async def boom():
@@ -40,9 +40,6 @@ def test_typed_errors_keep_their_code_and_status(client):
     assert r.status_code == 400 and r.json()["code"] == "INPUT_INVALID_LABELS" and r.json()["request_id"]
 
 
-def test_oversized_body_is_refused_before_reading(client, monkeypatch):
-    import serve_app.ingress as ingress
-
-    monkeypatch.setattr(ingress, "MAX_REQUEST_BYTES", 10)
+def test_oversized_body_is_refused_before_reading(client):
     r = client.post("/typed", content=b"x" * 100)
     assert r.status_code == 413 and r.json()["code"] == "INPUT_TOO_LARGE"

@@ -1,53 +1,65 @@
-"""The service core with an in-process real encoder injected in place of the Ray handle."""
+"""The zero-shot service core with the real embedded encoders in-process (LocalEmbedder), no Ray."""
 import asyncio
 
 import pytest
 
 from classifiers.api import ClassifyRequest
-from classifiers.embedding import embed_batch
+from classifiers.embedding import LocalEmbedder
 from classifiers.errors import InputTooLong, InvalidInput, ModelNotFound
 from classifiers.limits import Limits
 from classifiers.registry import build_registry
-from classifiers.service import ClassificationService, LabelCache
+from classifiers.vectors import LabelCache, Vectors
+from classifiers.zeroshot_service import ZeroShotService
+
+
+class CountingEmbedder(LocalEmbedder):
+    """The real in-process embedder, recording which model calls the service made."""
+
+    def __init__(self, encoders):
+        super().__init__(encoders)
+        self.calls = []
+
+    async def embed(self, model, request):
+        self.calls.append((model, request.role, len(request.texts)))
+        return await super().embed(model, request)
 
 
 @pytest.fixture
-def service(encoders):
-    calls = []
+def embedder(encoders):
+    return CountingEmbedder(encoders)
 
-    async def embed(model, request):
-        calls.append((model, request.role, len(request.texts)))
-        return embed_batch(encoders[model], [request])[0]
 
-    svc = ClassificationService(
-        registry=build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"]), limits=Limits(max_input_tokens=64), embed=embed
+@pytest.fixture
+def service(embedder):
+    limits = Limits(max_input_tokens=64)
+    return ZeroShotService(
+        registry=build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"]), limits=limits,
+        vectors=Vectors(embedder, limits, LabelCache(100)),
     )
-    svc.calls = calls
-    return svc
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_zero_shot_and_label_cache(service):
+def test_zero_shot_and_label_cache(service, embedder):
     req = ClassifyRequest(model="all-MiniLM-L6-v2", input=["Rain all day tomorrow", "Bake the bread"], labels=["weather", "cooking"])
     first = run(service.classify(req))
     assert [d.prediction for d in first.data] == ["weather", "cooking"]
-    assert ("all-MiniLM-L6-v2", "label", 2) in service.calls
-    service.calls.clear()
+    assert ("all-MiniLM-L6-v2", "label", 2) in embedder.calls
+    embedder.calls.clear()
     second = run(service.classify(req))
-    assert service.calls == [("all-MiniLM-L6-v2", "input", 2)]  # labels came from the cache
+    assert embedder.calls == [("all-MiniLM-L6-v2", "input", 2)]  # labels came from the cache
     assert second.usage.total_tokens == first.usage.total_tokens
-    assert service.label_cache.stats()["hits"] == 2
+    assert service.vectors.label_cache.stats()["hits"] == 2
 
 
-def test_errors_are_raised_before_model_work(service):
+def test_errors_are_raised_before_model_work(service, embedder):
     with pytest.raises(ModelNotFound):
         run(service.classify(ClassifyRequest(model="x", input="a", labels=["a", "b"])))
     with pytest.raises(InvalidInput):
         run(service.classify(ClassifyRequest(input="a", labels=["a", "b"])))
-    assert service.calls == []
+    assert embedder.calls == []
     with pytest.raises(InputTooLong, match=r"input\[0\] has \d+ tokens; the limit is 64"):
         run(service.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input="word " * 100, labels=["a", "b"])))
     with pytest.raises(InputTooLong, match="label"):

@@ -1,0 +1,93 @@
+"""The few-shot service's one view of classifier state: the :class:`ClassifierRepo` protocol and its types.
+
+Two implementations, with the same typed methods:
+
+* :class:`classifiers.state.ClassifierTable` — in-process: one table of classifiers over a store. Unit tests,
+  tools and single-process use; also what each Ray state shard holds.
+* ``deployments.classifier_shards.ShardedRepo`` — Ray: classifiers spread over named state-shard actors by a
+  hash of their id, each call one direct actor method call (no method names in strings).
+
+Every operation is written once in the state layer (``ClassifierTable``) and once here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from classifiers.api import ClassifierSummary
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One /train request's examples, embedded: what an update adds to a classifier's statistics."""
+
+    X: np.ndarray  # (n, dim) float32, rows L2-normalised
+    y: list[str]  # normalised labels, one per row
+    weight: float  # num_iters / 10
+    label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
+    update_id: str = ""  # a retry with the same id is applied once
+
+
+@dataclass(frozen=True)
+class NewClassifier:
+    """What a create needs besides its first batch."""
+
+    owner: str
+    model: str
+    access: str
+    dim: int
+    score_scale: float
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    classifier_id: str
+    num_samples: int  # examples this request added
+    total_samples: int
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """The facts of a classifier that never change after its create (safe to cache by id)."""
+
+    classifier_id: str
+    model: str
+    owner: str
+    access: str
+
+    def visible_to(self, caller: str, *, write: bool) -> bool:
+        """`private`: only the owner. `public`: anyone may classify; only the owner may update or delete."""
+        return self.owner == caller or (not write and self.access == "public")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A classifier's probabilities for a batch of inputs: (n, len(labels))."""
+
+    labels: list[str]
+    probs: np.ndarray
+
+
+@runtime_checkable
+class ClassifierRepo(Protocol):
+    async def create(self, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
+        """A new classifier from its first batch, counted against its owner's limit (ResourceLimitExceeded)
+        atomically: when this returns or fails, the classifier is complete and listed, or nothing exists."""
+
+    async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:
+        """Add a batch to the caller's classifier (ResourceNotFound if it is not theirs)."""
+
+    async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo: ...
+
+    async def classify(self, classifier_id: str, caller: str, X: np.ndarray) -> Scores: ...
+
+    async def list(self, owner: str) -> list[ClassifierSummary]:
+        """The owner's classifiers, oldest first."""
+
+    async def delete(self, classifier_id: str, caller: str) -> None: ...
+
+    async def stats(self) -> list[dict]:
+        """Per-table (per-shard) statistics: loaded classifiers, memory."""

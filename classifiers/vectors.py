@@ -1,0 +1,121 @@
+"""Checked request items and labels -> vectors and token counts, through an :class:`Embedder`.
+
+Both services (zero-shot and few-shot) need the same two things: a request's inputs embedded in request order
+(texts and images of one request concurrently, errors naming each item's position) and label names embedded
+in the model's label template, cached. This module is that one piece; the embedder behind it is the Ray
+deployments' handles in the service (``deployments/embedder_handles.py``) or an in-process encoder
+(:class:`classifiers.embedding.LocalEmbedder`) in tests, benchmarks and tools.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+import numpy as np
+
+from classifiers.embedding import Embedder, EmbedRequest, ImageEmbedRequest
+from classifiers.errors import InputTooLong
+from classifiers.inputs import Item
+from classifiers.limits import Limits
+from classifiers.registry import ModelSpec
+
+
+class LabelCache:
+    """LRU of label embeddings keyed by (model, label text as embedded): repeated label sets cost no model call."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._data: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> tuple[np.ndarray, int] | None:
+        hit = self._data.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._data.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[str, str], value: tuple[np.ndarray, int]) -> None:
+        if self.capacity <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def stats(self) -> dict:
+        return {"size": len(self._data), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
+
+
+class Vectors:
+    """Embeds inputs and labels for the services; owns the label cache."""
+
+    def __init__(self, embedder: Embedder, limits: Limits, label_cache: LabelCache):
+        self.embedder = embedder
+        self.limits = limits
+        self.label_cache = label_cache
+
+    async def inputs(self, spec: ModelSpec, items: list[Item]) -> tuple[np.ndarray, int]:
+        """Embed checked input items in request order; returns (N, D) vectors and the total tokens used.
+
+        Texts and images of one request go to the model's embedder concurrently (images: fetched and decoded
+        there, outside the model's batch loop); errors name the item's position in the request."""
+        texts = [i for i, it in enumerate(items) if it.kind == "text"]
+        images = [i for i, it in enumerate(items) if it.kind == "image"]
+        jobs, parts_at = [], []
+        if texts:
+            jobs.append(self._texts(spec, [items[i].value for i in texts], texts))
+            parts_at.append(texts)
+        if images:
+            jobs.append(self._images(spec, [items[i].value for i in images], images))
+            parts_at.append(images)
+        parts = await asyncio.gather(*jobs)
+        out = np.empty((len(items), parts[0][0].shape[1]), np.float32)
+        tokens = 0
+        for positions, (vectors, n) in zip(parts_at, parts):
+            out[positions] = vectors
+            tokens += n
+        return out, tokens
+
+    async def _texts(self, spec: ModelSpec, texts: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
+        result = await self.embedder.embed(spec.name, EmbedRequest(texts, "input", self.limits.max_input_tokens))
+        if result.too_long is not None:
+            i = result.too_long
+            raise InputTooLong(
+                f"input[{positions[i]}] has {result.tokens[i]} tokens; the limit is {self.limits.max_input_tokens} per input"
+            )
+        return result.vectors, int(sum(result.tokens))
+
+    async def _images(self, spec: ModelSpec, values: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
+        result = await self.embedder.embed_images(spec.name, ImageEmbedRequest(values, positions))
+        return result.vectors, int(sum(result.tokens))
+
+    async def labels(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
+        """Each label's vector (in the model's label template) and the tokens all of them count."""
+        texts = {lab: spec.label_template.replace("{label}", lab) for lab in labels}
+        found: dict[str, tuple[np.ndarray, int]] = {}
+        missing = []
+        for lab in labels:
+            hit = self.label_cache.get((spec.name, texts[lab]))
+            if hit is None:
+                missing.append(lab)
+            else:
+                found[lab] = hit
+        if missing:
+            result = await self.embedder.embed(
+                spec.name, EmbedRequest([texts[lab] for lab in missing], "label", self.limits.max_input_tokens)
+            )
+            if result.too_long is not None:
+                lab = missing[result.too_long]
+                raise InputTooLong(
+                    f"label {lab[:40]!r} has {result.tokens[result.too_long]} tokens; "
+                    f"the limit is {self.limits.max_input_tokens}"
+                )
+            for lab, vec, n in zip(missing, result.vectors, result.tokens):
+                vec = np.array(vec, copy=True)  # own the row: a view would pin the whole Ray result buffer
+                found[lab] = (vec, n)
+                self.label_cache.put((spec.name, texts[lab]), (vec, n))
+        return {lab: v for lab, (v, _) in found.items()}, sum(n for _, n in found.values())

@@ -1,0 +1,96 @@
+"""Configs of the deployments and actors in this package: one pydantic model per component, every field described.
+
+``serve_app.config.AppConfig`` composes them with the ingress's own config; the app builder passes these typed
+objects to the deployments' constructors (nothing is re-parsed from dicts in a replica).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class DeploymentConfig(BaseModel):
+    """Serve options every deployment has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count; ignored if autoscaling_config is set.")
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None, description="Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...)."
+    )
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0.1}, description="Resources per replica, e.g. {num_cpus: 0.5, num_gpus: 0.25}."
+    )
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts concurrently.")
+    access_log: bool = Field(default=False, description="Log every request this deployment handles (Ray Serve access log).")
+
+    def serve_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "ray_actor_options": dict(self.ray_actor_options),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "logging_config": {"enable_access_log": self.access_log},
+        }
+        if self.autoscaling_config:
+            opts["autoscaling_config"] = dict(self.autoscaling_config)
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class EmbedderConfig(DeploymentConfig):
+    """An embedder deployment (one per served model)."""
+
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0.5}, description="Resources per replica (add num_gpus on GPU nodes)."
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="Requests @serve.batch coalesces into one model call.")
+    batch_wait_timeout_s: float = Field(
+        default=0.02, ge=0,
+        description="How long a batch waits to fill. 20 ms: at saturation on 2 cores 0.02 s gave +16% over 0.005 s "
+        "(docs/benchmarks.md); lower it for latency-sensitive, lightly loaded services.",
+    )
+    num_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads of the engine (OpenMP / torch). Default: all cores of the node."
+    )
+    device: str | None = Field(default=None, description="torch device for torch engines; default cuda if present.")
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self):
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size={self.max_batch_size}: "
+                "batches could never fill; raise max_ongoing_requests to at least max_batch_size"
+            )
+        return self
+
+
+class StateConfig(BaseModel):
+    """Few-shot classifier state: the shard actors and the durable store behind them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_url: str = Field(
+        default="./data/classifiers",
+        description="Where classifier state is persisted: a local directory (default; resolved to an absolute path "
+        "at start) or an fsspec URL such as s3://bucket/prefix or gs://bucket/prefix for clusters.",
+    )
+    num_shards: int = Field(default=4, ge=1, description="Named state-shard actors classifier ids are hashed onto.")
+    num_cpus: float = Field(default=0.05, ge=0, description="CPU reserved per shard actor.")
+    capacity: int = Field(default=2000, ge=1, description="Classifiers a shard keeps in memory (LRU; rest reload from the store).")
+    usage_flush_s: float = Field(default=5.0, gt=0, description="How often use counters (used_number/used_at) are persisted.")
+    detached: bool = Field(
+        default=True, description="Shard actors outlive the ingress replicas that created them (kept across app redeploys)."
+    )
+    fence_check_s: float = Field(
+        default=2.0, gt=0,
+        description="How often a shard re-reads the store's fence; a shard of a replaced set stops serving within this.",
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+

@@ -1,0 +1,102 @@
+"""The few-shot service over the in-process repository (ClassifierTable) and the real embedded encoder."""
+import asyncio
+
+import pytest
+
+from classifiers.api import ClassifyRequest, TrainRequest
+from classifiers.embedding import LocalEmbedder
+from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceNotFound
+from classifiers.fewshot_service import FewShotService
+from classifiers.limits import Limits
+from classifiers.registry import build_registry
+from classifiers.state import ClassifierTable
+from classifiers.store import LocalDirStore, StateStore
+from classifiers.vectors import LabelCache, Vectors
+
+MODEL = "all-MiniLM-L6-v2"
+TRAIN = [
+    {"text": "Heavy rain and wind all day tomorrow", "label": "weather"},
+    {"text": "Snow and freezing fog expected tonight", "label": "weather"},
+    {"text": "The striker scored twice in the final", "label": "sport"},
+    {"text": "She won the tennis match in straight sets", "label": "sport"},
+]
+
+
+class CountingRepo(ClassifierTable):
+    """The real in-process repository, counting the calls the service makes to it."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = []
+
+    async def info(self, *a, **k):
+        self.calls.append("info")
+        return await super().info(*a, **k)
+
+    async def classify(self, *a, **k):
+        self.calls.append("classify")
+        return await super().classify(*a, **k)
+
+    async def train(self, *a, **k):
+        self.calls.append("train")
+        return await super().train(*a, **k)
+
+
+@pytest.fixture
+def service(encoders, tmp_path):
+    limits = Limits(max_classes=3)
+    return FewShotService(
+        registry=build_registry(["multilingual-e5-small", MODEL]), limits=limits,
+        vectors=Vectors(LocalEmbedder(encoders), limits, LabelCache(100)),
+        repo=CountingRepo(StateStore(LocalDirStore(tmp_path)), limits),
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_train_classify_update_list_delete(service):
+    out = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice"))
+    cid = out.classifier_id
+    assert out.num_samples == 4 and out.usage.total_tokens > 0
+    resp = run(service.classify(ClassifyRequest(classifier_id=cid, input=["Will it rain on Sunday?", "Who won the cup final?"]), "alice"))
+    assert [d.prediction for d in resp.data] == ["weather", "sport"]
+    up = run(service.train(TrainRequest(classifier_id=cid, input=[{"text": "Bake the bread for an hour", "label": "cooking "}]), "alice"))
+    assert up.num_samples == 1
+    (summary,) = run(service.list("alice"))
+    assert summary.labels == ["weather", "sport", "cooking"] and summary.num_samples == 5 and summary.user_id == "alice"
+    assert run(service.delete(cid, "alice")).deleted
+    with pytest.raises(ResourceNotFound):
+        run(service.classify(ClassifyRequest(classifier_id=cid, input=["x"]), "alice"))
+
+
+def test_one_repository_call_per_classify_and_update_once_the_classifier_is_known(service):
+    cid = run(service.train(TrainRequest(model=MODEL, input=TRAIN), "alice")).classifier_id
+    service.repo.calls.clear()
+    run(service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "alice"))
+    run(service.train(TrainRequest(classifier_id=cid, input=[{"text": "sunny", "label": "weather"}]), "alice"))
+    run(service.classify(ClassifyRequest(classifier_id=cid, input=["goal!"]), "alice"))
+    assert service.repo.calls == ["info", "classify", "train", "classify"]  # the model is looked up once
+
+
+def test_private_classifiers_stay_invisible_to_others_even_when_cached(service):
+    cid = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice")).classifier_id
+    run(service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "alice"))  # cached now
+    for call in (
+        service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "mallory"),
+        service.train(TrainRequest(classifier_id=cid, input=[{"text": "x", "label": "weather"}]), "mallory"),
+        service.delete(cid, "mallory"),
+    ):
+        with pytest.raises(ResourceNotFound):
+            run(call)
+
+
+def test_bad_requests_fail_before_model_work(service):
+    with pytest.raises(LabelLimitExceeded):
+        run(service.train(TrainRequest(model=MODEL, input=[{"text": f"t{i}", "label": f"l{i}"} for i in range(4)]), "alice"))
+    with pytest.raises(InvalidInput, match="not both"):
+        run(service.classify(ClassifyRequest(classifier_id="abc", input="x", labels=["a", "b"]), "alice"))
+    with pytest.raises(ResourceNotFound):
+        run(service.classify(ClassifyRequest(classifier_id="../etc/passwd", input="x"), "alice"))
+    assert service.repo.calls == []
