@@ -3,8 +3,8 @@
 1. Memory per classifier and classify latency with 10 vs 10,000 classifiers (target: flat within 10%).
    Classifiers are created in the real state-shard actors (Ray, 4 shards, local store in a temp dir) from
    real CLINC150 embeddings; memory is the shards' resident set size (RSS, /proc) growth per classifier and
-   the in-memory state they report; latency is the shard `classify` call (one 384-d input) as the router
-   makes it, p50/p95 over random classifiers.
+   the in-memory state they report; latency is the ShardedRepo `classify` call (one actor call, one 384-d
+   input) as the ingress makes it, p50/p95 over random classifiers.
 2. /train cost with num_iters=1 vs 10 (target: within 10%): the same 32-example /train requests over HTTP
    through the real app, alternating num_iters, on all-MiniLM-L6-v2.
 
@@ -40,7 +40,10 @@ async def state_scale(counts: list[int], shards: int) -> list[tuple]:
     from classifiers.engines import load_encoder
     from classifiers.limits import Limits
     from classifiers.registry import build_registry
-    from deployments.classifier_state import ShardClient
+    from classifiers.repository import NewClassifier, TrainBatch
+    from classifiers.store import LocalDirStore
+    from deployments.classifier_shards import ShardedRepo
+    from deployments.config import StateConfig
 
     texts, ys = clinc()
     spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
@@ -50,24 +53,25 @@ async def state_scale(counts: list[int], shards: int) -> list[tuple]:
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as store:
-        client = ShardClient(num_shards=shards, store_url=store, limits=Limits(max_classifiers_per_owner=10**6),
-                             capacity=10**6, usage_flush_s=60, num_cpus=0.05, detached=False)
-        base = await client.all("stats")
+        settings = StateConfig(store_url=store, num_shards=shards, capacity=10**6, usage_flush_s=60, num_cpus=0.05, detached=False)
+        repo = ShardedRepo(LocalDirStore(store), settings, Limits(max_classifiers_per_owner=10**6), generation=time.time_ns())
+        base = await repo.stats()
         rss0 = sum(s["rss_bytes"] for s in base)
         ids: list[str] = []
+        owners: list[str] = []
         for target in counts:
             while len(ids) < target:
-                batch = []
+                creates = []
                 for _ in range(min(200, target - len(ids))):
-                    cid = str(uuid.uuid4())
                     pick = rng.choice(len(ys), size=24, replace=False)  # 24 examples over up to 16 classes
                     y = [ys[i] for i in pick]
-                    batch.append(client.call(cid, "create", cid, f"owner-{len(ids) % 50}", spec.name, "private",
-                                             dim=X.shape[1], score_scale=spec.score_scale, X=X[pick], y=y, weight=1.0,
-                                             label_vectors={lab: label_vecs[lab] for lab in set(y)}, update_id=cid))
-                    ids.append(cid)
-                await asyncio.gather(*batch)
-            stats = await client.all("stats")
+                    owner = f"owner-{len(owners) % 50}"
+                    new = NewClassifier(owner=owner, model=spec.name, access="private", dim=X.shape[1], score_scale=spec.score_scale)
+                    batch = TrainBatch(X[pick], y, 1.0, {lab: label_vecs[lab] for lab in set(y)}, uuid.uuid4().hex)
+                    creates.append(repo.create(new, batch))
+                    owners.append(owner)
+                ids += [out.classifier_id for out in await asyncio.gather(*creates)]
+            stats = await repo.stats()
             rss = sum(s["rss_bytes"] for s in stats)
             state = sum(s["memory_bytes"] for s in stats)
             q = X[:1]
@@ -77,7 +81,7 @@ async def state_scale(counts: list[int], shards: int) -> list[tuple]:
                 for _ in range(1000):
                     j = int(rng.integers(pool))
                     t0 = time.perf_counter()
-                    await client.call(ids[j], "classify", ids[j], f"owner-{j % 50}", q)
+                    await repo.classify(ids[j], owners[j], q)
                     out.append(time.perf_counter() - t0)
                 return out
 

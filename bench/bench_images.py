@@ -6,7 +6,7 @@ are the shared flower photos (JPEG, ~160-500 px), sent base64-encoded (decoded a
 ImageEmbedder, outside the model's batch loop).
 
   raw   = images/s of encoder.encode_images on already-decoded images, best over batch sizes;
-  http  = images/s through proxy -> ClassifierRouter -> ImageEmbedder (fetch/decode + @serve.batch);
+  http  = images/s through proxy -> Ingress -> ImageEmbedder (fetch/decode + @serve.batch);
   ratio = http / raw.
 
     PYTHONPATH=. .venv/bin/python bench/bench_images.py [--n 96]

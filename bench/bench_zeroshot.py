@@ -2,7 +2,7 @@
 
 For each embedded model, in one run:
   raw   = texts/s of the model's encoder called in this process, best over batch sizes;
-  http  = inputs/s through the real Serve app (proxy -> ClassifierRouter -> TextEmbedder, @serve.batch),
+  http  = inputs/s through the real Serve app (proxy -> Ingress -> TextEmbedder, @serve.batch),
           with labels cached (a repeated label set costs no model call), for several request sizes;
   ratio = http / raw (target >= 0.85).
 
