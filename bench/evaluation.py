@@ -380,3 +380,112 @@ def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, we
         order = np.array([task.names.index(n) for n in lrn.labels])
         acc[ci] = accuracy(task.yte[mask], order[lrn.predict_proba(task.Xte[mask]).argmax(1)])
     return acc
+
+
+# ------------------------------------------------------------------------ label recipe (registry)
+def embed_labels(model: str, names: list[str], templates: tuple[str, ...] | None = None) -> np.ndarray:
+    """(K, D) label vectors through the registry's zero-shot recipe: each label name (as words) in every
+    template of ``spec.label_texts`` (or ``templates``), embedded with role "label" and pooled by
+    ``classifiers.registry.pool_label_vectors`` — what the service computes for zero-shot and the label prior."""
+    from classifiers.registry import pool_label_vectors
+
+    spec = get_spec(model) if templates is None else get_spec(model, label_templates=tuple(templates))
+    texts = [spec.label_texts(label_words(n)) for n in names]
+    T = len(texts[0])
+    flat = embed(model, [t for ts in texts for t in ts], "label", progress=False).reshape(len(names), T, -1)
+    return np.stack([pool_label_vectors(v) for v in flat]).astype(np.float64)
+
+
+# --------------------------------------------------------------------- all-classes protocol and OOS
+ALL_METHODS = ("zero-shot", "ours, declared labels", "ours", "logreg", "NCM", "PA")
+OOS_SCORES_ZS = ("max softmax", "max cosine (ours, zero-shot)", "energy")
+OOS_SCORES_FS = ("max softmax", "ours (calibrated max logit)", "Mahalanobis (full)", "max cosine to class means",
+                 "energy")
+
+
+def _oos_scores_fewshot(lrn, X: np.ndarray) -> dict[str, np.ndarray]:
+    """Out-of-scope scores (larger = more out of scope) of a learner with examples: the baselines (max softmax,
+    full Mahalanobis distance with the learner's own covariance and class means, cosine to class means,
+    energy = -logsumexp of the logits) and the served score (LinearPredictor.oos_score)."""
+    pred = lrn.compile()
+    z = pred.decision_function(X)
+    p = pred.predict_proba(X)
+    st = lrn._stats
+    Sigma, mu = st["Sigma"], st["mu"]
+    if Sigma.ndim == 2:
+        Si = np.linalg.inv(Sigma)
+        q = np.einsum("nd,de,ne->n", X, Si, X)
+        cross = X @ Si @ mu.T
+        mq = np.einsum("kd,de,ke->k", mu, Si, mu)
+    else:
+        q = (X * X / Sigma).sum(1)
+        cross = (X / Sigma) @ mu.T
+        mq = (mu * mu / Sigma).sum(1)
+    maha = (q[:, None] - 2 * cross + mq[None]).min(1)
+    mun = mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    m = z.max(1)
+    return {"max softmax": -p.max(1), "ours (calibrated max logit)": pred.oos_score(X, logits=z),
+            "Mahalanobis (full)": maha, "max cosine to class means": -(X @ mun.T).max(1),
+            "energy": -(m + np.log(np.exp(z - m[:, None]).sum(1)))}
+
+
+def _oos_scores_zero_shot(X: np.ndarray, L: np.ndarray, spec) -> dict[str, np.ndarray]:
+    from classifiers.oos import zero_shot_oos_score
+
+    cos = X @ L.T
+    z = spec.score_scale * cos
+    m = z.max(1)
+    return {"max softmax": -softmax(z).max(1), "max cosine (ours, zero-shot)": zero_shot_oos_score(cos, spec),
+            "energy": -(m + np.log(np.exp(z - m[:, None]).sum(1)))}
+
+
+def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int], *, spec, Xoos: np.ndarray | None,
+                           oos_at: tuple[int, ...] = (), batch_size: int = 8, num_iters: int = 10,
+                           learner_config=None, pa_seed: int = 0, declare_config=None) -> dict:
+    """The all-classes protocol: at every checkpoint (0 included) every method is scored on ALL test examples
+    of the task and chooses among all its labels it can: zero-shot and the learner with every label declared at
+    create know all classes from the start; the plain learner, logreg, NCM and PA know only the classes seen so
+    far (a test example of an unseen class is an error for them).
+
+    With ``Xoos`` (out-of-scope inputs), at the checkpoints in ``oos_at`` the OOS scores of zero-shot (at 0) and
+    of the declared-labels learner (later) are computed on the task's in-scope test set and on ``Xoos``.
+
+    Returns {"acc": {method: array over checkpoints}, "oos": {k: {score: (in_scores, out_scores)}}}.
+    """
+    from classifiers.fewshot import FewShotLearner, LearnerConfig
+
+    dim = task.Xtr.shape[1]
+    weight = num_iters / 10.0
+    decl = FewShotLearner(dim, score_scale=spec.score_scale, config=declare_config or learner_config)
+    decl.declare({n: task.L[j] for j, n in enumerate(task.names)})
+    plain = FewShotLearner(dim, score_scale=spec.score_scale, config=learner_config or LearnerConfig())
+    pa = OnlinePA(dim, seed=pa_seed)
+    acc = {m: np.full(len(checkpoints), np.nan) for m in ALL_METHODS}
+    oos: dict[int, dict] = {}
+    zs_pred = zero_shot_probs(task.Xte, task.L, spec.score_scale).argmax(1)
+    seen: set[int] = set()
+    for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
+        for sel in batches:
+            names = [task.names[j] for j in task.ytr[sel]]
+            new = {int(j) for j in task.ytr[sel]} - seen
+            seen |= new
+            decl.update(task.Xtr[sel], names, weight=weight)
+            plain.update(task.Xtr[sel], names, weight=weight, label_vectors={task.names[j]: task.L[j] for j in new})
+            pa.partial_fit(task.Xtr[sel], task.ytr[sel], num_iters=num_iters)
+        acc["zero-shot"][ci] = accuracy(task.yte, zs_pred)
+        order = np.array([task.names.index(n) for n in decl.labels])
+        acc["ours, declared labels"][ci] = accuracy(task.yte, order[decl.predict_proba(task.Xte).argmax(1)])
+        if k > 0:
+            order = np.array([task.names.index(n) for n in plain.labels])
+            acc["ours"][ci] = accuracy(task.yte, order[plain.predict_proba(task.Xte).argmax(1)])
+            Xs, ys = task.Xtr[perm[:k]], task.ytr[perm[:k]]
+            acc["logreg"][ci] = accuracy(task.yte, logreg_fit_predict(Xs, ys, task.Xte, task.C))
+            acc["NCM"][ci] = accuracy(task.yte, ncm_predict(Xs, ys, task.Xte, len(task.names)))
+            acc["PA"][ci] = accuracy(task.yte, pa.predict(task.Xte))
+        if Xoos is not None and k in oos_at:
+            if k == 0:
+                zi, zo = _oos_scores_zero_shot(task.Xte, task.L, spec), _oos_scores_zero_shot(Xoos, task.L, spec)
+            else:
+                zi, zo = _oos_scores_fewshot(decl, task.Xte), _oos_scores_fewshot(decl, Xoos)
+            oos[k] = {name: (zi[name], zo[name]) for name in zi}
+    return {"acc": acc, "oos": oos}

@@ -225,6 +225,6 @@ def test_compiled_predictor_scores_exactly_like_the_learner(data):
     pred = lrn.compile()
     assert list(pred.labels) == lrn.labels
     assert np.array_equal(pred.predict_proba(Xq), lrn.predict_proba(Xq))
-    assert pred.nbytes == 8 * (D * 6 + 6) and pred.nbytes < lrn.state_nbytes() / 10
+    assert pred.nbytes == 8 * (D * 6 + 6 + 2 * 6) and pred.nbytes < lrn.state_nbytes() / 10  # W, b, OOS mean/std
     lrn.update(X[:5], y[:5])  # later updates do not change an already compiled predictor
     assert not np.array_equal(pred.predict_proba(Xq), lrn.compile().predict_proba(Xq))
