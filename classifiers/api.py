@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TextDoc(BaseModel):
@@ -21,6 +21,27 @@ class ImageDoc(BaseModel):
 
 
 InputItem = Union[str, TextDoc, ImageDoc]
+
+
+class Abstain(BaseModel):
+    """Our extension: ask for an out-of-scope ("none of these") decision per input. Give exactly one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    false_alarm_rate: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Target share of in-scope inputs wrongly flagged (e.g. 0.05), turned into a threshold on the "
+        "calibrated score (docs/fewshot.md: calibration is close for e5, loose for MiniLM few-shot).",
+    )
+    threshold: float | None = Field(
+        default=None, description="A raw threshold on `oos_score` (standardised: about N(0, 1) for in-scope inputs)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.false_alarm_rate is None) == (self.threshold is None):
+            raise ValueError("give exactly one of `false_alarm_rate` or `threshold`")
+        return self
 
 
 # Request bodies ignore unknown top-level fields, as Jina does (its own product page sends `"action": "list"`);
@@ -47,6 +68,11 @@ class ClassifyRequest(BaseModel):
     labels: list[str] | dict[str, list[str]] | None = Field(
         default=None, description="Zero-shot labels: a list, or a dict of named label groups (one prediction each)."
     )
+    abstain: Abstain | None = Field(
+        default=None,
+        description="Ours: also decide per input whether it belongs to none of the labels; adds `out_of_scope` and "
+        "`oos_score` to each result. Without it the response is exactly Jina's.",
+    )
 
 
 class TextTrainingItem(BaseModel):
@@ -72,8 +98,13 @@ class TrainRequest(BaseModel):
     model: str | None = Field(default=None, description="Embedding model of a new classifier.")
     classifier_id: str | None = Field(default=None, description="Classifier to update.")
     access: Literal["public", "private"] = Field(default="public", description="Who may use the new classifier.")
-    input: TrainingItem | list[TrainingItem] = Field(description="Labeled examples.")
+    input: TrainingItem | list[TrainingItem] = Field(description="Labeled examples (may be [] when `labels` declares classes).")
     num_iters: int = Field(default=10, description="How strongly this batch counts (weight num_iters/10).")
+    labels: list[str] | None = Field(
+        default=None,
+        description="Ours: classes the classifier must know, with or without examples. A class without examples is "
+        "predicted from its label name like zero-shot; examples move it smoothly to the few-shot model.",
+    )
 
 
 class PredictionLabel(BaseModel):
@@ -87,6 +118,12 @@ class ClassificationPrediction(BaseModel):
     prediction: str | dict[str, str]
     score: float | dict[str, float]
     predictions: list[PredictionLabel] | dict[str, list[PredictionLabel]]
+    out_of_scope: bool | dict[str, bool] | None = Field(
+        default=None, description="Ours, only with `abstain`: the input belongs to none of the labels (per group)."
+    )
+    oos_score: float | dict[str, float] | None = Field(
+        default=None, description="Ours, only with `abstain`: the out-of-scope score (larger = further from every label)."
+    )
 
 
 class Usage(BaseModel):

@@ -13,16 +13,18 @@ import re
 import uuid
 from collections import OrderedDict
 
+import numpy as np
+
 from classifiers.api import (
     ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest, Usage,
 )
 from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, ResourceNotFound
-from classifiers.inputs import check_modalities, parse_inputs, parse_training_items
+from classifiers.inputs import check_modalities, parse_declared_labels, parse_inputs, parse_training_items
 from classifiers.limits import Limits
 from classifiers.registry import Registry
 from classifiers.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
 from classifiers.vectors import Vectors
-from classifiers.zeroshot import build_predictions
+from classifiers.zeroshot import GroupScores, build_predictions
 
 DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
 # Ids this service issues are UUIDs; anything outside this shape cannot exist and never reaches a store path.
@@ -68,8 +70,14 @@ class FewShotService:
     async def train(self, req: TrainRequest, caller: str, *, update_id: str | None = None) -> TrainingResponse:
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
-        items, labels = parse_training_items(req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens)
-        distinct = list(dict.fromkeys(labels))
+        declared = parse_declared_labels(req.labels)
+        if req.input == [] and declared:
+            items, labels = [], []  # declared classes only: a classifier that starts as zero-shot
+        else:
+            items, labels = parse_training_items(
+                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens
+            )
+        distinct = list(dict.fromkeys(labels + declared))
         if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
             raise LabelLimitExceeded(
                 f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
@@ -88,14 +96,18 @@ class FewShotService:
             self._check_model(req.model, info)
             spec = self.registry.get(info.model)
         check_modalities(items, spec, self.registry.with_image_support())
-        # Label-name vectors for the batch's labels (the learner's prior uses those of classes it has not met
-        # yet); the label cache makes known ones free, and they are not charged.
-        (X, tokens), (prior, _) = await asyncio.gather(
-            self.vectors.inputs(spec, items), self.vectors.labels(spec, [humanize(lab) for lab in distinct])
-        )
+        # Label-name vectors (the learner's prior, and what a declared class is predicted from) by the model's
+        # label recipe; the label cache makes known ones free, and they are not charged.
+        label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct])
+        if items:
+            (prior, _), (X, tokens) = await asyncio.gather(label_job, self.vectors.inputs(spec, items))
+        else:
+            prior, _ = await label_job
+            X, tokens = np.zeros((0, len(next(iter(prior.values())))), np.float32), 0
         batch = TrainBatch(
             X=X, y=labels, weight=req.num_iters / DEFAULT_NUM_ITERS, update_id=update_id or uuid.uuid4().hex,
             label_vectors={lab: prior[humanize(lab)] for lab in distinct},
+            declared={lab: prior[humanize(lab)] for lab in declared},
         )
         if req.classifier_id is None:
             new = NewClassifier(owner=caller, model=spec.name, access=req.access, dim=int(X.shape[1]), score_scale=spec.score_scale)
@@ -116,8 +128,8 @@ class FewShotService:
         spec = self.registry.get(info.model)
         check_modalities(items, spec, self.registry.with_image_support())
         X, tokens = await self.vectors.inputs(spec, items)
-        scores = await self.repo.classify(req.classifier_id, caller, X)
-        data = build_predictions({None: (scores.labels, scores.probs)}, grouped=False)
+        scores = await self.repo.classify(req.classifier_id, caller, X, oos_spec=spec if req.abstain else None)
+        data = build_predictions({None: GroupScores(scores.labels, scores.probs, scores.oos)}, grouped=False, abstain=req.abstain)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))
 
     async def list(self, caller: str) -> list[ClassifierSummary]:

@@ -78,6 +78,17 @@ def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]
             )
 
 
+def parse_declared_labels(labels: list[str] | None) -> list[str]:
+    """`/train`'s declared classes (our extension): normalised like every label, duplicates collapsed."""
+    out = []
+    for i, label in enumerate(labels or []):
+        normalized = normalize_label(label)
+        if not normalized:
+            raise InvalidLabels(f"labels[{i}] is empty")
+        out.append(normalized)
+    return list(dict.fromkeys(out))
+
+
 def parse_training_items(
     raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192
 ) -> tuple[list[Item], list[str]]:

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from classifiers.api import ClassifierSummary
+from classifiers.registry import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TrainBatch:
     weight: float  # num_iters / 10
     label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
     update_id: str = ""  # a retry with the same id is applied once
+    declared: dict[str, np.ndarray] = field(default_factory=dict)  # classes to know without examples: label vectors
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,11 @@ class ClassifierInfo:
 
 @dataclass(frozen=True)
 class Scores:
-    """A classifier's probabilities for a batch of inputs: (n, len(labels))."""
+    """A classifier's probabilities for a batch of inputs: (n, len(labels)); (n,) out-of-scope scores if asked."""
 
     labels: list[str]
     probs: np.ndarray
+    oos: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -82,7 +85,8 @@ class ClassifierRepo(Protocol):
 
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo: ...
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray) -> Scores: ...
+    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
+        """Probabilities; with ``oos_spec`` (the classifier's model) also out-of-scope scores (classifiers/oos.py)."""
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         """The owner's classifiers, oldest first."""

@@ -35,11 +35,14 @@ from typing import Callable
 import numpy as np
 
 from classifiers.api import ClassifierSummary
-from classifiers.errors import LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound, StaleWriter
+from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound, StaleWriter
 from classifiers.fewshot import FewShotLearner, LearnerConfig, LinearPredictor
 from classifiers.limits import Limits
+from classifiers.oos import fewshot_oos_score
+from classifiers.registry import ModelSpec
 from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome
 from classifiers.store import StateStore
+from classifiers.zeroshot import softmax
 
 RECENT_UPDATES = 64
 STALE_RESERVATION_S = 600.0  # a create takes seconds; a reservation this old without its classifier is a crash
@@ -167,6 +170,14 @@ async def migrate_legacy_owners(store: StateStore) -> int:
     return moved
 
 
+def _apply(learner: FewShotLearner, batch: TrainBatch) -> None:
+    """Declared classes first (they may be all a batch has), then the examples."""
+    if batch.declared:
+        learner.declare(batch.declared)
+    if len(batch.y):
+        learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
+
+
 class ClassifierTable:
     """The classifiers one process serves, over a :class:`StateStore`: the in-process ClassifierRepo.
 
@@ -275,10 +286,10 @@ class ClassifierTable:
                     f"Resource limit exceeded. Current: {len(owned)} classifiers, limit: "
                     f"{self.limits.max_classifiers_per_owner}. Delete existing classifiers first."
                 )
-            self._check_classes(set(batch.y), set())
+            self._check_classes(set(batch.y) | set(batch.declared), set())
             now = self._clock()
             learner = FewShotLearner(new.dim, score_scale=new.score_scale, config=self._learner_config)
-            learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
+            _apply(learner, batch)
             rec = ClassifierRecord(
                 classifier_id=cid, owner=new.owner, model=new.model, access=new.access, learner=learner,
                 created_at=now, updated_at=now, num_samples=len(batch.y), recent_updates={batch.update_id: len(batch.y)},
@@ -306,7 +317,7 @@ class ClassifierTable:
             rec = await self._visible(cid, caller, write=True)
             if batch.update_id in rec.recent_updates:
                 return self._outcome(rec, rec.recent_updates[batch.update_id])
-            self._check_classes(set(batch.y), set(rec.labels))
+            self._check_classes(set(batch.y) | set(batch.declared), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
             stored = await self._read(cid)
@@ -314,7 +325,7 @@ class ClassifierTable:
                 self._loaded.pop(cid, None)
                 raise _not_found(cid)
             learner = stored.learner
-            learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
+            _apply(learner, batch)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
             recent[batch.update_id] = len(batch.y)
             new = ClassifierRecord(
@@ -341,14 +352,20 @@ class ClassifierTable:
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return (await self._visible(classifier_id, caller, write=write)).info
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray) -> Scores:
+    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
         rec = await self._visible(classifier_id, caller, write=False)
         predictor = rec.predictor  # one reference: a concurrent update swaps the record, never mutates this
-        probs = predictor.predict_proba(X)
+        logits = predictor.decision_function(X)
+        oos = None
+        if oos_spec is not None:
+            try:
+                oos = fewshot_oos_score(predictor, X, oos_spec, logits=logits)
+            except ValueError as err:  # declared labels only, on a model without a zero-shot calibration
+                raise InvalidInput(f"`abstain` is not available for this classifier yet: {err}") from err
         rec.used_number += 1
         rec.used_at = self._clock()
         self._dirty_usage.add(classifier_id)
-        return Scores(list(predictor.labels), probs)
+        return Scores(list(predictor.labels), softmax(logits), oos)
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         self._check_current()

@@ -17,7 +17,7 @@ from classifiers.embedding import Embedder, EmbedRequest, ImageEmbedRequest
 from classifiers.errors import InputTooLong
 from classifiers.inputs import Item
 from classifiers.limits import Limits
-from classifiers.registry import ModelSpec
+from classifiers.registry import ModelSpec, pool_label_vectors
 
 
 class LabelCache:
@@ -94,28 +94,29 @@ class Vectors:
         return result.vectors, int(sum(result.tokens))
 
     async def labels(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
-        """Each label's vector (in the model's label template) and the tokens all of them count."""
-        texts = {lab: spec.label_template.replace("{label}", lab) for lab in labels}
+        """Each label's vector by the model's label recipe (its embeddings in the registry's label templates,
+        averaged: ``ModelSpec.label_texts`` / ``pool_label_vectors``) and the tokens the labels count: each
+        label counts the tokens of its first template text, however many templates the model averages."""
+        texts = {lab: spec.label_texts(lab) for lab in labels}
+        wanted = list(dict.fromkeys(t for lab in labels for t in texts[lab]))
         found: dict[str, tuple[np.ndarray, int]] = {}
         missing = []
-        for lab in labels:
-            hit = self.label_cache.get((spec.name, texts[lab]))
+        for text in wanted:
+            hit = self.label_cache.get((spec.name, text))
             if hit is None:
-                missing.append(lab)
+                missing.append(text)
             else:
-                found[lab] = hit
+                found[text] = hit
         if missing:
-            result = await self.embedder.embed(
-                spec.name, EmbedRequest([texts[lab] for lab in missing], "label", self.limits.max_input_tokens)
-            )
+            result = await self.embedder.embed(spec.name, EmbedRequest(missing, "label", self.limits.max_input_tokens))
             if result.too_long is not None:
-                lab = missing[result.too_long]
                 raise InputTooLong(
-                    f"label {lab[:40]!r} has {result.tokens[result.too_long]} tokens; "
+                    f"label {missing[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
                     f"the limit is {self.limits.max_input_tokens}"
                 )
-            for lab, vec, n in zip(missing, result.vectors, result.tokens):
+            for text, vec, n in zip(missing, result.vectors, result.tokens):
                 vec = np.array(vec, copy=True)  # own the row: a view would pin the whole Ray result buffer
-                found[lab] = (vec, n)
-                self.label_cache.put((spec.name, texts[lab]), (vec, n))
-        return {lab: v for lab, (v, _) in found.items()}, sum(n for _, n in found.values())
+                found[text] = (vec, n)
+                self.label_cache.put((spec.name, text), (vec, n))
+        vectors = {lab: pool_label_vectors([found[t][0] for t in texts[lab]]) for lab in labels}
+        return vectors, sum(found[texts[lab][0]][1] for lab in labels)

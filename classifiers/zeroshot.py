@@ -10,10 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from classifiers.api import ClassificationPrediction, PredictionLabel
-from classifiers.errors import InvalidLabels, LabelLimitExceeded
+from classifiers.api import Abstain, ClassificationPrediction, PredictionLabel
+from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded
 from classifiers.inputs import normalize_label
 from classifiers.limits import Limits
+from classifiers.oos import abstain as oos_abstain
+from classifiers.oos import zero_shot_oos_score
+from classifiers.registry import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -75,42 +78,67 @@ def score(inputs: np.ndarray, label_vectors: np.ndarray, scale: float) -> np.nda
 
 
 def predictions(
-    inputs: np.ndarray, label_set: LabelSet, vectors: dict[str, np.ndarray], scale: float
+    inputs: np.ndarray, label_set: LabelSet, vectors: dict[str, np.ndarray], spec: ModelSpec, abstain: Abstain | None = None
 ) -> list[ClassificationPrediction]:
-    """Jina's per-input result objects; labels keep the request's order within each group."""
+    """Jina's per-input result objects; labels keep the request's order within each group. With ``abstain``,
+    each group also gets its out-of-scope score (max cosine against the model's calibration) and decision."""
     per_group = {}
     for name, labels in label_set.groups.items():
         mat = np.stack([vectors[lab] for lab in labels])
-        per_group[name] = (labels, score(inputs, mat, scale))
-    return build_predictions(per_group, grouped=label_set.grouped)
+        cos = inputs @ mat.T
+        oos = None
+        if abstain is not None:
+            try:
+                oos = zero_shot_oos_score(cos, spec)
+            except ValueError as err:  # a model without a zero-shot calibration (Hub models)
+                raise InvalidInput(f"`abstain` is not available for model {spec.name!r}: {err}") from err
+        per_group[name] = GroupScores(labels, softmax(spec.score_scale * cos), oos)
+    return build_predictions(per_group, grouped=label_set.grouped, abstain=abstain)
+
+
+@dataclass(frozen=True)
+class GroupScores:
+    """One label group's (or a few-shot classifier's) labels, (N, L) probabilities and optional (N,) OOS scores."""
+
+    labels: list[str]
+    probs: np.ndarray
+    oos: np.ndarray | None = None
 
 
 def build_predictions(
-    per_group: dict[str | None, tuple[list[str], np.ndarray]], *, grouped: bool
+    per_group: dict[str | None, GroupScores], *, grouped: bool, abstain: Abstain | None = None
 ) -> list[ClassificationPrediction]:
-    """Result objects from per-group (labels, (N, L) probabilities); group None means a flat label list."""
-    n = next(iter(per_group.values()))[1].shape[0]
+    """Result objects from per-group scores; group None means a flat label list. The out-of-scope fields are
+    filled only when ``abstain`` was asked for (otherwise the result is exactly Jina's)."""
+    flags = {
+        name: oos_abstain(g.oos, false_alarm_rate=abstain.false_alarm_rate, thresh=abstain.threshold)
+        for name, g in per_group.items() if abstain is not None and g.oos is not None
+    }
+    n = next(iter(per_group.values())).probs.shape[0]
     out = []
     for i in range(n):
         fields = {}
-        for name, (labels, probs) in per_group.items():
-            p = probs[i]
+        for name, g in per_group.items():
+            p = g.probs[i]
             best = int(np.argmax(p))
+            oos = (bool(flags[name][i]), float(g.oos[i])) if name in flags else (None, None)
             fields[name] = (
-                labels[best],
-                float(p[best]),
-                [PredictionLabel(label=lab, score=float(s)) for lab, s in zip(labels, p)],
+                g.labels[best], float(p[best]), [PredictionLabel(label=lab, score=float(s)) for lab, s in zip(g.labels, p)], *oos
             )
         if grouped:
+            extra = {}
+            if flags:
+                extra = {"out_of_scope": {k: f[3] for k, f in fields.items()}, "oos_score": {k: f[4] for k, f in fields.items()}}
             out.append(
                 ClassificationPrediction(
                     index=i,
-                    prediction={g: f[0] for g, f in fields.items()},
-                    score={g: f[1] for g, f in fields.items()},
-                    predictions={g: f[2] for g, f in fields.items()},
+                    prediction={k: f[0] for k, f in fields.items()},
+                    score={k: f[1] for k, f in fields.items()},
+                    predictions={k: f[2] for k, f in fields.items()},
+                    **extra,
                 )
             )
         else:
-            pred, sc, preds = fields[None]
-            out.append(ClassificationPrediction(index=i, prediction=pred, score=sc, predictions=preds))
+            pred, sc, preds, flag, oos = fields[None]
+            out.append(ClassificationPrediction(index=i, prediction=pred, score=sc, predictions=preds, out_of_scope=flag, oos_score=oos))
     return out

@@ -31,5 +31,5 @@ class ZeroShotService:
         (vectors, input_tokens), (label_vectors, label_tokens) = await asyncio.gather(
             self.vectors.inputs(spec, items), self.vectors.labels(spec, label_set.unique())
         )
-        data = predictions(vectors, label_set, label_vectors, spec.score_scale)
+        data = predictions(vectors, label_set, label_vectors, spec, req.abstain)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=input_tokens + label_tokens))

@@ -29,6 +29,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from classifiers.api import ClassifierSummary
 from classifiers.errors import ServiceUnavailable, StaleWriter
 from classifiers.limits import Limits
+from classifiers.registry import ModelSpec
 from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome
 from classifiers.state import ClassifierTable, migrate_legacy_owners
 from classifiers.store import BlobStore, StateStore
@@ -116,9 +117,9 @@ class ClassifierShard:
         self._ensure_loop()
         return await self.table.info(cid, caller, write=write)
 
-    async def classify(self, cid: str, caller: str, X: np.ndarray) -> Scores:
+    async def classify(self, cid: str, caller: str, X: np.ndarray, oos_spec: ModelSpec | None) -> Scores:
         self._ensure_loop()
-        return await self.table.classify(cid, caller, X)
+        return await self.table.classify(cid, caller, X, oos_spec=oos_spec)
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         self._ensure_loop()
@@ -242,8 +243,10 @@ class ShardedRepo:
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.info.remote(classifier_id, caller, write))
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray) -> Scores:
-        return await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.classify.remote(classifier_id, caller, X))
+    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
+        return await self._call(
+            shard_of(classifier_id, self.num_shards), lambda a: a.classify.remote(classifier_id, caller, X, oos_spec)
+        )
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         return await self._call(shard_of(owner, self.num_shards), lambda a: a.list.remote(owner))

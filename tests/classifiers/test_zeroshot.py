@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 
 from classifiers.errors import InvalidLabels, LabelLimitExceeded
+from classifiers.api import Abstain
+from classifiers.errors import InvalidInput
 from classifiers.limits import Limits
+from classifiers.registry import build_registry
 from classifiers.zeroshot import parse_labels, predictions, score, softmax
 
 
@@ -53,10 +56,12 @@ def test_bad_labels_raise_typed_errors(labels, err):
 def test_predictions_keep_label_order_and_pick_the_best():
     vecs = {"x": np.array([1.0, 0.0]), "y": np.array([0.0, 1.0])}
     inputs = np.array([[0.0, 1.0], [1.0, 0.0]])
-    out = predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, 10.0)
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    out = predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, spec)
     assert [o.prediction for o in out] == ["y", "x"]
     assert [p.label for p in out[0].predictions] == ["x", "y"]
-    grouped = predictions(inputs, parse_labels({"g": ["x", "y"], "h": ["y", "x"]}, Limits()), vecs, 10.0)
+    grouped = predictions(inputs, parse_labels({"g": ["x", "y"], "h": ["y", "x"]}, Limits()), vecs, spec)
+    assert out[0].out_of_scope is None and out[0].oos_score is None  # Jina's result unless abstain is asked for
     assert grouped[0].prediction == {"g": "y", "h": "y"} and grouped[1].score["h"] == pytest.approx(grouped[1].score["g"])
 
 
@@ -83,3 +88,17 @@ def test_label_limits_count_distinct_labels():
     assert parse_labels(["a", "b", "c", "a", "b", "c"], limits).groups[None] == ["a", "b", "c"]
     with pytest.raises(LabelLimitExceeded, match="4 labels"):
         parse_labels(["a", "b", "c", "d", "a"], limits)
+
+
+def test_abstain_flags_inputs_far_from_every_label_in_each_group():
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    vecs = {"x": np.array([1.0, 0.0, 0.0]), "y": np.array([0.0, 1.0, 0.0])}
+    inputs = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # on label x; orthogonal to both labels
+    out = predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, spec, Abstain(false_alarm_rate=0.05))
+    assert [o.out_of_scope for o in out] == [False, True]
+    assert out[1].oos_score > out[0].oos_score and [p.label for p in out[1].predictions] == ["x", "y"]
+    grouped = predictions(inputs, parse_labels({"g": ["x", "y"]}, Limits()), vecs, spec, Abstain(threshold=100.0))
+    assert grouped[1].out_of_scope == {"g": False}  # a raw threshold nothing reaches
+    hub = build_registry(["jina-embeddings-v3-hub"]).get("jina-embeddings-v3-hub")
+    with pytest.raises(InvalidInput, match="abstain"):
+        predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, hub, Abstain(threshold=1.0))
