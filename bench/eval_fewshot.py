@@ -33,8 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.evaluation import (  # noqa: E402
     ALL_METHODS,
     METHODS,
-    OOS_SCORES_FS,
-    OOS_SCORES_ZS,
     embed_labels,
     run_stream_all_classes,
     PROB_METHODS,
