@@ -89,6 +89,11 @@ class ResourceNotFound(ServiceError):
     status = 404
 
 
+def classifier_not_found(cid: str) -> ResourceNotFound:
+    """The one answer for a classifier that is missing or not the caller's: existence is never revealed."""
+    return ResourceNotFound(f"Classifier {cid[:80]!r} not found or access denied. Verify the ID and your permissions.")
+
+
 class ResourceLimitExceeded(ServiceError):
     code = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     status = 403

@@ -18,7 +18,7 @@ import numpy as np
 from classifiers.api import (
     ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest, Usage,
 )
-from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, ResourceNotFound
+from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, classifier_not_found
 from classifiers.inputs import check_modalities, parse_declared_labels, parse_inputs, parse_training_items
 from classifiers.limits import Limits
 from classifiers.registry import Registry
@@ -34,7 +34,7 @@ INFO_CACHE_SIZE = 100_000  # ~200 bytes each
 
 def checked_id(cid: str) -> str:
     if not CLASSIFIER_ID.fullmatch(cid):
-        raise ResourceNotFound(f"Classifier {cid[:80]!r} not found or access denied. Verify the ID and your permissions.")
+        raise classifier_not_found(cid)
     return cid
 
 
@@ -60,7 +60,7 @@ class FewShotService:
             while len(self._infos) > INFO_CACHE_SIZE:
                 self._infos.popitem(last=False)
         elif not info.visible_to(caller, write=write):
-            raise ResourceNotFound(f"Classifier '{cid}' not found or access denied. Verify the ID and your permissions.")
+            raise classifier_not_found(cid)
         return info
 
     def _check_model(self, req_model: str | None, info: ClassifierInfo) -> None:

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from classifiers.api import ClassifierSummary
-from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound, StaleWriter
+from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceLimitExceeded, StaleWriter, classifier_not_found
 from classifiers.fewshot import FewShotLearner, LearnerConfig, LinearPredictor
 from classifiers.limits import Limits
 from classifiers.oos import fewshot_oos_score
@@ -53,10 +53,6 @@ _LEGACY_OWNERS = {"anonymous": ANONYMOUS_OWNER}
 
 class UnsupportedStateFormat(RuntimeError):
     """A stored classifier written by a newer version of this service: never guess at its layout."""
-
-
-def _not_found(cid: str) -> ResourceNotFound:
-    return ResourceNotFound(f"Classifier '{cid}' not found or access denied. Verify the ID and your permissions.")
 
 
 @dataclass
@@ -220,12 +216,16 @@ class ClassifierTable:
         self._stale = error
         self._loaded.clear()
 
-    async def _read(self, cid: str) -> ClassifierRecord | None:
-        """A classifier's full record (statistics included) from the store, with its latest counters."""
+    async def _load(self, cid: str) -> ClassifierRecord | None:
+        """A classifier's full record (statistics included) from the store, without its use counters."""
         blob = await self.store.load_classifier(cid)
-        if blob is None:
+        return None if blob is None else ClassifierRecord.from_bytes(blob)
+
+    async def _read(self, cid: str) -> ClassifierRecord | None:
+        """A classifier's full record from the store, with its latest use counters."""
+        rec = await self._load(cid)
+        if rec is None:
             return None
-        rec = ClassifierRecord.from_bytes(blob)
         usage = self._evicted_usage.get(cid) or await self.store.read_usage(cid)
         if usage:
             rec.used_number, rec.used_at = usage["used_number"], usage["used_at"]
@@ -256,7 +256,7 @@ class ClassifierTable:
     async def _visible(self, cid: str, caller: str, *, write: bool) -> ClassifierRecord:
         rec = await self._get(cid)
         if rec is None or not rec.info.visible_to(caller, write=write):
-            raise _not_found(cid)
+            raise classifier_not_found(cid)
         return rec
 
     async def _persist(self, cid: str, blob: bytes) -> None:
@@ -320,10 +320,10 @@ class ClassifierTable:
             self._check_classes(set(batch.y) | set(batch.declared), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
-            stored = await self._read(cid)
+            stored = await self._load(cid)  # the statistics; the counters stay those of `rec`
             if stored is None:  # deleted meanwhile by a writer this table cannot see: it is gone
                 self._loaded.pop(cid, None)
-                raise _not_found(cid)
+                raise classifier_not_found(cid)
             learner = stored.learner
             _apply(learner, batch)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])

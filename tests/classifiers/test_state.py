@@ -14,6 +14,7 @@ from classifiers.state import (
     ANONYMOUS_OWNER, FORMAT_VERSION, ClassifierRecord, ClassifierTable, UnsupportedStateFormat, migrate_legacy_owners,
 )
 from classifiers.store import LocalDirStore, StateStore
+from tests.slow_store import SwitchableSlowStore
 
 D = 16
 rng = np.random.default_rng(0)
@@ -264,25 +265,8 @@ def test_a_replaced_table_stops_serving_reads_and_writes(tmp_path):
 def test_a_slow_store_never_delays_classify_of_a_loaded_classifier(tmp_path):
     """Every store call takes 0.5 s; classify of an in-memory classifier stays at its unloaded latency while a
     create, a listing and a cold load of another classifier wait on the store."""
-    slow = [False]
-
-    class Slow(LocalDirStore):
-        def read(self, key):
-            if slow[0]:
-                time.sleep(0.5)
-            return super().read(key)
-
-        def write(self, key, data):
-            if slow[0]:
-                time.sleep(0.5)
-            super().write(key, data)
-
-        def list(self, prefix):
-            if slow[0]:
-                time.sleep(0.5)
-            return super().list(prefix)
-
-    table = ClassifierTable(StateStore(Slow(tmp_path)), Limits())
+    flag = tmp_path / "slow"
+    table = ClassifierTable(StateStore(SwitchableSlowStore(tmp_path / "store", flag, delay_s=0.5)), Limits())
     create(table, "hot")
     Xq, _ = queries("ab")
 
@@ -290,7 +274,7 @@ def test_a_slow_store_never_delays_classify_of_a_loaded_classifier(tmp_path):
         t0 = time.perf_counter()
         await table.classify("hot", "alice", Xq)
         unloaded = time.perf_counter() - t0
-        slow[0] = True
+        flag.touch()
         busy = [asyncio.ensure_future(table.create(new("bob"), batch("ab", update_id="slow"))),
                 asyncio.ensure_future(table.list("alice")),
                 asyncio.ensure_future(table.info("cold", "alice", write=False))]

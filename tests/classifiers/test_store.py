@@ -5,6 +5,7 @@ import pytest
 
 from classifiers.errors import StaleWriter
 from classifiers.store import FsspecStore, LocalDirStore, StateStore, open_blob_store, owner_key
+from tests.slow_store import SwitchableSlowStore
 
 
 def run(coro):
@@ -68,14 +69,8 @@ def test_fence_refuses_writers_of_a_replaced_set_and_older_deploys(blobs):
 def test_store_calls_never_block_the_event_loop(tmp_path):
     """A store whose every call takes 0.5 s: the loop keeps ticking while calls wait in the store's threads."""
 
-    class Slow(LocalDirStore):
-        def read(self, key):
-            import time
-
-            time.sleep(0.5)
-            return super().read(key)
-
-    store = StateStore(Slow(tmp_path))
+    (tmp_path / "slow").touch()
+    store = StateStore(SwitchableSlowStore(tmp_path / "store", tmp_path / "slow", delay_s=0.5))
 
     async def scenario():
         ticks = 0
