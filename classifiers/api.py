@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class TextDoc(BaseModel):
@@ -139,7 +139,11 @@ class TrainingResponse(BaseModel):
     classifier_id: str
     num_samples: int
     usage: Usage
+    _replayed: bool = PrivateAttr(default=False)  # an idempotent retry: answered as the first time, not charged again
 
+    def charged_tokens(self) -> int:
+        """What this response costs the caller: its usage, or nothing for a replayed retry."""
+        return 0 if self._replayed else self.usage.total_tokens
 
 
 class ClassifierSummary(BaseModel):

@@ -22,6 +22,7 @@ class EmbedRequest:
     texts: list[str]
     role: Role = "input"
     max_tokens: int = 8192
+    max_total_tokens: int | None = None  # the caller's token budget (its TPM): over it, no model call is made
 
 
 @dataclass
@@ -29,6 +30,7 @@ class EmbedResult:
     vectors: np.ndarray | None
     tokens: list[int] = field(default_factory=list)
     too_long: int | None = None  # index of the first text over max_tokens; vectors is None then
+    over_budget: bool = False  # the texts together count more than max_total_tokens; vectors is None then
 
 
 def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedResult]:
@@ -37,8 +39,9 @@ def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedRes
     for i, req in enumerate(requests):
         tokens = encoder.count_tokens(req.texts, req.role)
         over = next((j for j, n in enumerate(tokens) if n > req.max_tokens), None)
-        results[i] = EmbedResult(vectors=None, tokens=tokens, too_long=over)
-        if over is None:
+        over_budget = req.max_total_tokens is not None and sum(tokens) > req.max_total_tokens
+        results[i] = EmbedResult(vectors=None, tokens=tokens, too_long=over, over_budget=over_budget)
+        if over is None and not over_budget:
             accepted[req.role].append(i)
     for role, idx in accepted.items():
         if not idx:

@@ -108,3 +108,54 @@ class ServiceUnavailable(ServiceError):
 
 class StaleWriter(ServiceUnavailable):
     """This shard set no longer owns the store (a newer deploy claimed it): the retry reaches the current one."""
+
+
+# -- accounts: authentication, authorisation, rate limits (codes from Jina's API) ------------------------------
+class AuthError(ServiceError):
+    status = 401
+
+
+class MissingApiKey(AuthError):
+    code = "AUTH_MISSING_API_KEY"
+
+
+class InvalidApiKey(AuthError):
+    code = "AUTH_INVALID_API_KEY"
+
+
+class InvalidAuthFormat(AuthError):
+    code = "AUTH_INVALID_FORMAT"
+
+
+class AdminRequired(ServiceError):
+    """An admin route (``/v1/stats``) called with a valid key that is not an admin key."""
+
+    code = "AUTHZ_INSUFFICIENT_PERMISSIONS"
+    status = 403
+
+
+class InsufficientBalance(ServiceError):
+    code = "AUTHZ_INSUFFICIENT_BALANCE"
+    status = 403
+
+
+class RateLimited(ServiceError):
+    """Over a requests- or tokens-per-minute limit; ``retry_after_s`` is when enough budget will have refilled."""
+
+    status = 429
+    code = "RATE_REQUEST_LIMIT_EXCEEDED"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0, code: str | None = None, status: int | None = None):
+        super().__init__(detail, code=code, status=status)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (_rebuild_rate_limited, (self.detail, self.code, self.retry_after_s))
+
+
+def _rebuild_rate_limited(detail, code, retry_after_s):
+    return RateLimited(detail, code=code, retry_after_s=retry_after_s)
+
+
+REQUEST_LIMIT = "RATE_REQUEST_LIMIT_EXCEEDED"
+TOKEN_LIMIT = "RATE_TOKEN_LIMIT_EXCEEDED"

@@ -23,7 +23,7 @@ from classifiers.inputs import check_modalities, parse_declared_labels, parse_in
 from classifiers.limits import Limits
 from classifiers.registry import Registry
 from classifiers.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
-from classifiers.vectors import Vectors
+from classifiers.vectors import Vectors, over_token_budget
 from classifiers.zeroshot import GroupScores, build_predictions
 
 DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
@@ -67,7 +67,11 @@ class FewShotService:
         if req_model is not None and self.registry.canonical(req_model) != info.model:
             raise InvalidInput(f"classifier {info.classifier_id} uses model {info.model!r}, not {req_model!r}")
 
-    async def train(self, req: TrainRequest, caller: str, *, update_id: str | None = None) -> TrainingResponse:
+    async def train(
+        self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None
+    ) -> TrainingResponse:
+        """``update_id``: the client's retry key (a retry is applied once and answers as the first time);
+        ``max_tokens``: the caller's token budget, counted as input tokens x num_iters."""
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
         declared = parse_declared_labels(req.labels)
@@ -99,8 +103,11 @@ class FewShotService:
         # Label-name vectors (the learner's prior, and what a declared class is predicted from) by the model's
         # label recipe; the label cache makes known ones free, and they are not charged.
         label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct])
+        budget = None if max_tokens is None else max_tokens // req.num_iters
         if items:
-            (prior, _), (X, tokens) = await asyncio.gather(label_job, self.vectors.inputs(spec, items))
+            (prior, _), (X, tokens) = await asyncio.gather(label_job, self.vectors.inputs(spec, items, max_total_tokens=budget))
+            if budget is not None and tokens > budget:  # images are counted only once fetched
+                raise over_token_budget(tokens * req.num_iters, max_tokens)
         else:
             prior, _ = await label_job
             X, tokens = np.zeros((0, len(next(iter(prior.values())))), np.float32), 0
@@ -114,12 +121,14 @@ class FewShotService:
             outcome = await self.repo.create(new, batch)
         else:
             outcome = await self.repo.train(req.classifier_id, caller, batch)
-        return TrainingResponse(
+        response = TrainingResponse(
             classifier_id=outcome.classifier_id, num_samples=outcome.num_samples,
             usage=Usage(total_tokens=tokens * req.num_iters),
         )
+        response._replayed = outcome.replayed
+        return response
 
-    async def classify(self, req: ClassifyRequest, caller: str) -> ClassificationResponse:
+    async def classify(self, req: ClassifyRequest, caller: str, *, max_tokens: int | None = None) -> ClassificationResponse:
         if req.labels is not None:
             raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
         items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
@@ -127,7 +136,9 @@ class FewShotService:
         self._check_model(req.model, info)
         spec = self.registry.get(info.model)
         check_modalities(items, spec, self.registry.with_image_support())
-        X, tokens = await self.vectors.inputs(spec, items)
+        X, tokens = await self.vectors.inputs(spec, items, max_total_tokens=max_tokens)
+        if max_tokens is not None and tokens > max_tokens:  # images are counted only once fetched
+            raise over_token_budget(tokens, max_tokens)
         scores = await self.repo.classify(req.classifier_id, caller, X, oos_spec=spec if req.abstain else None)
         data = build_predictions({None: GroupScores(scores.labels, scores.probs, scores.oos)}, grouped=False, abstain=req.abstain)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))

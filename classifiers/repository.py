@@ -11,6 +11,7 @@ Every operation is written once in the state layer (``ClassifierTable``) and onc
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +29,7 @@ class TrainBatch:
     y: list[str]  # normalised labels, one per row
     weight: float  # num_iters / 10
     label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
-    update_id: str = ""  # a retry with the same id is applied once
+    update_id: str = ""  # a retry with the same id is applied once (a create's id derives from it: see id_for_create)
     declared: dict[str, np.ndarray] = field(default_factory=dict)  # classes to know without examples: label vectors
 
 
@@ -49,6 +50,7 @@ class TrainOutcome:
     num_samples: int  # examples this request added
     total_samples: int
     labels: list[str]
+    replayed: bool = False  # this update id was applied before: nothing changed now (an idempotent retry)
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,12 @@ class ClassifierRepo(Protocol):
 
     async def stats(self) -> list[dict]:
         """Per-table (per-shard) statistics: loaded classifiers, memory."""
+
+
+def id_for_create(owner: str, update_id: str, attempt: int = 0) -> str:
+    """The classifier id a create with this update id makes: a retried create (same Idempotency-Key, same owner)
+    names the same classifier and finds it already made, instead of making a second one."""
+    return str(uuid.uuid5(_CREATE_NAMESPACE, f"{owner}\x00{update_id}\x00{attempt}"))
+
+
+_CREATE_NAMESPACE = uuid.UUID("6f1c4a52-3f7e-4d5b-9a43-1d2b7e0c9a10")

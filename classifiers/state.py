@@ -40,7 +40,7 @@ from classifiers.fewshot import FewShotLearner, LearnerConfig, LinearPredictor
 from classifiers.limits import Limits
 from classifiers.oos import fewshot_oos_score
 from classifiers.registry import ModelSpec
-from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome
+from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome, id_for_create
 from classifiers.store import StateStore
 from classifiers.zeroshot import softmax
 
@@ -270,7 +270,7 @@ class ClassifierTable:
     async def create(self, new: NewClassifier, batch: TrainBatch, *, classifier_id: str | None = None) -> TrainOutcome:
         """Reserve the owner's quota and write the classifier, shielded from the caller's cancellation."""
         self._check_current()
-        cid = classifier_id or str(uuid.uuid4())
+        cid = classifier_id or (id_for_create(new.owner, batch.update_id) if batch.update_id else str(uuid.uuid4()))
         return await asyncio.shield(asyncio.ensure_future(self._create(cid, new, batch)))
 
     async def _create(self, cid: str, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
@@ -278,7 +278,7 @@ class ClassifierTable:
             existing = await self._get(cid)
             if existing is not None:
                 if batch.update_id in existing.recent_updates and existing.owner == new.owner:
-                    return self._outcome(existing, existing.recent_updates[batch.update_id])  # a retried create
+                    return self._outcome(existing, existing.recent_updates[batch.update_id], replayed=True)  # a retry
                 raise ResourceLimitExceeded(f"classifier id {cid} already exists")
             owned = await self.store.owned(new.owner)
             if len(owned) >= self.limits.max_classifiers_per_owner:
@@ -316,7 +316,7 @@ class ClassifierTable:
         async with self._lock(self._locks, cid):
             rec = await self._visible(cid, caller, write=True)
             if batch.update_id in rec.recent_updates:
-                return self._outcome(rec, rec.recent_updates[batch.update_id])
+                return self._outcome(rec, rec.recent_updates[batch.update_id], replayed=True)
             self._check_classes(set(batch.y) | set(batch.declared), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
@@ -346,8 +346,8 @@ class ClassifierTable:
             )
 
     @staticmethod
-    def _outcome(rec: ClassifierRecord, added: int) -> TrainOutcome:
-        return TrainOutcome(rec.classifier_id, added, rec.num_samples, rec.labels)
+    def _outcome(rec: ClassifierRecord, added: int, *, replayed: bool = False) -> TrainOutcome:
+        return TrainOutcome(rec.classifier_id, added, rec.num_samples, rec.labels, replayed=replayed)
 
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return (await self._visible(classifier_id, caller, write=write)).info

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from classifiers.embedding import Embedder, EmbedRequest, ImageEmbedRequest
-from classifiers.errors import InputTooLong
+from classifiers.errors import TOKEN_LIMIT, InputTooLong, RateLimited
 from classifiers.inputs import Item
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, pool_label_vectors
@@ -58,8 +58,11 @@ class Vectors:
         self.limits = limits
         self.label_cache = label_cache
 
-    async def inputs(self, spec: ModelSpec, items: list[Item]) -> tuple[np.ndarray, int]:
+    async def inputs(self, spec: ModelSpec, items: list[Item], *, max_total_tokens: int | None = None) -> tuple[np.ndarray, int]:
         """Embed checked input items in request order; returns (N, D) vectors and the total tokens used.
+
+        ``max_total_tokens`` is the caller's token budget (its tokens-per-minute limit): texts over it in total
+        are refused by the embedder after tokenising, before any model work (RateLimited, TOKEN_LIMIT).
 
         Texts and images of one request go to the model's embedder concurrently (images: fetched and decoded
         there, outside the model's batch loop); errors name the item's position in the request."""
@@ -67,7 +70,7 @@ class Vectors:
         images = [i for i, it in enumerate(items) if it.kind == "image"]
         jobs, parts_at = [], []
         if texts:
-            jobs.append(self._texts(spec, [items[i].value for i in texts], texts))
+            jobs.append(self._texts(spec, [items[i].value for i in texts], texts, max_total_tokens))
             parts_at.append(texts)
         if images:
             jobs.append(self._images(spec, [items[i].value for i in images], images))
@@ -80,8 +83,14 @@ class Vectors:
             tokens += n
         return out, tokens
 
-    async def _texts(self, spec: ModelSpec, texts: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
-        result = await self.embedder.embed(spec.name, EmbedRequest(texts, "input", self.limits.max_input_tokens))
+    async def _texts(
+        self, spec: ModelSpec, texts: list[str], positions: list[int], max_total_tokens: int | None
+    ) -> tuple[np.ndarray, int]:
+        result = await self.embedder.embed(
+            spec.name, EmbedRequest(texts, "input", self.limits.max_input_tokens, max_total_tokens=max_total_tokens)
+        )
+        if result.over_budget:
+            raise over_token_budget(int(sum(result.tokens)), max_total_tokens)
         if result.too_long is not None:
             i = result.too_long
             raise InputTooLong(
@@ -120,3 +129,11 @@ class Vectors:
                 self.label_cache.put((spec.name, text), (vec, n))
         vectors = {lab: pool_label_vectors([found[t][0] for t in texts[lab]]) for lab in labels}
         return vectors, sum(found[texts[lab][0]][1] for lab in labels)
+
+
+def over_token_budget(tokens: int, budget: int | None) -> RateLimited:
+    """A request that alone counts more tokens than its tokens-per-minute limit: it can never be admitted."""
+    return RateLimited(
+        f"This request counts {tokens} tokens, over your limit of {budget} tokens per minute: split it into "
+        "smaller requests.", code=TOKEN_LIMIT, retry_after_s=60.0,
+    )

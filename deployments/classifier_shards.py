@@ -30,7 +30,7 @@ from classifiers.api import ClassifierSummary
 from classifiers.errors import ServiceUnavailable, StaleWriter
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec
-from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome
+from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome, id_for_create
 from classifiers.state import ClassifierTable, migrate_legacy_owners
 from classifiers.store import BlobStore, StateStore
 from deployments.config import StateConfig
@@ -53,12 +53,16 @@ def shard_set_name(store_url: str, num_shards: int) -> str:
     return f"{store_digest(store_url)}-{num_shards}"
 
 
-def new_id_on_shard(shard: int, num_shards: int) -> str:
-    """A fresh UUID that hashes to `shard` (about num_shards draws)."""
+def new_id_on_shard(shard: int, num_shards: int, owner: str, update_id: str) -> str:
+    """The create's classifier id (derived from its update id: a retried create names the same classifier) that
+    hashes to `shard` (about num_shards derivations). Without an update id: a random one."""
+    update_id = update_id or uuid.uuid4().hex
+    attempt = 0
     while True:
-        cid = str(uuid.uuid4())
+        cid = id_for_create(owner, update_id, attempt)
         if shard_of(cid, num_shards) == shard:
             return cid
+        attempt += 1
 
 
 @ray.remote(max_restarts=-1, max_concurrency=1000)
@@ -234,7 +238,7 @@ class ShardedRepo:
     # -- ClassifierRepo -------------------------------------------------------------------------------------
     async def create(self, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
         shard = shard_of(new.owner, self.num_shards)
-        cid = new_id_on_shard(shard, self.num_shards)  # chosen once: every retry creates the same classifier
+        cid = new_id_on_shard(shard, self.num_shards, new.owner, batch.update_id)  # every retry: the same classifier
         return await self._call(shard, lambda a: a.create.remote(new, batch, cid))
 
     async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:

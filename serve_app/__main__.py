@@ -1,11 +1,13 @@
-"""Run the service in the foreground: ``python -m serve_app [--config FILE] [--host H] [--port P]``.
+"""Run the service in the foreground: ``python -m serve_app [--config FILE] [--host H] [--port P] [--require-keys]``.
 
 Starts a local Ray instance (or joins ``RAY_ADDRESS``), deploys the app, serves HTTP until Ctrl-C or
-SIGTERM, then shuts Serve and Ray down cleanly.
+SIGTERM, then shuts Serve and Ray down cleanly. Anonymous mode (no keys) is for one machine: on a host other
+than loopback it refuses to start unless ``--allow-anonymous`` says that is meant.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -25,12 +27,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML app config (default: $CLASSIFIER_CONFIG, else built-in defaults)")
     parser.add_argument("--host", help="HTTP host (default from config: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default from config: 8000)")
+    parser.add_argument("--require-keys", action="store_true", help="Every /v1/* route needs an API key (./scripts/keys).")
+    parser.add_argument("--allow-anonymous", action="store_true", help="Allow anonymous mode on a non-loopback host.")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    overrides = {k: v for k, v in {"host": opts.host, "port": opts.port}.items() if v is not None}
+    overrides: dict = {k: v for k, v in {"host": opts.host, "port": opts.port}.items() if v is not None}
+    accounts = {k: True for k, on in {"require_keys": opts.require_keys, "allow_anonymous": opts.allow_anonymous}.items() if on}
+    if accounts:
+        overrides["accounts"] = accounts
     cfg = load_config(overrides, config_file=opts.config)
     logger.info("effective config: %s", cfg.model_dump_json())
+    if not cfg.accounts.require_keys:
+        if not is_loopback(cfg.host) and not cfg.accounts.allow_anonymous:
+            parser.exit(2, f"refusing to serve anonymously on {cfg.host}: anyone who can reach it would share one account. "
+                           "Use --require-keys (create keys with ./scripts/keys), or --allow-anonymous if that is meant.\n")
+        logger.warning("ANONYMOUS mode: no API keys; every caller is one account (rate limits per client IP)")
 
     if "RAY_ADDRESS" in os.environ:
         ray.init(address=os.environ["RAY_ADDRESS"])
@@ -47,6 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("shutting down")
     serve.shutdown()
     ray.shutdown()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from classifiers.gate import AccountsConfig
 from classifiers.images import ImageFetchConfig
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, Registry, build_registry
@@ -29,7 +30,9 @@ class IngressConfig(DeploymentConfig):
     access_log: bool = Field(default=True, description="Log every HTTP request with its status, latency and request id.")
     label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per ingress replica (LRU).")
     max_request_bytes: int = Field(
-        default=256 * 1024 * 1024, gt=0, description="Largest request body accepted (413 INPUT_TOO_LARGE above it)."
+        default=64 * 1024 * 1024, gt=0,
+        description="Largest request body accepted, counted as it arrives (chunked uploads too); 413 INPUT_TOO_LARGE "
+        "above it. 64 MiB holds the largest legal text request (1024 inputs x 8192 tokens is ~32 MiB of typical text).",
     )
 
 
@@ -53,6 +56,9 @@ class AppConfig(BaseModel):
         default_factory=dict, description="Per-model changes to `embedder`, keyed by model name."
     )
     state: StateConfig = Field(default_factory=StateConfig, description="Few-shot classifier state.")
+    accounts: AccountsConfig = Field(
+        default_factory=AccountsConfig, description="API keys, rate limits and the usage ledger (docs/accounts.md)."
+    )
     images: ImageFetchConfig = Field(
         default_factory=ImageFetchConfig, description="How image inputs are fetched and decoded (docs/images.md)."
     )

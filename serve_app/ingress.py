@@ -1,20 +1,27 @@
-"""The HTTP ingress: routes, request ids, body limits, and the one place errors become status codes.
+"""The HTTP ingress: routes, request ids, authentication, body limits, and the one place errors become status codes.
 
 ``Ingress`` is the Serve deployment that receives every HTTP request (and every Python ``DeploymentHandle``
-call): it validates the request (pydantic, Jina's wire models), hands it to the zero-shot or few-shot service
-(``classifiers/``), and maps their typed errors to Jina's body ``{"code", "detail", "request_id"}`` (plus
-``errors`` for schema failures). The request id is decided once per request: the ``X-Request-ID`` header the
-proxy passes in (the client's, else the one Ray Serve assigned, which the proxy also returns as the response's
-``X-Request-ID``), else a new one; the log line and the body use that one id.
+call): it decides who the caller is and admits the request under its limits (the accounts gate,
+``classifiers/gate.py``), validates the request (pydantic, Jina's wire models), hands it to the zero-shot or
+few-shot service (``classifiers/``), charges the usage of a successful one, and maps the services' typed errors
+to Jina's body ``{"code", "detail", "request_id"}`` (plus ``errors`` for schema failures). The request id is
+decided once per request: the ``X-Request-ID`` header the proxy passes in (the client's, else the one Ray Serve
+assigned, which the proxy also returns as the response's ``X-Request-ID``), else a new one.
+
+Python callers (a ``DeploymentHandle``) call the methods without the ``http_`` prefix and say who they are
+explicitly: ``api_key=`` (verified like a header) or ``account_id=`` (a trusted in-cluster caller acting as that
+account). With keys required, a handle call without either is refused: there is no silent anonymous fallback.
 """
 
 import asyncio
+import hashlib
 import logging
+import math
 import uuid
-from typing import Optional
+from typing import Awaitable, Callable, Optional, TypeVar
 
-from fastapi import FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
@@ -22,26 +29,28 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
     ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest,
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
-from classifiers.errors import RequestValidationFailed, ServiceError, ServiceUnavailable
+from classifiers.errors import (
+    InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceUnavailable,
+)
 from classifiers.fewshot_service import FewShotService
-from classifiers.state import ANONYMOUS_OWNER
+from classifiers.gate import AccountsGate
+from classifiers.ratelimit import LeaseLimiter, Mode
 from classifiers.store import open_blob_store
+from classifiers.usage import UsageMeter
 from classifiers.vectors import LabelCache, Vectors
 from classifiers.zeroshot_service import ZeroShotService
+from deployments.accounts_actor import RemoteAccounts
 from deployments.classifier_shards import ShardedRepo
 from serve_app.config import AppConfig
 
 logger = logging.getLogger("ray.serve")
-
-
-def principal_of(authorization: str | None) -> str:
-    """Who is calling: the account that owns what it creates. The seam for API keys (accounts issue): until
-    keys exist every caller is the single anonymous account."""
-    return ANONYMOUS_OWNER
+R = TypeVar("R")
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def request_id_of(request: Request) -> str:
@@ -51,17 +60,22 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
-def error_response(request: Request, status: int, code: str, detail: str, **extra) -> JSONResponse:
+def error_response(request: Request, status: int, code: str, detail: str, *, headers=None, **extra) -> JSONResponse:
     rid = request_id_of(request)
     body = {"code": code, "detail": detail, "request_id": rid, **extra}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     if exc.status >= 500:
         logger.error("request %s failed: %s", request_id_of(request), exc.detail, exc_info=exc)
     extra = {"errors": exc.errors} if isinstance(exc, RequestValidationFailed) else {}
-    return error_response(request, exc.status, exc.code, exc.detail, **extra)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(request, exc.status, exc.code, exc.detail, headers=headers, **extra)
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -95,13 +109,38 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def make_api(max_request_bytes: int = 256 * 1024 * 1024) -> FastAPI:
+class BodyLimit:
+    """ASGI middleware: count body bytes as they arrive, so a chunked upload (no Content-Length) is bounded too."""
+
+    def __init__(self, app, limit: Callable[[], int]):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit, seen = self.limit(), 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, f"Request body over {limit} bytes.")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
     api = FastAPI(
         strict_content_type=False,  # `curl -d` without a JSON Content-Type still works
         title="Classifier API (Jina-compatible, self-hosted)",
         version="0.1.0",
         description="Zero-shot and few-shot classification of text and images over embedding models, "
-        "served by Ray Serve. Wire-compatible with Jina AI's Classifier API: change the base URL.",
+        "served by Ray Serve. Wire-compatible with Jina AI's Classifier API: change the base URL. "
+        "With keys required, send `Authorization: Bearer <key>` (keys from `./scripts/keys create`).",
     )
     api.state.max_request_bytes = max_request_bytes  # the Ingress sets its configured limit at start
     api.add_exception_handler(ServiceError, _service_error)
@@ -113,17 +152,21 @@ def make_api(max_request_bytes: int = 256 * 1024 * 1024) -> FastAPI:
 
     @api.middleware("http")
     async def _guard(request: Request, call_next):
-        # The request id, decided once; oversized bodies refused before reading; any escaped error -> Jina's 500.
+        # The request id, decided once; oversized bodies refused before reading; the rate-limit headers the
+        # route left in request.state; any escaped error -> Jina's 500.
         request_id_of(request)
         limit = request.app.state.max_request_bytes
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             return error_response(request, 413, "INPUT_TOO_LARGE", f"Request body over {limit} bytes.")
         try:
-            return await call_next(request)
+            response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never an HTML 500
-            return await _unhandled(request, exc)
+            response = await _unhandled(request, exc)
+        response.headers.update(getattr(request.state, "rate_headers", None) or {})
+        return response
 
+    api.add_middleware(BodyLimit, limit=lambda: api.state.max_request_bytes)
     return api
 
 
@@ -143,10 +186,23 @@ class HandleEmbedder:
         return await self.handles[model].embed_images.remote(request)
 
 
+def update_id_of(principal: Principal, idempotency_key: str | None) -> str | None:
+    """A client's retry key, scoped to its account: a retried /train with the same key is applied once."""
+    if not idempotency_key:
+        return None
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
+        raise InvalidInput(f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY} printable characters")
+    return hashlib.sha256(f"{principal.account_id}\x00{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    """Composes the services from typed config; each route is validation + one service call."""
+    """Composes the gate and the services from typed config; each route is auth + admission + one service call."""
 
     def __init__(
         self, embedders: dict[str, DeploymentHandle], config: AppConfig, model_cards: dict[str, dict], generation: int
@@ -156,16 +212,117 @@ class Ingress:
         self.model_cards = model_cards
         self._embedders = embedders
         api.state.max_request_bytes = config.ingress.max_request_bytes
+        blobs = open_blob_store(config.state.store_url)
         self.vectors = Vectors(HandleEmbedder(embedders), config.limits, LabelCache(config.ingress.label_cache_size))
-        self.repo = ShardedRepo(open_blob_store(config.state.store_url), config.state, config.limits, generation=generation)
+        self.repo = ShardedRepo(blobs, config.state, config.limits, generation=generation)
         self.zeroshot = ZeroShotService(registry=self.registry, limits=config.limits, vectors=self.vectors)
         self.fewshot = FewShotService(registry=self.registry, limits=config.limits, vectors=self.vectors, repo=self.repo)
-        logger.info("Ingress config (generation %d): %s", generation, config.model_dump_json())
+        acfg = config.accounts
+        self.accounts = RemoteAccounts(blobs, acfg)
+        self.gate = AccountsGate(
+            acfg,
+            auth=Authenticator(AccountStore(blobs), require_keys=acfg.require_keys, ttl_s=acfg.key_cache_ttl_s),
+            limiter=LeaseLimiter(self.accounts, lease_fraction=acfg.lease_fraction, lease_ttl_s=acfg.lease_ttl_s),
+            meter=UsageMeter(self.accounts, spent_ttl_s=acfg.key_cache_ttl_s),
+        )
+        self._maintenance: asyncio.Task | None = None
+        mode = "keys required" if acfg.require_keys else "ANONYMOUS mode (every caller is one account; --require-keys to change)"
+        logger.info("Ingress config (generation %d, %s): %s", generation, mode, config.model_dump_json())
 
-    @api.post("/v1/classify", response_model=ClassificationResponse, response_model_exclude_none=True)
+    def _maintain(self) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintenance_loop())
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.accounts.usage_flush_s)
+            await self.gate.maintain()
+
+    # -- who is calling ---------------------------------------------------------------------------------------
+    async def _http_principal(self, request: Request) -> Principal:
+        self._maintain()
+        return await self.gate.principal(request.headers.get("authorization"), _client_ip(request))
+
+    async def _handle_principal(self, api_key: str | None, account_id: str | None) -> Principal:
+        self._maintain()
+        if api_key is not None:
+            return Principal.of_key(await self.gate.auth.verify(api_key))
+        if account_id is not None:
+            try:
+                return Principal.of_account(account_id)
+            except ValueError:
+                raise InvalidInput("account_id must be an account UUID") from None
+        if self.config.accounts.require_keys:
+            raise MissingApiKey("keys are required: a Python caller passes api_key= or account_id=")
+        return Principal.anonymous("handle")
+
+    async def _admitted(
+        self, principal: Principal, mode: Mode, work: Callable[[int | None], Awaitable[R]], charge: Callable[[R], int],
+        request: Request | None = None,
+    ) -> R:
+        """Admit (429/403 before any model work), run, and charge only what succeeded."""
+        try:
+            ticket = await self.gate.admit(principal, mode)
+        except RateLimited:
+            if request is not None:
+                request.state.rate_headers = self.gate.refused_headers(principal, mode)
+            raise
+        try:
+            result = await work(ticket.token_budget)
+        finally:
+            if request is not None:
+                request.state.rate_headers = ticket.headers()
+        ticket.done(charge(result))
+        if request is not None:
+            request.state.rate_headers = ticket.headers()
+        return result
+
+    # -- the operations, for HTTP routes and Python handle callers alike ---------------------------------------
+    async def _classify(self, body: ClassifyRequest, principal: Principal, request: Request | None) -> ClassificationResponse:
+        if body.classifier_id is not None:
+            return await self._admitted(
+                principal, "fewshot", lambda budget: self.fewshot.classify(body, principal.account_id, max_tokens=budget),
+                lambda r: r.usage.total_tokens, request,
+            )
+        return await self._admitted(
+            principal, "zeroshot", lambda budget: self.zeroshot.classify(body, max_tokens=budget),
+            lambda r: r.usage.total_tokens, request,
+        )
+
+    async def _train(
+        self, body: TrainRequest, principal: Principal, idempotency_key: str | None, request: Request | None
+    ) -> TrainingResponse:
+        update_id = update_id_of(principal, idempotency_key)
+        return await self._admitted(
+            principal, "train",
+            lambda budget: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=budget),
+            lambda r: r.charged_tokens(), request,
+        )
+
     async def classify(
-        self, body: ClassifyRequest, authorization: Optional[str] = Header(default=None)
+        self, body: ClassifyRequest, *, api_key: str | None = None, account_id: str | None = None
     ) -> ClassificationResponse:
+        """Python handle callers: ``handle.classify.remote(ClassifyRequest(...), api_key=...)``."""
+        return await self._classify(body, await self._handle_principal(api_key, account_id), None)
+
+    async def train(
+        self, body: TrainRequest, *, api_key: str | None = None, account_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> TrainingResponse:
+        """Python handle callers: ``handle.train.remote(TrainRequest(...), api_key=..., idempotency_key=...)``."""
+        return await self._train(body, await self._handle_principal(api_key, account_id), idempotency_key, None)
+
+    async def list_classifiers(self, *, api_key: str | None = None, account_id: str | None = None) -> list[ClassifierSummary]:
+        return await self.fewshot.list((await self._handle_principal(api_key, account_id)).account_id)
+
+    async def delete_classifier(
+        self, classifier_id: str, *, api_key: str | None = None, account_id: str | None = None
+    ) -> DeleteResponse:
+        return await self.fewshot.delete(classifier_id, (await self._handle_principal(api_key, account_id)).account_id)
+
+    # -- HTTP -----------------------------------------------------------------------------------------------
+    @api.post("/v1/classify", response_model=ClassificationResponse, response_model_exclude_none=True)
+    async def http_classify(self, body: ClassifyRequest, request: Request) -> ClassificationResponse:
         """Classify inputs: zero-shot (`model` + `labels`) or few-shot (`classifier_id`).
 
         Each input gets the best label and a probability for every label. `labels` may be a list, or a dict
@@ -180,50 +337,54 @@ class Ingress:
             curl -s http://127.0.0.1:8000/v1/classify -H 'Content-Type: application/json' -d '{
               "classifier_id": "<id from /v1/train>", "input": ["Is it going to snow?"]}'
         """
-        if body.classifier_id is not None:
-            return await self.fewshot.classify(body, principal_of(authorization))
-        return await self.zeroshot.classify(body)
+        return await self._classify(body, await self._http_principal(request), request)
 
     @api.post("/v1/train", response_model=TrainingResponse)
-    async def train(self, body: TrainRequest, authorization: Optional[str] = Header(default=None)) -> TrainingResponse:
+    async def http_train(self, body: TrainRequest, request: Request) -> TrainingResponse:
         """Create a few-shot classifier (`model` + labeled `input`), or update one (`classifier_id` + `input`).
 
         Learning is one-pass online: examples update the classifier's statistics and are dropped. New labels
         may be added in any update. `num_iters` (default 10) weights this batch: weight = num_iters / 10.
+        A retry with the same `Idempotency-Key` header (else the same `X-Request-ID`) is applied once and
+        answers the first response.
 
             curl -s http://127.0.0.1:8000/v1/train -H 'Content-Type: application/json' -d '{
               "model": "multilingual-e5-small", "access": "private", "num_iters": 10,
               "input": [{"text": "Rain all day tomorrow", "label": "weather"},
                         {"text": "The striker scored twice", "label": "sport"}]}'
         """
-        return await self.fewshot.train(body, principal_of(authorization))
+        principal = await self._http_principal(request)
+        key = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+        return await self._train(body, principal, key, request)
 
     @api.get("/v1/classifiers", response_model=list[ClassifierSummary])
-    async def list_classifiers(self, authorization: Optional[str] = Header(default=None)) -> list[ClassifierSummary]:
+    async def http_list_classifiers(self, request: Request) -> list[ClassifierSummary]:
         """The caller's classifiers with Jina's summary fields (`curl -s http://127.0.0.1:8000/v1/classifiers`)."""
-        return await self.fewshot.list(principal_of(authorization))
+        return await self.fewshot.list((await self._http_principal(request)).account_id)
 
     @api.post("/v1/classifiers", response_model=list[ClassifierSummary])
-    async def list_classifiers_post(self, authorization: Optional[str] = Header(default=None)) -> list[ClassifierSummary]:
+    async def http_list_classifiers_post(self, request: Request) -> list[ClassifierSummary]:
         """Same as GET (Jina's spec offers both)."""
-        return await self.fewshot.list(principal_of(authorization))
+        return await self.fewshot.list((await self._http_principal(request)).account_id)
 
     @api.delete("/v1/classifiers/{classifier_id}", response_model=DeleteResponse)
-    async def delete_classifier(self, classifier_id: str, authorization: Optional[str] = Header(default=None)) -> DeleteResponse:
+    async def http_delete_classifier(self, classifier_id: str, request: Request) -> DeleteResponse:
         """Delete a classifier from memory and the store: `curl -X DELETE .../v1/classifiers/<id>`."""
-        return await self.fewshot.delete(classifier_id, principal_of(authorization))
+        return await self.fewshot.delete(classifier_id, (await self._http_principal(request)).account_id)
 
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request) -> dict:
         """Models this deployment serves, and what each name (aliases included) really runs.
 
             curl -s http://127.0.0.1:8000/v1/models
         """
+        await self._http_principal(request)
         return {"object": "list", "data": list(self.model_cards.values())}
 
     @api.get("/v1/models/{model_id}")
-    async def model(self, model_id: str) -> dict:
+    async def model(self, model_id: str, request: Request) -> dict:
         """One model's card, e.g. `curl -s http://127.0.0.1:8000/v1/models/multilingual-e5-small`."""
+        await self._http_principal(request)
         self.registry.get(model_id)  # an unknown name raises INPUT_MODEL_NOT_FOUND, listing the known ones
         return self.model_cards[model_id]
 
@@ -250,12 +411,15 @@ class Ingress:
         return {"status": "ready", "models": names}
 
     @api.get("/v1/stats")
-    async def stats(self) -> dict:
-        """Batching and cache statistics (per replica answering): proof that requests are coalesced."""
+    async def stats(self, request: Request) -> dict:
+        """Batching, cache and rate-limit statistics (per replica answering). Admin keys only when keys are required."""
+        self.gate.require_admin(await self._http_principal(request))
         names = list(self._embedders)
         embedders = await asyncio.gather(*(self._embedders[n].stats.remote() for n in names))
         return {
             "embedders": dict(zip(names, embedders)),
             "label_cache": self.vectors.label_cache.stats(),
             "classifier_shards": await self.repo.stats(),
+            "rate_limit_refusals": dict(self.gate.limiter.refused),
+            "usage_flush_failures": self.gate.meter.failed_flushes,
         }

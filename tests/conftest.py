@@ -87,6 +87,8 @@ def app_config(tmp_path_factory, image_server):
             "models": [*DEFAULT_MODELS, "tiny-clip"],
             "extra_models": [tiny_clip_spec(clip_dir).model_dump()],
             "state": {"store_url": str(store), "num_shards": 2},
+            # Limits on (the lease path runs in every e2e test) but far above what the suite sends per minute.
+            "accounts": {"tiers": {"default": {m: {"rpm": 100_000, "tpm": 100_000_000} for m in ("zeroshot", "fewshot", "train")}}},
             "images": {"allow_hosts": [f"127.0.0.1:{image_server.port}"], "timeout_s": 5},
         },
         env={},

@@ -25,3 +25,19 @@ def test_batch_stats_histogram():
     snap = s.snapshot()
     assert snap["batches"] == 2 and snap["requests"] == 3 and snap["texts"] == 4
     assert snap["max_requests_in_batch"] == 2 and snap["requests_per_batch_histogram"] == {"1": 1, "2": 1}
+
+
+def test_a_request_over_its_token_budget_is_refused_after_tokenising_before_the_model(encoders):
+    enc = encoders["all-MiniLM-L6-v2"]
+    calls = []
+    original = enc.encode
+    enc.encode = lambda texts, role: calls.append(list(texts)) or original(texts, role)
+    try:
+        texts = ["one two three four five six", "seven eight"]
+        exact = sum(enc.count_tokens(texts, "input"))
+        over, fits = embed_batch(enc, [EmbedRequest(texts, max_total_tokens=exact - 1), EmbedRequest(texts, max_total_tokens=exact)])
+    finally:
+        enc.encode = original
+    assert over.over_budget and over.vectors is None and sum(over.tokens) == exact
+    assert not fits.over_budget and fits.vectors.shape[0] == 2
+    assert calls == [texts]  # the model saw only the request that fits

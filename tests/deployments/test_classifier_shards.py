@@ -54,7 +54,10 @@ def run(coro):
 def test_routing_is_a_stable_hash_and_new_ids_live_on_their_owners_shard():
     assert shard_of("alice", 4) == shard_of("alice", 4) and {shard_of(f"k{i}", 4) for i in range(100)} == {0, 1, 2, 3}
     for shard in range(5):
-        assert shard_of(new_id_on_shard(shard, 5), 5) == shard
+        assert shard_of(new_id_on_shard(shard, 5, "owner", f"u{shard}"), 5) == shard
+    # A create's id derives from its update id (a retried create names the same classifier), per owner.
+    assert new_id_on_shard(1, 4, "alice", "k") == new_id_on_shard(1, 4, "alice", "k") != new_id_on_shard(1, 4, "bob", "k")
+    assert new_id_on_shard(1, 4, "alice", "") != new_id_on_shard(1, 4, "alice", "")  # no update id: random
     # A set is its store and its shard count: limits and capacities are settings, not identity.
     assert shard_set_name("/s", 4) == shard_set_name("/s", 4) != shard_set_name("/s", 5) != shard_set_name("/t", 4)
 

@@ -1,0 +1,153 @@
+"""The usage ledger: tokens and requests charged per subject (key), durable, never in a request's way. No Ray.
+
+Token rules (the product's): zero-shot classify = input tokens + label tokens; few-shot classify = input
+tokens; train = input tokens x num_iters; an image counts ``classifiers.images.image_tokens`` (its 224-pixel
+tiles at the model's per-tile rate). Only successful requests are charged: a request is recorded after its
+response is ready, never before, and a failed one never reaches the ledger.
+
+Two halves:
+
+* :class:`UsageMeter`, one per ingress replica: ``record`` adds to an in-memory pending total and never fails;
+  a background task sends pending totals to the ledger every ``flush_s``. A send that fails keeps them for the
+  next try. The meter also answers the balance check from the ledger's last known total plus what is pending.
+* :class:`UsageLedger`, one per service (in the accounts actor): running totals per subject, loaded from the
+  store when first touched and persisted every ``flush_s``; a failed persist is retried, never lost while the
+  actor lives.
+
+What can be lost: a replica that dies loses at most its last ``usage_flush_s`` of counts; the ledger actor that
+dies loses at most its last ``ledger_flush_s`` (it restarts and reloads from the store). Counts are never
+charged twice. Balances are checked against the ledger as this replica last saw it, so a key can overshoot its
+balance by what all replicas serve within about one flush interval.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from classifiers.accounts import AccountStore
+from classifiers.ratelimit import MODES, Mode
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class UsageDelta:
+    subject: str
+    account_id: str
+    mode: Mode
+    tokens: int
+    requests: int
+
+
+def empty_entry(subject: str, account_id: str) -> dict:
+    return {
+        "subject": subject, "account_id": account_id, "tokens": 0, "requests": 0, "updated_at": None,
+        "by_mode": {m: {"tokens": 0, "requests": 0} for m in MODES},
+    }
+
+
+class LedgerSink(Protocol):
+    """Where a replica's pending usage goes: :class:`UsageLedger` in-process, or the accounts actor."""
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
+        """Add; returns the new token totals of the subjects touched."""
+
+    async def spent(self, subjects: list[str]) -> dict[str, int]:
+        """Token totals of these subjects."""
+
+
+class UsageLedger:
+    def __init__(self, store: AccountStore, *, clock: Callable[[], float] = time.time):
+        self.store = store
+        self._clock = clock
+        self._entries: dict[str, dict] = {}
+        self._dirty: set[str] = set()
+
+    async def _entry(self, subject: str, account_id: str = "") -> dict:
+        e = self._entries.get(subject)
+        if e is None:
+            e = await self.store.load_ledger(subject) or empty_entry(subject, account_id)
+            e = self._entries.setdefault(subject, e)  # a concurrent load of the same subject: keep the first
+        return e
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
+        for d in deltas:  # load first, so a failed store read adds nothing (the caller keeps and resends them)
+            await self._entry(d.subject, d.account_id)
+        now = self._clock()
+        for d in deltas:
+            e = self._entries[d.subject]
+            e["tokens"] += d.tokens
+            e["requests"] += d.requests
+            e["by_mode"][d.mode]["tokens"] += d.tokens
+            e["by_mode"][d.mode]["requests"] += d.requests
+            e["account_id"] = e["account_id"] or d.account_id
+            e["updated_at"] = now
+            self._dirty.add(d.subject)
+        return {d.subject: self._entries[d.subject]["tokens"] for d in deltas}
+
+    async def spent(self, subjects: list[str]) -> dict[str, int]:
+        return {s: (await self._entry(s))["tokens"] for s in subjects}
+
+    async def flush(self) -> int:
+        """Persist changed totals; on failure they stay dirty for the next flush."""
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self.store.save_ledger([dict(self._entries[s]) for s in dirty])
+        except BaseException:
+            self._dirty |= dirty
+            raise
+        return len(dirty)
+
+
+class UsageMeter:
+    def __init__(self, sink: LedgerSink, *, spent_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.sink = sink
+        self.spent_ttl_s = spent_ttl_s
+        self._clock = clock
+        self._pending: dict[tuple[str, str, str], list[int]] = {}  # (subject, account, mode) -> [tokens, requests]
+        self._spent: dict[str, tuple[int, float]] = {}  # the ledger's totals as last seen, and when
+        self.failed_flushes = 0
+
+    def record(self, subject: str, account_id: str, mode: Mode, tokens: int) -> None:
+        """Charge a successful request. In memory only: cannot fail, cannot slow the request."""
+        slot = self._pending.setdefault((subject, account_id, mode), [0, 0])
+        slot[0] += tokens
+        slot[1] += 1
+
+    def pending_tokens(self, subject: str) -> int:
+        return sum(v[0] for (s, _, _), v in self._pending.items() if s == subject)
+
+    async def balance_left(self, subject: str, balance: int) -> int:
+        """Tokens left of a balance: the ledger's total as last seen (re-read after ``spent_ttl_s``, so other
+        replicas' usage counts here too) minus what this replica has pending."""
+        seen = self._spent.get(subject)
+        if seen is None or self._clock() - seen[1] >= self.spent_ttl_s:
+            self._remember(await self.sink.spent([subject]))
+        return balance - self._spent[subject][0] - self.pending_tokens(subject)
+
+    def _remember(self, totals: dict[str, int]) -> None:
+        now = self._clock()
+        for subject, tokens in totals.items():
+            self._spent[subject] = (tokens, now)
+        if len(self._spent) > 100_000:
+            self._spent.clear()
+
+    async def flush(self) -> int:
+        """Send pending usage to the ledger; on failure keep it (merged with what arrives meanwhile)."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        deltas = [UsageDelta(s, a, m, v[0], v[1]) for (s, a, m), v in pending.items()]
+        try:
+            totals = await self.sink.add_usage(deltas)
+        except BaseException:
+            self.failed_flushes += 1
+            for key, (tokens, requests) in pending.items():
+                slot = self._pending.setdefault(key, [0, 0])
+                slot[0] += tokens
+                slot[1] += requests
+            raise
+        self._remember(totals)
+        return len(deltas)

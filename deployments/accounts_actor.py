@@ -1,0 +1,105 @@
+"""The accounts actor: the one place rate-limit buckets and the usage ledger live, for every ingress replica.
+
+One named, detached actor per store (``accounts-<store digest>``), get-or-created by each ingress replica.
+Replicas call it once per rate-limit *lease* (a slice of a bucket, see ``classifiers/ratelimit.py``) and once
+per ``usage_flush_s`` with their pending usage, never per request. It persists the ledger every
+``ledger_flush_s``. If it dies, Ray restarts it: buckets start full again (a subject may get one extra minute's
+budget), the ledger reloads from the store (at most ``ledger_flush_s`` of counts lost), and calls made while it
+is down answer a retryable 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from classifiers.accounts import AccountStore
+from classifiers.errors import ServiceUnavailable
+from classifiers.gate import AccountsConfig
+from classifiers.ratelimit import BudgetAuthority, Grant, LeaseRequest
+from classifiers.store import BlobStore
+from classifiers.usage import UsageDelta, UsageLedger
+from deployments.classifier_shards import NAMESPACE, store_digest
+
+logger = logging.getLogger("ray.serve")
+
+
+@ray.remote(max_restarts=-1, max_concurrency=1000)
+class AccountsActor:
+    def __init__(self, blobs: BlobStore, config: AccountsConfig):
+        self.config = config
+        self.authority = BudgetAuthority()
+        self.ledger = UsageLedger(AccountStore(blobs))
+        self._loop: asyncio.Task | None = None
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self._persist())
+
+    async def _persist(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ledger_flush_s)
+            try:
+                await self.ledger.flush()
+            except Exception:  # noqa: BLE001 - kept dirty, retried next round
+                logger.exception("accounts: ledger flush failed; retrying in %.1fs", self.config.ledger_flush_s)
+
+    async def exchange(self, requests: list[LeaseRequest]) -> list[Grant]:
+        self._ensure_loop()
+        return self.authority.exchange_now(requests)
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
+        self._ensure_loop()
+        return await self.ledger.add_usage(deltas)
+
+    async def spent(self, subjects: list[str]) -> dict[str, int]:
+        self._ensure_loop()
+        return await self.ledger.spent(subjects)
+
+    async def flush(self) -> int:
+        """Persist the ledger now (tests, shutdown)."""
+        return await self.ledger.flush()
+
+
+class RemoteAccounts:
+    """The ingress's BudgetSource and LedgerSink: the accounts actor, get-or-created, a dead one retried."""
+
+    RETRIES = 3
+
+    def __init__(self, blobs: BlobStore, config: AccountsConfig):
+        self.blobs = blobs
+        self.config = config
+        self.name = f"accounts-{store_digest(blobs.url)}"
+        self._actor = None
+
+    def _handle(self, fresh: bool = False):
+        if fresh or self._actor is None:
+            self._actor = AccountsActor.options(
+                name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                num_cpus=self.config.num_cpus,
+            ).remote(self.blobs, self.config)
+        return self._actor
+
+    async def _call(self, method):
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return await method(self._handle(fresh=attempt > 0))
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if attempt == self.RETRIES:
+                    raise ServiceUnavailable("the accounts service is restarting; retry shortly") from exc
+                await asyncio.sleep(0.3 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def exchange(self, requests: list[LeaseRequest]) -> list[Grant]:
+        return await self._call(lambda a: a.exchange.remote(requests))
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
+        return await self._call(lambda a: a.add_usage.remote(deltas))
+
+    async def spent(self, subjects: list[str]) -> dict[str, int]:
+        return await self._call(lambda a: a.spent.remote(subjects))
+
+    async def flush(self) -> int:
+        return await self._call(lambda a: a.flush.remote())

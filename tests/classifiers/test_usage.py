@@ -1,0 +1,89 @@
+"""The usage ledger: exact totals, durable, a failing store never loses counts or fails a request (no Ray)."""
+from __future__ import annotations
+
+import asyncio
+
+from classifiers.accounts import AccountStore
+from classifiers.store import LocalDirStore
+from classifiers.usage import UsageLedger, UsageMeter
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_replicas_add_up_and_the_totals_survive_a_restart(tmp_path):
+    ledger = UsageLedger(AccountStore(LocalDirStore(tmp_path)))
+    a, b = UsageMeter(ledger), UsageMeter(ledger)
+    a.record("k1", "acct-1", "zeroshot", 100)
+    a.record("k1", "acct-1", "train", 50)
+    b.record("k1", "acct-1", "zeroshot", 7)
+    b.record("k2", "acct-2", "fewshot", 3)
+    run(a.flush()), run(b.flush()), run(ledger.flush())
+    fresh = UsageLedger(AccountStore(LocalDirStore(tmp_path)))  # the actor restarted
+    assert run(fresh.spent(["k1", "k2", "never"])) == {"k1": 157, "k2": 3, "never": 0}
+    entry = AccountStore(LocalDirStore(tmp_path)).read_ledger("k1")
+    assert entry["requests"] == 3 and entry["by_mode"]["zeroshot"] == {"tokens": 107, "requests": 2}
+    assert entry["account_id"] == "acct-1"
+
+
+def test_a_failing_store_keeps_counts_until_it_recovers(tmp_path):
+    root = tmp_path / "store"
+    ledger = UsageLedger(AccountStore(LocalDirStore(root)))
+    meter = UsageMeter(ledger)
+    meter.record("k1", "a", "zeroshot", 10)
+    run(meter.flush())
+    (root / "accounts").mkdir(parents=True, exist_ok=True)
+    (root / "accounts" / "ledger").write_bytes(b"")  # a file where the ledger's folder must be: every write fails
+    try:
+        run(ledger.flush())
+        raise AssertionError("the flush should have failed")
+    except OSError:
+        pass
+    meter.record("k1", "a", "zeroshot", 5)  # recording never touches the store
+    run(meter.flush())
+    (root / "accounts" / "ledger").unlink()  # the store recovers
+    assert run(ledger.flush()) == 1
+    assert AccountStore(LocalDirStore(root)).read_ledger("k1")["tokens"] == 15
+
+
+def test_a_failed_send_to_the_ledger_is_resent_not_lost():
+    class Down:
+        def __init__(self):
+            self.up = False
+            self.got = []
+
+        async def add_usage(self, deltas):
+            if not self.up:
+                raise ConnectionError("ledger down")
+            self.got.extend(deltas)
+            return {d.subject: sum(x.tokens for x in self.got if x.subject == d.subject) for d in deltas}
+
+        async def spent(self, subjects):
+            return {s: 0 for s in subjects}
+
+    sink = Down()
+    meter = UsageMeter(sink)
+    meter.record("k", "a", "train", 40)
+    try:
+        run(meter.flush())
+    except ConnectionError:
+        pass
+    meter.record("k", "a", "train", 2)
+    sink.up = True
+    run(meter.flush())
+    assert sum(d.tokens for d in sink.got) == 42 and sum(d.requests for d in sink.got) == 2 and meter.failed_flushes == 1
+
+
+def test_balance_left_counts_the_ledger_and_what_is_pending(tmp_path):
+    now = [0.0]
+    ledger = UsageLedger(AccountStore(LocalDirStore(tmp_path)))
+    a = UsageMeter(ledger, spent_ttl_s=2.0, clock=lambda: now[0])
+    b = UsageMeter(ledger, spent_ttl_s=2.0, clock=lambda: now[0])
+    assert run(a.balance_left("k", 100)) == 100
+    a.record("k", "acct", "zeroshot", 30)
+    assert run(a.balance_left("k", 100)) == 70
+    b.record("k", "acct", "zeroshot", 50)
+    run(b.flush())
+    now[0] = 2.0  # a re-reads the ledger: b's usage counts
+    assert run(a.balance_left("k", 100)) == 20
