@@ -10,7 +10,7 @@ or ``tokens``. A burst can use the full bucket at once; sustained traffic gets e
 a *lease*, a slice of a bucket (``lease_fraction`` of the limit), and spends it locally; only when a slice is
 used up does it go back for another (one remote call per slice). Budget granted is removed from the bucket, so
 N replicas together never admit more than the bucket holds: the limit is exact for requests. Unused slices go
-back to the bucket after ``lease_ttl_s`` (a replica that stops getting traffic does not sit on budget). The
+back to the bucket once unused for ``lease_ttl_s`` (a replica that stops getting traffic does not sit on budget). The
 trade-off: with ``R`` replicas serving one subject, up to ``R`` slices may be parked on replicas that do not
 need them, so a subject can be refused up to ``R x lease_fraction x limit`` early for at most ``lease_ttl_s``.
 
@@ -152,7 +152,7 @@ class _Lease:
     tokens: float = 0.0  # below zero: tokens charged beyond the slice (debt to settle with the authority)
     level_requests: float = 0.0  # the authority's levels at the last exchange (for the Remaining headers)
     level_tokens: float = 0.0
-    taken_at: float = 0.0
+    used_at: float = 0.0  # the last admission: a lease unused for lease_ttl_s goes back
     limits: RateLimit | None = None
 
 
@@ -216,6 +216,7 @@ class LeaseLimiter:
                 code=TOKEN_LIMIT, retry_after_s=self._retry_tokens,
             )
         lease.requests -= 1
+        lease.used_at = self._clock()
         return Admission(self, subject, mode, limits, self._remaining(lease))
 
     async def _refill(self, subject: str, mode: Mode, lease: _Lease, limits: RateLimit) -> None:
@@ -240,7 +241,7 @@ class LeaseLimiter:
                 lease.tokens += grant.granted
                 lease.level_tokens = grant.level
                 self._retry_tokens = max(1.0, grant.retry_after_s)
-        lease.taken_at = self._clock()
+        lease.used_at = self._clock()
 
     def charge(self, tokens: int) -> Remaining:
         self.remaining = self.limiter.charge(self.subject, self.mode, self.limits, tokens)
@@ -286,6 +287,7 @@ class LeaseLimiter:
                 code=TOKEN_LIMIT, retry_after_s=self._retry_tokens,
             )
         lease.requests -= 1
+        lease.used_at = self._clock()
         return Admission(self, subject, mode, limits, self._remaining(lease))
 
     async def _refill(self, subject: str, mode: Mode, lease: _Lease, limits: RateLimit) -> None:
@@ -305,7 +307,7 @@ class LeaseLimiter:
                 lease.tokens = float(grant.granted)  # the debt was settled by this exchange
                 lease.level_tokens = grant.level
                 self._retry_tokens = max(1.0, grant.retry_after_s)
-        lease.taken_at = self._clock()
+        lease.used_at = self._clock()
 
     def charge(self, subject: str, mode: Mode, limits: RateLimit, tokens: int) -> Remaining:
         lease = self._leases.get((subject, mode))
@@ -328,7 +330,7 @@ class LeaseLimiter:
     async def return_idle(self) -> int:
         """Give slices unused for ``lease_ttl_s`` back to the authority (and settle token debt); run periodically."""
         now = self._clock()
-        idle = [(k, le) for k, le in self._leases.items() if now - le.taken_at >= self.lease_ttl_s]
+        idle = [(k, le) for k, le in self._leases.items() if now - le.used_at >= self.lease_ttl_s]
         if not idle:
             return 0
         for key, _ in idle:

@@ -73,6 +73,7 @@ class StateConfig(BaseModel):
 
     store_url: str = Field(
         default="./data/classifiers",
+        validate_default=True,
         description="Where classifier state is persisted: a local directory (default; resolved to an absolute path "
         "at start) or an fsspec URL such as s3://bucket/prefix or gs://bucket/prefix for clusters.",
     )

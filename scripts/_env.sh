@@ -8,7 +8,8 @@ PY="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 EXTRAS="${1:-}"
-stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)$EXTRAS"
+hash="$(cat pyproject.toml | sha1sum | cut -c1-12)"
+stamp="$VENV/.installed-$hash$EXTRAS"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
@@ -16,7 +17,8 @@ fi
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "$TORCH_SPEC"
   "$VENV/bin/pip" install -q -e ".$EXTRAS"
-  rm -f "$VENV"/.installed-*
+  # Stamps of an older pyproject.toml are stale; those of this one (other extras) stay valid.
+  find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash*" -delete
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

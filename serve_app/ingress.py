@@ -21,13 +21,14 @@ import uuid
 from typing import Awaitable, Callable, Optional, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
@@ -98,7 +99,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE"}
-    return error_response(request, exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    detail = f"Request body over {request.app.state.max_request_bytes} bytes." if exc.status_code == 413 else str(exc.detail)
+    return error_response(request, exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), detail)
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
@@ -109,28 +111,17 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-class BodyLimit:
-    """ASGI middleware: count body bytes as they arrive, so a chunked upload (no Content-Length) is bounded too."""
+class BodyLimit(RequestBodyLimitMiddleware):
+    """Starlette's body limit, counted as the body arrives (a chunked upload without Content-Length is bounded
+    too), at the limit the Ingress configured at start (``api.state.max_request_bytes``)."""
 
-    def __init__(self, app, limit: Callable[[], int]):
-        self.app = app
-        self.limit = limit
+    def __init__(self, app, api: FastAPI):
+        super().__init__(app, max_body_size=api.state.max_request_bytes)
+        self._api = api
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit, seen = self.limit(), 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise HTTPException(413, f"Request body over {limit} bytes.")
-            return message
-
-        await self.app(scope, counted, send)
+        self.max_body_size = self._api.state.max_request_bytes
+        await super().__call__(scope, receive, send)
 
 
 def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
@@ -149,6 +140,7 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
     api.add_exception_handler(BackPressureError, _unavailable)
     api.add_exception_handler(RayActorError, _unavailable)
     api.add_exception_handler(Exception, _unhandled)
+    api.add_middleware(BodyLimit, api=api)  # inside _guard: a body over the limit is counted while it arrives
 
     @api.middleware("http")
     async def _guard(request: Request, call_next):
@@ -166,7 +158,6 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
         response.headers.update(getattr(request.state, "rate_headers", None) or {})
         return response
 
-    api.add_middleware(BodyLimit, limit=lambda: api.state.max_request_bytes)
     return api
 
 

@@ -26,6 +26,7 @@ from classifiers.store import LocalDirStore, owner_key
 from serve_app.app import bind_app
 from serve_app.config import load_config
 from tests.conftest import ROOT
+from tests.serve_app.test_jina_spec import check, load_spec
 
 pytestmark = pytest.mark.e2e
 MODEL = "all-MiniLM-L6-v2"
@@ -98,6 +99,7 @@ def test_401s_with_jinas_codes_and_open_health_and_docs(client):
         ({"Authorization": "Bearer rck_000000000000_" + "A" * 43}, "AUTH_INVALID_API_KEY"),
         ({"Authorization": "Bearer sk-something-else"}, "AUTH_INVALID_API_KEY"),
     ]
+    spec = load_spec()
     for headers, code in cases:
         for method, path, kw in (("POST", "/v1/classify", {"json": body}), ("GET", "/v1/classifiers", {}),
                                  ("POST", "/v1/train", {"json": {"model": MODEL, "input": EXAMPLES}}),
@@ -106,6 +108,8 @@ def test_401s_with_jinas_codes_and_open_health_and_docs(client):
             assert r.status_code == 401, (method, path, r.text)
             assert r.json()["code"] == code and r.json()["request_id"], r.text
             assert "rck_000000000000" not in r.text
+            if path in ("/v1/classify", "/v1/train", "/v1/classifiers"):
+                check(spec, r, path, method.lower())
     for path in ("/health", "/live", "/ready", "/docs", "/openapi.json"):
         assert client.get(path).status_code == 200, path
 
@@ -276,7 +280,9 @@ def test_rpm_holds_across_two_ingress_replicas(acct, client):
     refused = [r for r in responses if r.status_code == 429]
     assert len(ok) + len(refused) == 40
     assert 10 <= len(ok) <= 10 + int(elapsed * 10 / 60) + 1, (len(ok), elapsed)  # the bucket + its refill (+1 tolerance)
+    spec = load_spec()
     for r in refused:
+        check(spec, r, "/v1/classify")
         assert r.json()["code"] == "RATE_REQUEST_LIMIT_EXCEEDED" and r.json()["request_id"]
         assert int(r.headers["Retry-After"]) >= 1
     for r in responses:

@@ -20,6 +20,10 @@ def client():
     async def typed():
         raise InvalidLabels("duplicate labels: ['a']")
 
+    @api.post("/echo")
+    async def echo(body: dict):
+        return body
+
     return TestClient(api, raise_server_exceptions=False)
 
 
@@ -43,3 +47,15 @@ def test_typed_errors_keep_their_code_and_status(client):
 def test_oversized_body_is_refused_before_reading(client):
     r = client.post("/typed", content=b"x" * 100)
     assert r.status_code == 413 and r.json()["code"] == "INPUT_TOO_LARGE"
+
+
+def test_a_chunked_body_without_content_length_is_counted_while_read(client):
+    def chunks():
+        for _ in range(10):
+            yield b"[1,2,3,4,5]"
+
+    r = client.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["code"] == "INPUT_TOO_LARGE" and r.json()["request_id"]
+    small = client.post("/echo", content=iter([b'{"a"', b":1}"]), headers={"content-type": "application/json"})
+    assert small.status_code == 200 and small.json() == {"a": 1}
