@@ -168,3 +168,46 @@ class ClassifierSummary(BaseModel):
 class DeleteResponse(BaseModel):
     classifier_id: str
     deleted: bool = True
+
+
+# -- /v1/embeddings (Jina's EmbeddingsV3Request / EmbeddingResponse shapes) -----------------------------------
+EmbeddingType = Literal["float", "base64", "binary", "ubinary"]
+
+
+class EmbeddingsRequest(BaseModel):
+    """Jina's embeddings request. Unknown top-level fields are ignored, as on every route."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="Embedding model (any served model or alias; /v1/models).")
+    input: Union[InputItem, list[InputItem]] = Field(description="A string, {text}, {image}, or a list of them (up to 1024).")
+    task: str | None = Field(default=None, description="Accepted for compatibility; every task is embedded the same way here.")
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Truncate to this many dimensions (re-normalised); below the full size only "
+        "for Matryoshka models (`matryoshka` in /v1/models)."
+    )
+    embedding_type: EmbeddingType | list[EmbeddingType] | None = Field(
+        default=None, description="`float` (default), `base64` (little-endian float32), `binary` (packed sign bits as "
+        "int8) or `ubinary` (as uint8); a list returns a dict per item keyed by type."
+    )
+    normalized: bool | None = Field(default=True, description="Embeddings are always L2-normalised here.")
+    truncate: bool | None = Field(default=False, description="Accepted; inputs longer than a model's window are chunk-pooled, never truncated.")
+    late_chunking: bool | None = Field(default=None, description="Not supported: ignored.")
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str, list[int], dict[str, Union[list[float], str, list[int]]]]
+
+
+class EmbeddingUsage(BaseModel):
+    total_tokens: int
+    prompt_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    model: str
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage

@@ -2,7 +2,7 @@
 
 The semantics are a token bucket per (subject, mode, kind): a bucket of ``limit`` units (requests or tokens)
 refilled continuously at ``limit / 60`` per second. A subject is an account (or a client IP in anonymous mode),
-a mode is one of ``zeroshot``, ``fewshot``, ``train`` (each has its own RPM and TPM), a kind is ``requests``
+a mode is one of ``zeroshot``, ``fewshot``, ``train``, ``embeddings`` (each has its own RPM and TPM), a kind is ``requests``
 or ``tokens``. A burst can use the full bucket at once; sustained traffic gets exactly the limit per minute.
 
 **Leases.** The buckets live in one place, a :class:`BudgetAuthority` (in the service: one Ray actor, see
@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from classifiers.errors import REQUEST_LIMIT, TOKEN_LIMIT, RateLimited
 
-Mode = Literal["zeroshot", "fewshot", "train"]
+Mode = Literal["zeroshot", "fewshot", "train", "embeddings"]
 Kind = Literal["requests", "tokens"]
-MODES: tuple[Mode, ...] = ("zeroshot", "fewshot", "train")
+MODES: tuple[Mode, ...] = ("zeroshot", "fewshot", "train", "embeddings")
 
 
 class RateLimit(BaseModel):
@@ -51,6 +51,9 @@ class TierLimits(BaseModel):
     zeroshot: RateLimit = Field(default_factory=lambda: RateLimit(rpm=200, tpm=500_000), description="Zero-shot /classify.")
     fewshot: RateLimit = Field(default_factory=lambda: RateLimit(rpm=20, tpm=200_000), description="/classify by classifier_id.")
     train: RateLimit = Field(default_factory=lambda: RateLimit(rpm=20, tpm=200_000), description="/train (create and update).")
+    embeddings: RateLimit = Field(
+        default_factory=lambda: RateLimit(rpm=500, tpm=1_000_000), description="/v1/embeddings (Jina's free-tier embedding limits)."
+    )
 
     def of(self, mode: Mode) -> RateLimit:
         return getattr(self, mode)

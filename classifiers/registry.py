@@ -43,6 +43,11 @@ class ModelSpec(BaseModel):
         "mean-pooled (chunk pooling; README, Models)."
     )
     dim: int | None = Field(default=None, description="Embedding dimension, if known before loading.")
+    matryoshka: bool = Field(
+        default=False,
+        description="Trained so that a prefix of the embedding is itself a good embedding (Matryoshka): "
+        "/v1/embeddings accepts `dimensions` below the full size only for such models.",
+    )
     pooling: Literal["mean", "cls"] = Field(default="mean", description="Token pooling for `hf` models.")
     input_prefix: str = Field(default="", description="Text prepended to every input before embedding.")
     label_prefix: str = Field(default="", description="Text prepended to every zero-shot label before embedding.")
@@ -165,6 +170,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         source="jinaai/jina-embeddings-v3",
         max_tokens=8192,
         dim=1024,
+        matryoshka=True,
         trust_remote_code=True,
         task="classification",
         score_scale=30.0,
@@ -189,6 +195,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         modalities=frozenset({"text", "image"}),
         max_tokens=8192,
         dim=1024,
+        matryoshka=True,
         trust_remote_code=True,
         score_scale=100.0,
         image_tokens=4000,

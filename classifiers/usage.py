@@ -80,8 +80,9 @@ class UsageLedger:
             e = self._entries[d.subject]
             e["tokens"] += d.tokens
             e["requests"] += d.requests
-            e["by_mode"][d.mode]["tokens"] += d.tokens
-            e["by_mode"][d.mode]["requests"] += d.requests
+            slot = e["by_mode"].setdefault(d.mode, {"tokens": 0, "requests": 0})
+            slot["tokens"] += d.tokens
+            slot["requests"] += d.requests
             e["account_id"] = e["account_id"] or d.account_id
             e["updated_at"] = now
             self._dirty.add(d.subject)

@@ -37,7 +37,8 @@ def model_card(name: str, spec: ModelSpec, context_length: int) -> dict:
         "pricing": {
             "prompt": "0", "completion": "0", "image": "0", "request": "0", "input_cache_read": "0", "input_cache_write": "0",
         },
-        "supported_features": ["zero-shot", "few-shot"],
+        "supported_features": ["zero-shot", "few-shot", "embeddings"],
+        "matryoshka": spec.matryoshka,
         "supported_sampling_parameters": [],
         "datacenters": [],
     }

@@ -32,12 +32,14 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
-    ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest,
+    ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, EmbeddingsRequest, EmbeddingsResponse,
+    TrainingResponse, TrainRequest,
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.errors import (
     InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceUnavailable,
 )
+from classifiers.embeddings_service import EmbeddingsService
 from classifiers.fewshot_service import FewShotService
 from classifiers.gate import AccountsGate
 from classifiers.ratelimit import LeaseLimiter, Mode
@@ -208,6 +210,7 @@ class Ingress:
         self.repo = ShardedRepo(blobs, config.state, config.limits, generation=generation)
         self.zeroshot = ZeroShotService(registry=self.registry, limits=config.limits, vectors=self.vectors)
         self.fewshot = FewShotService(registry=self.registry, limits=config.limits, vectors=self.vectors, repo=self.repo)
+        self.embeddings_service = EmbeddingsService(registry=self.registry, limits=config.limits, vectors=self.vectors)
         acfg = config.accounts
         self.accounts = RemoteAccounts(blobs, acfg)
         self.gate = AccountsGate(
@@ -303,6 +306,18 @@ class Ingress:
         """Python handle callers: ``handle.train.remote(TrainRequest(...), api_key=..., idempotency_key=...)``."""
         return await self._train(body, await self._handle_principal(api_key, account_id), idempotency_key, None)
 
+    async def embeddings(
+        self, body: EmbeddingsRequest, *, api_key: str | None = None, account_id: str | None = None
+    ) -> EmbeddingsResponse:
+        """Python handle callers: ``handle.embeddings.remote(EmbeddingsRequest(...), api_key=...)``."""
+        return await self._embed(body, await self._handle_principal(api_key, account_id), None)
+
+    async def _embed(self, body: EmbeddingsRequest, principal: Principal, request: Request | None) -> EmbeddingsResponse:
+        return await self._admitted(
+            principal, "embeddings", lambda budget: self.embeddings_service.embed(body, max_tokens=budget),
+            lambda r: r.usage.total_tokens, request,
+        )
+
     async def list_classifiers(self, *, api_key: str | None = None, account_id: str | None = None) -> list[ClassifierSummary]:
         return await self.fewshot.list((await self._handle_principal(api_key, account_id)).account_id)
 
@@ -347,6 +362,18 @@ class Ingress:
         principal = await self._http_principal(request)
         key = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
         return await self._train(body, principal, key, request)
+
+    @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def http_embeddings(self, body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+        """Embed texts (and images, for CLIP models) with any served model, in Jina's format.
+
+        Served by the same embedder replicas and batches as classify. `embedding_type` is `float` (default),
+        `base64`, `binary` or `ubinary` (or a list of them); `dimensions` truncates Matryoshka models only.
+
+            curl -s http://127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' -d '{
+              "model": "all-MiniLM-L6-v2", "input": ["Will it rain tomorrow?"]}'
+        """
+        return await self._embed(body, await self._http_principal(request), request)
 
     @api.get("/v1/classifiers", response_model=list[ClassifierSummary])
     async def http_list_classifiers(self, request: Request) -> list[ClassifierSummary]:
