@@ -106,6 +106,13 @@ class ServiceUnavailable(ServiceError):
     status = 503
 
 
+class ServiceTimeout(ServiceError):
+    """The request did not finish within the ingress's request timeout."""
+
+    code = "SERVICE_TIMEOUT"
+    status = 504
+
+
 class StaleWriter(ServiceUnavailable):
     """This shard set no longer owns the store (a newer deploy claimed it): the retry reaches the current one."""
 

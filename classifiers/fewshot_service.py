@@ -74,12 +74,13 @@ class FewShotService:
         ``max_tokens``: the caller's token budget, counted as input tokens x num_iters."""
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
-        declared = parse_declared_labels(req.labels)
+        declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
         if req.input == [] and declared:
             items, labels = [], []  # declared classes only: a classifier that starts as zero-shot
         else:
             items, labels = parse_training_items(
-                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens
+                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
+                max_label_chars=self.limits.max_label_chars,
             )
         distinct = list(dict.fromkeys(labels + declared))
         if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks

@@ -37,6 +37,36 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", " ")
 
 
+LABEL_PREVIEW_CHARS = 40  # of an over-long label or group name, quoted in the error detail (never the whole)
+DEFAULT_MAX_LABEL_CHARS = 256  # Limits.max_label_chars's default, for callers that do not pass their limits
+
+
+def preview(text: str) -> str:
+    """``text`` quoted for an error detail, cut to LABEL_PREVIEW_CHARS characters: a client's 10 MB label must not
+    come back in the error (nor in logs that record error details)."""
+    if len(text) <= LABEL_PREVIEW_CHARS:
+        return repr(text)
+    return repr(text[:LABEL_PREVIEW_CHARS]) + "..."
+
+
+def check_label_chars(label: str, where: str, max_chars: int) -> None:
+    """Refuse a label (or group name) over ``max_chars`` characters, naming where it is: before it is normalised,
+    tokenized, embedded, cached or echoed."""
+    if len(label) > max_chars:
+        raise InvalidLabels(
+            f"{where} has {len(label)} characters; the limit is {max_chars} (it starts {preview(label)})"
+        )
+
+
+def checked_label(label: str, where: str, max_chars: int) -> str:
+    """The label's canonical form (:func:`normalize_label`), with the length limit applied before normalising and
+    again after (NFC can lengthen a few scripts' text)."""
+    check_label_chars(label, where, max_chars)
+    normalized = normalize_label(label)
+    check_label_chars(normalized, where, max_chars)
+    return normalized
+
+
 def normalize_label(label: str) -> str:
     """The one canonical form of a label: Unicode NFC, surrounding whitespace trimmed, case kept.
 
@@ -78,11 +108,12 @@ def check_modalities(items: list[Item], spec: ModelSpec, image_models: list[str]
             )
 
 
-def parse_declared_labels(labels: list[str] | None) -> list[str]:
-    """`/train`'s declared classes (our extension): normalised like every label, duplicates collapsed."""
+def parse_declared_labels(labels: list[str] | None, *, max_label_chars: int = DEFAULT_MAX_LABEL_CHARS) -> list[str]:
+    """`/train`'s declared classes (our extension): normalised like every label, duplicates collapsed; each at most
+    ``max_label_chars`` characters (they are stored in the classifier's state)."""
     out = []
     for i, label in enumerate(labels or []):
-        normalized = normalize_label(label)
+        normalized = checked_label(label, f"labels[{i}]", max_label_chars)
         if not normalized:
             raise InvalidLabels(f"labels[{i}] is empty")
         out.append(normalized)
@@ -90,9 +121,11 @@ def parse_declared_labels(labels: list[str] | None) -> list[str]:
 
 
 def parse_training_items(
-    raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192
+    raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192,
+    max_label_chars: int = DEFAULT_MAX_LABEL_CHARS,
 ) -> tuple[list[Item], list[str]]:
-    """Labeled examples -> (items, labels). Labels are normalised (:func:`normalize_label`) and must not be empty."""
+    """Labeled examples -> (items, labels). Labels are normalised (:func:`normalize_label`), must not be empty and
+    have at most ``max_label_chars`` characters (they become class names stored in the classifier's state)."""
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         raise InvalidInput("`input` is empty: send at least one labeled example")
@@ -104,7 +137,7 @@ def parse_training_items(
         )
     out, labels = [], []
     for i, it in enumerate(items):
-        label = normalize_label(it.label)
+        label = checked_label(it.label, f"input[{i}]: label", max_label_chars)
         if not label:
             raise InvalidLabels(f"input[{i}]: label is empty")
         if isinstance(it, ImageTrainingItem):

@@ -25,29 +25,68 @@ processes; on object stores the check is a read right before the write (a window
 further by the shards' periodic fence check).
 
 A local directory writes a temp file in the same directory, fsyncs it and ``os.replace``s it, so a crash
-mid-write leaves either the old or the new file, never a half-written one. Object stores (s3://, gs://, az://)
-replace whole objects atomically on PUT; other fsspec filesystems get write-to-temp-then-move.
+mid-write leaves either the old or the new file, never a half-written one (plus, at worst, an orphaned hidden
+temp file, which the next :class:`LocalDirStore` to open the directory sweeps once it is a minute old). Object
+stores (s3://, gs://, az://) replace whole objects atomically on PUT; other fsspec filesystems get
+write-to-temp-then-move.
+
+**Failures.** A store that fails (full disk, read-only or broken directory, unreachable object store: an
+``OSError`` or a filesystem library's error) makes the :class:`StateStore` call raise
+:class:`~classifiers.errors.ServiceUnavailable`, a retryable 503, with the real error in the server log. Every
+write is atomic and the classifier state swaps a record in only after its write succeeded, so a failed call
+leaves the stored and in-memory state as they were; the retry finds them consistent.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from classifiers.errors import StaleWriter
+from classifiers.errors import ServiceError, ServiceUnavailable, StaleWriter
+
+logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 FENCE_KEY = "fence.json"
+TEMP_FILE = re.compile(r"^\..+\.tmp$")  # LocalDirStore's (and FsspecStore's) in-flight writes: hidden, *.tmp
+STALE_TEMP_S = 60.0  # a temp file older than this belongs to a crashed writer (a live write takes milliseconds)
+# Top-level packages of fsspec and its backends: their own exception types (not OSError) mean the store failed.
+STORE_LIBRARIES = frozenset(
+    {"fsspec", "s3fs", "gcsfs", "adlfs", "botocore", "aiobotocore", "boto3", "aiohttp", "google", "azure",
+     "requests", "urllib3"}
+)
+
+
+def is_store_failure(error: BaseException) -> bool:
+    """Whether ``error`` from a blob store means the store itself failed (retry later), not a bug or a bad key."""
+    if isinstance(error, ServiceError):
+        return False
+    if isinstance(error, OSError):  # ENOSPC, EROFS, EACCES, EIO, ENOTDIR, connection errors, timeouts ...
+        return True
+    return type(error).__module__.split(".", 1)[0] in STORE_LIBRARIES
+
+
+def store_unavailable(url: str, error: BaseException) -> ServiceUnavailable:
+    """The retryable 503 for a failed store call; the detail names the kind of failure, never paths or URLs (the
+    server log has the whole error)."""
+    logger.warning("classifier store %s failed: %s: %s", url, type(error).__name__, error)
+    name = errno.errorcode.get(getattr(error, "errno", None) or 0)
+    kind = f"{type(error).__name__}{f' {name}' if name else ''}"
+    return ServiceUnavailable(f"the classifier store is unavailable ({kind}); retry later")
 
 
 def owner_key(owner: str) -> str:
@@ -81,17 +120,46 @@ class BlobStore(ABC):
 
 
 class LocalDirStore(BlobStore):
-    def __init__(self, root: str | os.PathLike):
+    """A local (or network-mounted) directory. Opening it sweeps temp files that crashed writers left behind
+    (:meth:`sweep_temp_files`), so they do not accumulate across restarts."""
+
+    def __init__(self, root: str | os.PathLike, *, stale_temp_s: float = STALE_TEMP_S):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
         self._thread_lock = threading.Lock()  # flock is per open file: serialise this process's threads too
+        self.stale_temp_s = stale_temp_s
+        self.swept = self.sweep_temp_files(stale_temp_s)
+
+    def sweep_temp_files(self, older_than_s: float = STALE_TEMP_S) -> int:
+        """Delete temp files (``.<name>.<random>.tmp``) older than ``older_than_s`` anywhere under the root; returns
+        how many. Only old ones: another process may be writing into the same store right now, and its temp file
+        is seconds old at most. Never fails the open (a read-only store is still readable): problems are logged."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        try:
+            for folder, _, files in os.walk(self.root):
+                for name in files:
+                    if not TEMP_FILE.match(name):
+                        continue
+                    path = os.path.join(folder, name)
+                    try:
+                        if os.lstat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+                    except FileNotFoundError:  # another process swept it first
+                        continue
+        except OSError as e:
+            logger.warning("store %s: could not sweep temp files: %s", self.url, e)
+        if removed:
+            logger.info("store %s: removed %d temp file(s) left by interrupted writes", self.url, removed)
+        return removed
 
     def __getstate__(self):  # picklable (shard actors get their store as an argument)
-        return {"root": self.root}
+        return {"root": self.root, "stale_temp_s": self.stale_temp_s}
 
     def __setstate__(self, state):
-        self.__init__(state["root"])
+        self.__init__(state["root"], stale_temp_s=state.get("stale_temp_s", STALE_TEMP_S))
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -129,9 +197,10 @@ class LocalDirStore(BlobStore):
 
     def list(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
-        if not folder.is_dir():
+        try:
+            return [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+        except FileNotFoundError:  # nothing written under it yet; a broken path (ENOTDIR, EIO ...) raises: not "empty"
             return []
-        return [p.name for p in folder.iterdir() if not p.name.startswith(".")]
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -233,7 +302,13 @@ class StateStore:
         return self.blobs.url
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run a blocking store call in this store's pool; a failing store raises ServiceUnavailable (503)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except Exception as e:
+            if is_store_failure(e):
+                raise store_unavailable(self.url, e) from e
+            raise
 
     # -- fencing --------------------------------------------------------------------------------------------
     def _fence(self) -> Fence | None:
@@ -285,7 +360,12 @@ class StateStore:
 
     def check_fence_now(self) -> None:
         """The same, blocking: for constructors, before any event loop work."""
-        self._check_fence()
+        try:
+            self._check_fence()
+        except Exception as e:
+            if is_store_failure(e):
+                raise store_unavailable(self.url, e) from e
+            raise
 
     # -- classifiers ----------------------------------------------------------------------------------------
     async def load_classifier(self, cid: str) -> bytes | None:

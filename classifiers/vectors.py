@@ -9,6 +9,7 @@ deployments' handles in the service (``deployments/embedder_handles.py``) or an 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -20,12 +21,49 @@ from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, pool_label_vectors
 
 
-class LabelCache:
-    """LRU of label embeddings keyed by (model, label text as embedded): repeated label sets cost no model call."""
+ENTRY_OVERHEAD_BYTES = 320  # per cached label beyond its vector and strings: key/value tuples, array header, LRU node
+DEFAULT_LABEL_CACHE_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, capacity: int):
+
+def entry_bytes(key: tuple[str, str], value: tuple[np.ndarray, int]) -> int:
+    """What one cached label costs in memory, counted conservatively (the model name as if not shared)."""
+    vector = value[0]
+    return (
+        int(getattr(vector, "nbytes", 0)) + sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + ENTRY_OVERHEAD_BYTES
+    )
+
+
+CHUNK_TEXTS = 32  # texts per embedder call: a full batch of one-input requests costs about the same
+CHUNK_CHARS = 64 * 1024  # and at most this much text (long inputs are chunk-pooled windows: bound the call's work)
+CHUNK_IMAGES = 16  # images per embedder call (each is fetched, decoded and encoded there)
+CHUNKS_IN_FLIGHT = 2  # chunks of one request queued at the embedder at once: one computing, one waiting
+
+
+def chunk_spans(texts: list[str]) -> list[tuple[int, int]]:
+    """[lo, hi) index ranges: at most CHUNK_TEXTS texts and (unless one text alone is longer) CHUNK_CHARS each."""
+    spans, lo, chars = [], 0, 0
+    for i, t in enumerate(texts):
+        if i > lo and (i - lo >= CHUNK_TEXTS or chars + len(t) > CHUNK_CHARS):
+            spans.append((lo, i))
+            lo, chars = i, 0
+        chars += len(t)
+    spans.append((lo, len(texts)))
+    return spans
+
+
+class LabelCache:
+    """LRU of label embeddings keyed by (model, label text as embedded): repeated label sets cost no model call.
+
+    Bounded in entries (``capacity``) and in bytes (``max_bytes``): entries alone do not bound memory, since label
+    texts are client strings (up to ``Limits.max_label_chars`` each) and vectors of large models are 4 KB and more.
+    The least recently used entries go first; an entry larger than ``max_bytes`` on its own is not cached."""
+
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_LABEL_CACHE_BYTES):
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._data: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
+        self._sizes: dict[tuple[str, str], int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -41,13 +79,24 @@ class LabelCache:
     def put(self, key: tuple[str, str], value: tuple[np.ndarray, int]) -> None:
         if self.capacity <= 0:
             return
+        size = entry_bytes(key, value)
+        if size > self.max_bytes:
+            return
+        if key in self._data:
+            self.bytes -= self._sizes[key]
         self._data[key] = value
+        self._sizes[key] = size
+        self.bytes += size
         self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        while len(self._data) > self.capacity or self.bytes > self.max_bytes:
+            old, _ = self._data.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
 
     def stats(self) -> dict:
-        return {"size": len(self._data), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
+        return {
+            "size": len(self._data), "capacity": self.capacity, "bytes": self.bytes, "max_bytes": self.max_bytes,
+            "hits": self.hits, "misses": self.misses,
+        }
 
 
 class Vectors:
@@ -86,21 +135,63 @@ class Vectors:
     async def _texts(
         self, spec: ModelSpec, texts: list[str], positions: list[int], max_total_tokens: int | None
     ) -> tuple[np.ndarray, int]:
-        result = await self.embedder.embed(
-            spec.name, EmbedRequest(texts, "input", self.limits.max_input_tokens, max_total_tokens=max_total_tokens)
-        )
-        if result.over_budget:
-            raise over_token_budget(int(sum(result.tokens)), max_total_tokens)
-        if result.too_long is not None:
-            i = result.too_long
-            raise InputTooLong(
-                f"input[{positions[i]}] has {result.tokens[i]} tokens; the limit is {self.limits.max_input_tokens} per input"
-            )
-        return result.vectors, int(sum(result.tokens))
+        """Embed in chunks of at most CHUNK_TEXTS texts / CHUNK_CHARS characters, CHUNKS_IN_FLIGHT at a time.
+
+        Why: ``@serve.batch`` coalesces *requests*, so one 1024-input request would be one giant model call that
+        every short request batched with it waits for. Chunks enter the embedder's queue a few at a time and
+        other clients' requests batch in between; a big request costs the others at most a chunk's time."""
+        spans = chunk_spans(texts)
+        vectors: list[np.ndarray | None] = [None] * len(spans)
+        used = 0
+        gate = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+        async def one(k: int, lo: int, hi: int) -> None:
+            nonlocal used
+            async with gate:
+                budget = None if max_total_tokens is None else max_total_tokens - used
+                result = await self.embedder.embed(
+                    spec.name, EmbedRequest(texts[lo:hi], "input", self.limits.max_input_tokens, max_total_tokens=budget)
+                )
+            used += int(sum(result.tokens))
+            if result.over_budget or (max_total_tokens is not None and used > max_total_tokens):
+                raise over_token_budget(used, max_total_tokens)
+            if result.too_long is not None:
+                i = result.too_long
+                raise InputTooLong(
+                    f"input[{positions[lo + i]}] has {result.tokens[i]} tokens; the limit is "
+                    f"{self.limits.max_input_tokens} per input"
+                )
+            vectors[k] = result.vectors
+
+        if len(spans) == 1:
+            await one(0, *spans[0])
+        else:
+            tasks = [asyncio.ensure_future(one(k, lo, hi)) for k, (lo, hi) in enumerate(spans)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:  # one chunk failed: the rest are not worth their model time
+                    t.cancel()
+        return (vectors[0] if len(vectors) == 1 else np.concatenate(vectors)), used
 
     async def _images(self, spec: ModelSpec, values: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
-        result = await self.embedder.embed_images(spec.name, ImageEmbedRequest(values, positions))
-        return result.vectors, int(sum(result.tokens))
+        """Images in chunks of CHUNK_IMAGES, CHUNKS_IN_FLIGHT at a time: one request's images never hold the
+        embedder's fetchers and batches for long (see ``_texts``)."""
+        spans = [(lo, min(lo + CHUNK_IMAGES, len(values))) for lo in range(0, len(values), CHUNK_IMAGES)]
+        gate = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+        async def one(lo: int, hi: int):
+            async with gate:
+                return await self.embedder.embed_images(spec.name, ImageEmbedRequest(values[lo:hi], positions[lo:hi]))
+
+        tasks = [asyncio.ensure_future(one(lo, hi)) for lo, hi in spans]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+        vectors = results[0].vectors if len(results) == 1 else np.concatenate([r.vectors for r in results])
+        return vectors, int(sum(sum(r.tokens) for r in results))
 
     async def labels(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
         """Each label's vector by the model's label recipe (its embeddings in the registry's label templates,

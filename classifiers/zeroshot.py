@@ -12,7 +12,7 @@ import numpy as np
 
 from classifiers.api import Abstain, ClassificationPrediction, PredictionLabel
 from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded
-from classifiers.inputs import normalize_label
+from classifiers.inputs import check_label_chars, checked_label, preview
 from classifiers.limits import Limits
 from classifiers.oos import abstain as oos_abstain
 from classifiers.oos import zero_shot_oos_score
@@ -33,9 +33,10 @@ class LabelSet:
         return list(dict.fromkeys(label for labels in self.groups.values() for label in labels))
 
 
-def _check_group(labels: list[str], where: str, limit: int) -> list[str]:
-    """Normalise and collapse duplicates (first occurrence wins), then apply the count rules to what is left."""
-    normalized = [normalize_label(lab) for lab in labels]
+def _check_group(labels: list[str], where: str, limit: int, max_chars: int) -> list[str]:
+    """Check each label's length (before any other work on it), normalise and collapse duplicates (first occurrence
+    wins), then apply the count rules to what is left."""
+    normalized = [checked_label(lab, f"label {i}{where}", max_chars) for i, lab in enumerate(labels)]
     for i, lab in enumerate(normalized):
         if not lab:
             raise InvalidLabels(f"label {i}{where} is empty")
@@ -51,18 +52,22 @@ def parse_labels(labels: list[str] | dict[str, list[str]] | None, limits: Limits
     if labels is None:
         raise InvalidLabels("zero-shot classification needs `labels` (or a `classifier_id` for few-shot)")
     if isinstance(labels, list):
-        return LabelSet({None: _check_group(labels, "", limits.max_labels)})
+        return LabelSet({None: _check_group(labels, "", limits.max_labels, limits.max_label_chars)})
     if not labels:
         raise InvalidLabels("`labels` is an empty dict: give at least one label group")
     if len(labels) > limits.max_label_groups:
         raise LabelLimitExceeded(
             f"Label limit exceeded: {len(labels)} label groups provided, maximum {limits.max_label_groups} allowed"
         )
+    for g, name in enumerate(labels):  # every name before any label: names are echoed in every label's error
+        check_label_chars(name, f"the name of label group {g}", limits.max_label_group_chars)
     groups = {}
     for name, group in labels.items():
         if not name.strip():
             raise InvalidLabels("a label group has an empty name")
-        groups[name] = _check_group(group, f" in group {name!r}", limits.max_labels_per_group)
+        groups[name] = _check_group(
+            group, f" in group {preview(name)}", limits.max_labels_per_group, limits.max_label_chars
+        )
     return LabelSet(groups)
 
 

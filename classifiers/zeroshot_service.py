@@ -7,12 +7,26 @@ from __future__ import annotations
 import asyncio
 
 from classifiers.api import ClassificationResponse, ClassifyRequest, Usage
-from classifiers.errors import InvalidInput
+from classifiers.errors import InputLimitExceeded, InvalidInput
 from classifiers.inputs import check_modalities, parse_inputs
 from classifiers.limits import Limits
 from classifiers.registry import Registry
 from classifiers.vectors import Vectors, over_token_budget
-from classifiers.zeroshot import parse_labels, predictions
+from classifiers.zeroshot import LabelSet, parse_labels, predictions
+
+PREDICTION_BYTES = 48  # one {"label": ..., "score": ...} entry without the label text, JSON-encoded
+
+
+def check_response_size(n_inputs: int, label_set: LabelSet, limit: int) -> None:
+    """Every label is echoed once per input: refuse a request whose answer would be over ``limit`` bytes."""
+    per_input = sum(len((g or "").encode()) + sum(len(lab.encode()) + PREDICTION_BYTES for lab in labels) + 96
+                    for g, labels in label_set.groups.items())
+    if n_inputs * per_input > limit:
+        raise InputLimitExceeded(
+            f"the response would be about {n_inputs * per_input // 1_000_000} MB ({n_inputs} inputs x "
+            f"{per_input} bytes of labels each), over the limit of {limit // 1_000_000} MB: send fewer inputs or "
+            "fewer/shorter labels per request"
+        )
 
 
 class ZeroShotService:
@@ -29,6 +43,7 @@ class ZeroShotService:
         items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
         check_modalities(items, spec, self.registry.with_image_support())
         label_set = parse_labels(req.labels, self.limits)
+        check_response_size(len(items), label_set, self.limits.max_response_bytes)
         (vectors, input_tokens), (label_vectors, label_tokens) = await asyncio.gather(
             self.vectors.inputs(spec, items, max_total_tokens=max_tokens), self.vectors.labels(spec, label_set.unique())
         )

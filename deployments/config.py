@@ -25,13 +25,24 @@ class DeploymentConfig(BaseModel):
     )
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts concurrently.")
     access_log: bool = Field(default=False, description="Log every request this deployment handles (Ray Serve access log).")
+    max_queued_requests: int | None = Field(
+        default=None, ge=1,
+        description="Requests allowed to wait for a replica of this deployment; beyond it callers get a quick "
+        "overload error (a 503 to HTTP clients) instead of an unbounded queue. None: Serve's default (no bound).",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        default=20.0, gt=0, description="How long a stopping replica lets in-flight requests finish (drain)."
+    )
 
     def serve_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "ray_actor_options": dict(self.ray_actor_options),
             "max_ongoing_requests": self.max_ongoing_requests,
             "logging_config": {"enable_access_log": self.access_log},
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
+        if self.max_queued_requests is not None:
+            opts["max_queued_requests"] = self.max_queued_requests
         if self.autoscaling_config:
             opts["autoscaling_config"] = dict(self.autoscaling_config)
         else:

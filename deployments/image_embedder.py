@@ -3,9 +3,11 @@
 Texts and images of one model go through the same replica and the same loaded encoder, so their vectors
 share one space. Texts: ``embed`` has exactly TextEmbedder's contract (``@serve.batch``, token-limit rejection
 per request in :func:`classifiers.embedding.embed_batch`). Images: ``embed_images`` fetches and decodes the
-request's images first, concurrently and outside the model's batch loop (bounded per replica by
-``ImageFetchConfig.max_concurrency``; a bad image fails only its own request with ``InvalidImage``), then the
-decoded images of concurrent requests are coalesced by a second ``@serve.batch`` method into model calls.
+request's images concurrently and outside the model's batch loop (:func:`classifiers.images.embed_images`: a
+bad image fails only its own request with ``InvalidImage``), downscales each right after decoding to twice the
+model's input size, and streams them in chunks to a second ``@serve.batch`` method that coalesces the images of
+concurrent requests into model calls. Decoded pixels are budgeted per request and per replica
+(``ImageFetchConfig``), so the replica's image memory has a bound (docs/images.md, Memory).
 """
 from __future__ import annotations
 
@@ -17,10 +19,38 @@ from ray import serve
 
 from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.engines import Encoder, load_encoder
-from classifiers.images import ImageFetchConfig, image_tokens, load_images
+from classifiers.images import (
+    DEFAULT_SHORT_SIDE, ImageFetchConfig, embed_images, image_memory_stats, image_tokens,
+)
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
 from deployments.text_embedder import TextSide
+
+
+def model_input_side(encoder: Encoder) -> int | None:
+    """The (shorter) side of the square images the model's vision tower takes, read from the loaded model:
+    transformers CLIP and jina-clip configs (``vision_config.image_size``), open_clip (``visual.image_size``).
+    None when the model does not say."""
+    model = getattr(encoder, "model", None)
+    candidates = (
+        getattr(getattr(getattr(model, "config", None), "vision_config", None), "image_size", None),
+        getattr(getattr(model, "visual", None), "image_size", None),
+    )
+    for size in candidates:
+        if isinstance(size, (tuple, list)) and size and all(isinstance(s, int) for s in size):
+            size = min(size)
+        if isinstance(size, int) and size > 0:
+            return size
+    return None
+
+
+def short_side_for(encoder: Encoder, config: ImageFetchConfig) -> int:
+    """Images are kept with their shorter side at most this: the configured ``max_short_side``, else twice the
+    model's input size (the model resizes to its input size anyway), else 448."""
+    if config.max_short_side is not None:
+        return config.max_short_side
+    side = model_input_side(encoder)
+    return 2 * side if side else DEFAULT_SHORT_SIDE
 
 
 @serve.deployment(name="ImageEmbedder")
@@ -33,21 +63,26 @@ class ImageEmbedder(TextSide):
             raise ValueError(f"ImageEmbedder serves multimodal models; {spec.name!r} embeds only text")
         self.fetch_config = images or ImageFetchConfig()
         super().__init__(spec, config, encoder_loader=encoder_loader)
+        self.short_side = short_side_for(self.encoder, self.fetch_config)
         self._configure_batching(self._image_batch)
         self._image_stats = BatchStats("images")
 
     async def embed_images(self, request: ImageEmbedRequest) -> ImageEmbedResult:
-        # Network and decoding happen here, per request and concurrently; only decoded images enter the batch.
-        images = await load_images(request.values, request.positions, self.fetch_config)
-        if not images:
+        # Network and decoding happen here, per request and concurrently; decoded images reach the batch in chunks.
+        rows = await embed_images(
+            request.values, request.positions, self.fetch_config, self._image_batch, short_side=self.short_side
+        )
+        if not rows:
             return ImageEmbedResult(vectors=np.zeros((0, self.encoder.dim), np.float32), tokens=[])
-        vectors = await self._image_batch(images)
-        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(im, self.spec) for im in images])
+        vectors = np.stack(rows).astype(np.float32, copy=False)
+        # image_tokens is the same for every image of a model (docs/images.md), so no image is kept for it.
+        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(None, self.spec)] * len(rows))
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _image_batch(self, batch: list[list]) -> list:
         self._image_stats.record([len(images) for images in batch])
         return await asyncio.to_thread(embed_image_batch, self.encoder, batch)
 
-    def stats(self) -> dict:
-        return {**super().stats(), "image_batches": self._image_stats.snapshot()}
+    async def stats(self) -> dict:
+        # async: runs on the replica's event loop, where the image pixel budgets live.
+        return {**super().stats(), "image_batches": self._image_stats.snapshot(), "image_memory": image_memory_stats()}

@@ -29,6 +29,24 @@ class IngressConfig(DeploymentConfig):
     max_ongoing_requests: int = Field(default=256, ge=1, description="Requests one ingress replica handles at once.")
     access_log: bool = Field(default=True, description="Log every HTTP request with its status, latency and request id.")
     label_cache_size: int = Field(default=20000, ge=0, description="Label embeddings kept per ingress replica (LRU).")
+    label_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Memory the label cache may use per ingress replica (LRU by bytes too)."
+    )
+    max_inflight: int = Field(
+        default=192, ge=1,
+        description="Requests one ingress replica works on at once; beyond it, a quick 503 SERVICE_UNAVAILABLE "
+        "(load shedding with Jina's error body) instead of a queue. Keep it below max_ongoing_requests.",
+    )
+    max_inflight_per_client: int = Field(
+        default=32, ge=1,
+        description="Requests one client (account, or IP when anonymous) may have in flight on one replica; beyond "
+        "it, 429 RATE_REQUEST_LIMIT_EXCEEDED: no client can take a replica's whole capacity.",
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="A request still working after this answers 504 SERVICE_TIMEOUT (a /train that times out may "
+        "still be applied: retry it with the same Idempotency-Key).",
+    )
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0,
         description="Largest request body accepted, counted as it arrives (chunked uploads too); 413 INPUT_TOO_LARGE "

@@ -37,7 +37,8 @@ from classifiers.api import (
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.errors import (
-    InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceUnavailable,
+    REQUEST_LIMIT, InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceTimeout,
+    ServiceUnavailable,
 )
 from classifiers.embeddings_service import EmbeddingsService
 from classifiers.fewshot_service import FewShotService
@@ -206,7 +207,7 @@ class Ingress:
         self._embedders = embedders
         api.state.max_request_bytes = config.ingress.max_request_bytes
         blobs = open_blob_store(config.state.store_url)
-        self.vectors = Vectors(HandleEmbedder(embedders), config.limits, LabelCache(config.ingress.label_cache_size))
+        self.vectors = Vectors(HandleEmbedder(embedders), config.limits, LabelCache(config.ingress.label_cache_size, config.ingress.label_cache_bytes))
         self.repo = ShardedRepo(blobs, config.state, config.limits, generation=generation)
         self.zeroshot = ZeroShotService(registry=self.registry, limits=config.limits, vectors=self.vectors)
         self.fewshot = FewShotService(registry=self.registry, limits=config.limits, vectors=self.vectors, repo=self.repo)
@@ -220,6 +221,9 @@ class Ingress:
             meter=UsageMeter(self.accounts, spent_ttl_s=acfg.key_cache_ttl_s),
         )
         self._maintenance: asyncio.Task | None = None
+        self._inflight = 0
+        self._inflight_by_client: dict[str, int] = {}
+        self.shed = {"overloaded": 0, "client_concurrency": 0, "timeouts": 0}
         mode = "keys required" if acfg.require_keys else "ANONYMOUS mode (every caller is one account; --require-keys to change)"
         logger.info("Ingress config (generation %d, %s): %s", generation, mode, config.model_dump_json())
 
@@ -254,22 +258,49 @@ class Ingress:
         self, principal: Principal, mode: Mode, work: Callable[[int | None], Awaitable[R]], charge: Callable[[R], int],
         request: Request | None = None,
     ) -> R:
-        """Admit (429/403 before any model work), run, and charge only what succeeded."""
+        """Shed load (503 / 429 per client) and admit (limits 429, balance 403) before any model work, run under the
+        request timeout (504), and charge only what succeeded."""
+        cfg, client = self.config.ingress, principal.rate_subject
+        if self._inflight >= cfg.max_inflight:
+            self.shed["overloaded"] += 1
+            raise ServiceUnavailable("This replica is at capacity; retry shortly.")
+        if self._inflight_by_client.get(client, 0) >= cfg.max_inflight_per_client:
+            self.shed["client_concurrency"] += 1
+            raise RateLimited(
+                f"Too many concurrent requests: at most {cfg.max_inflight_per_client} in flight per client.",
+                code=REQUEST_LIMIT, retry_after_s=1.0,
+            )
+        self._inflight += 1
+        self._inflight_by_client[client] = self._inflight_by_client.get(client, 0) + 1
         try:
-            ticket = await self.gate.admit(principal, mode)
-        except RateLimited:
-            if request is not None:
-                request.state.rate_headers = self.gate.refused_headers(principal, mode)
-            raise
-        try:
-            result = await work(ticket.token_budget)
-        finally:
+            try:
+                ticket = await self.gate.admit(principal, mode)
+            except RateLimited:
+                if request is not None:
+                    request.state.rate_headers = self.gate.refused_headers(principal, mode)
+                raise
+            try:
+                result = await asyncio.wait_for(work(ticket.token_budget), cfg.request_timeout_s)
+            except asyncio.TimeoutError:
+                self.shed["timeouts"] += 1
+                raise ServiceTimeout(
+                    f"The request did not finish within {cfg.request_timeout_s:g}s. A /train may still have been "
+                    "applied: retry it with the same Idempotency-Key."
+                ) from None
+            finally:
+                if request is not None:
+                    request.state.rate_headers = ticket.headers()
+            ticket.done(charge(result))
             if request is not None:
                 request.state.rate_headers = ticket.headers()
-        ticket.done(charge(result))
-        if request is not None:
-            request.state.rate_headers = ticket.headers()
-        return result
+            return result
+        finally:
+            self._inflight -= 1
+            left = self._inflight_by_client[client] - 1
+            if left:
+                self._inflight_by_client[client] = left
+            else:
+                del self._inflight_by_client[client]
 
     # -- the operations, for HTTP routes and Python handle callers alike ---------------------------------------
     async def _classify(self, body: ClassifyRequest, principal: Principal, request: Request | None) -> ClassificationResponse:
@@ -439,5 +470,6 @@ class Ingress:
             "label_cache": self.vectors.label_cache.stats(),
             "classifier_shards": await self.repo.stats(),
             "rate_limit_refusals": dict(self.gate.limiter.refused),
+            "shed": dict(self.shed),
             "usage_flush_failures": self.gate.meter.failed_flushes,
         }

@@ -60,3 +60,22 @@ def test_too_many_training_items_is_a_schema_error():
     with pytest.raises(RequestValidationFailed) as err:
         parse_training_items([TextTrainingItem(text="t", label="x")] * 6, max_items=5)
     assert err.value.status == 422 and err.value.errors[0]["field"] == "input"
+
+
+def test_training_and_declared_labels_have_a_length_limit():
+    """Training labels become class names stored in the classifier's state: the same limit as zero-shot labels,
+    checked before normalising, naming the position, never echoing the whole label."""
+    from classifiers.api import TextTrainingItem
+    from classifiers.inputs import parse_declared_labels
+
+    items = [TextTrainingItem(text="t", label="a"), TextTrainingItem(text="t", label="y" * 5_000_000)]
+    with pytest.raises(InvalidLabels) as info:
+        parse_training_items(items, max_items=10)
+    assert info.value.detail.startswith("input[1]: label has 5000000 characters; the limit is 256")
+    assert len(info.value.detail) < 160
+    with pytest.raises(InvalidLabels, match=r"input\[0\]: label has 11 characters; the limit is 10"):
+        parse_training_items([TextTrainingItem(text="t", label="z" * 11)], max_items=10, max_label_chars=10)
+    with pytest.raises(InvalidLabels) as info:
+        parse_declared_labels(["fine", "d" * 300])
+    assert info.value.detail.startswith("labels[1] has 300 characters; the limit is 256") and "d" * 41 not in info.value.detail
+    assert parse_declared_labels(["q" * 256, " q" * 1]) == ["q" * 256, "q"]

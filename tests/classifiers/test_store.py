@@ -123,3 +123,146 @@ def test_open_blob_store_picks_the_backend_and_pickles(tmp_path):
     assert isinstance(mem, FsspecStore)
     assert pickle.loads(pickle.dumps(LocalDirStore(tmp_path))).url == str(tmp_path.resolve())
     assert pickle.loads(pickle.dumps(mem)).url == mem.url
+
+
+# --------------------------------------------------------------------------------------- failures and crash debris
+
+
+def test_a_broken_store_answers_a_retryable_503_and_keeps_what_it_had(tmp_path):
+    """Real broken paths, not mocks: a file where the owner index's directory must be, and a directory where a
+    classifier's file must be. Every call that touches them is a 503 SERVICE_UNAVAILABLE that names the kind of
+    failure but no path; what the store held is intact and no temp file is left; once repaired, it works again."""
+    import shutil
+
+    from classifiers.errors import ServiceUnavailable
+
+    root = tmp_path / "s"
+    store = StateStore(LocalDirStore(root))
+    run(store.save_classifier("c1", b"v1"))
+    (root / "owners").write_bytes(b"")
+    (root / "classifiers" / "c2.npz").mkdir()
+    (root / "classifiers" / "c2.npz" / "x").write_bytes(b"")
+    calls = {
+        "add_owned": store.add_owned("alice", "c1", 1.0), "owned": store.owned("alice"),
+        "owned_since": store.owned_since("alice", "c1"), "save": store.save_classifier("c2", b"v2"),
+        "load": store.load_classifier("c2"), "delete": store.delete_classifier("c2", "alice"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ServiceUnavailable) as info:
+            run(call)
+        err = info.value
+        assert (err.status, err.code) == (503, "SERVICE_UNAVAILABLE"), name
+        assert err.detail.startswith("the classifier store is unavailable (") and "retry" in err.detail, err.detail
+        assert str(tmp_path) not in err.detail
+    assert run(store.load_classifier("c1")) == b"v1"
+    assert sorted(p.name for p in (root / "classifiers").iterdir()) == ["c1.npz", "c2.npz"]  # no temp files
+    (root / "owners").unlink()
+    shutil.rmtree(root / "classifiers" / "c2.npz")
+    run(store.add_owned("alice", "c2", 2.0))
+    run(store.save_classifier("c2", b"v2"))
+    assert run(store.owned("alice")) == ["c2"] and run(store.load_classifier("c2")) == b"v2"
+
+
+FULL_DISK = r"""
+import asyncio, os, resource, signal, sys
+from classifiers.errors import ServiceUnavailable
+from classifiers.store import LocalDirStore, StateStore
+
+root = sys.argv[1]
+store = StateStore(LocalDirStore(root))
+asyncio.run(store.save_classifier("c1", b"v1" * 1000))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk's ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:
+    asyncio.run(store.save_classifier("c1", b"x" * 1_000_000))
+    print("no error")
+except ServiceUnavailable as e:
+    print(e.status, e.code, e.detail)
+print(asyncio.run(store.load_classifier("c1")) == b"v1" * 1000)
+print(sorted(os.listdir(os.path.join(root, "classifiers"))))
+"""
+
+
+def test_a_write_the_disk_cannot_take_is_a_503_and_the_old_version_stays(tmp_path):
+    """A real failing write (the file-size limit of a child process: EFBIG mid-write, as a full disk gives
+    ENOSPC): 503, the previous version is still what the store holds, and the temp file is gone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path / "s")], cwd=repo, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "503 SERVICE_UNAVAILABLE the classifier store is unavailable (OSError EFBIG); retry later", lines
+    assert lines[1:] == ["True", "['c1.npz']"]
+
+
+def test_a_store_failure_during_train_is_a_503_and_the_classifier_is_unchanged(tmp_path):
+    """Through the classifier state: an update that meets a broken store is a 503 and changes nothing (neither
+    the stored classifier nor what the table serves); after the repair the retry of the same update applies once."""
+    import shutil
+
+    import numpy as np
+
+    from classifiers.errors import ServiceUnavailable
+    from classifiers.limits import Limits
+    from classifiers.repository import NewClassifier, TrainBatch
+    from classifiers.state import ClassifierTable
+
+    rng = np.random.default_rng(0)
+
+    def batch(labels, update_id):
+        X = rng.normal(size=(2 * len(labels), 8))
+        return TrainBatch(X / np.linalg.norm(X, axis=1, keepdims=True), [l for l in labels for _ in range(2)], 1.0,
+                          update_id=update_id)
+
+    root = tmp_path / "s"
+    table = ClassifierTable(StateStore(LocalDirStore(root)), Limits())
+    run(table.create(NewClassifier("alice", "m", "private", 8, 30.0), batch("ab", "u0"), classifier_id="c1"))
+    blob = root / "classifiers" / "c1.npz"
+    saved = blob.read_bytes()
+    blob.rename(root / "c1.backup")
+    blob.mkdir()  # the store is broken where the classifier lives
+    (blob / "x").write_bytes(b"")
+    fresh = ClassifierTable(StateStore(LocalDirStore(root)), Limits())  # a restarted shard: must read the store
+    for t in (table, fresh):
+        with pytest.raises(ServiceUnavailable):
+            run(t.train("c1", "alice", batch("c", "u1")))
+    shutil.rmtree(blob)
+    (root / "c1.backup").rename(blob)
+    assert blob.read_bytes() == saved
+    assert run(table.list("alice"))[0].labels == ["a", "b"]
+    out = run(table.train("c1", "alice", batch("c", "u1")))
+    again = run(table.train("c1", "alice", batch("c", "u1")))  # the client's retry of the acknowledged update
+    assert out.total_samples == again.total_samples == 6 and again.labels == ["a", "b", "c"]
+
+
+def test_opening_a_local_store_sweeps_temp_files_left_by_crashed_writers(tmp_path):
+    """A crash between writing the temp file and os.replace leaves a hidden `.<name>.<random>.tmp`; the next open
+    deletes those older than a minute anywhere in the store, and keeps a young one: another process may be
+    writing it right now."""
+    import time
+
+    root = tmp_path / "s"
+    LocalDirStore(root).write("classifiers/c1.npz", b"v1")
+    old = [root / "classifiers" / ".c1.npz.k2j3h4.tmp", root / "owners" / "abc" / ".c9.x1y2.tmp", root / ".fence.json.q.tmp"]
+    young = root / "usage" / ".c1.json.zz9.tmp"
+    for path in old + [young]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+    for path in old:
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    kept = [root / "classifiers" / "c1.npz", root / ".lock", root / "owners" / "abc" / "c9.tmp"]
+    for path in kept[1:]:
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - 120, time.time() - 120))
+
+    store = LocalDirStore(root)
+    assert store.swept == 3
+    assert [p.exists() for p in old] == [False] * 3 and young.exists() and all(p.exists() for p in kept)
+    assert store.read("classifiers/c1.npz") == b"v1"
+    assert LocalDirStore(root).swept == 0

@@ -102,3 +102,40 @@ def test_abstain_flags_inputs_far_from_every_label_in_each_group():
     hub = build_registry(["jina-embeddings-v3-hub"]).get("jina-embeddings-v3-hub")
     with pytest.raises(InvalidInput, match="abstain"):
         predictions(inputs, parse_labels(["x", "y"], Limits()), vecs, hub, Abstain(threshold=1.0))
+
+
+def test_label_length_is_limited_before_any_work_and_never_echoed_whole():
+    """A 10 MB label without spaces is one [UNK] token for MiniLM: the token limit never catches it, tokenizing it
+    takes seconds, and it would be echoed once per input. It is refused by its length, naming its position, with
+    only its first 40 characters in the detail."""
+    limits = Limits()
+    huge = "x" * 10_000_000
+    with pytest.raises(InvalidLabels) as info:
+        parse_labels(["ok", "fine", huge], limits)
+    detail = info.value.detail
+    assert info.value.code == "INPUT_INVALID_LABELS" and info.value.status == 400
+    assert detail.startswith("label 2 has 10000000 characters; the limit is 256") and len(detail) < 160, detail
+    with pytest.raises(InvalidLabels, match=r"label 1 in group 'topic' has 257 characters"):
+        parse_labels({"topic": ["a", "b" * 257]}, limits)
+    assert parse_labels(["a" * 256, "b"], limits).groups[None][0] == "a" * 256  # the limit itself is fine
+
+
+def test_label_group_name_length_is_limited_and_never_echoed_whole():
+    """A 105 KB group name made a 307 MB response; it is refused by its length, before its labels are looked at."""
+    name = "g" * 105_000
+    with pytest.raises(InvalidLabels) as info:
+        parse_labels({"ok": ["a", "b"], name: ["a", "x" * 10_000_000]}, Limits())
+    detail = info.value.detail
+    assert detail.startswith("the name of label group 1 has 105000 characters; the limit is 64") and len(detail) < 160
+    with pytest.raises(InvalidLabels, match="limit is 10"):
+        parse_labels({"g" * 11: ["a", "b"]}, Limits(max_label_group_chars=10))
+    # Errors about a group's labels quote the group's name cut short, too.
+    with pytest.raises(InvalidLabels) as info:
+        parse_labels({"n" * 64: ["a", " "]}, Limits())
+    assert "n" * 41 not in info.value.detail
+
+
+def test_label_length_counts_the_normalised_form_too():
+    # U+0958 is excluded from composition: NFC spells it as two characters, so 200 of them become 400.
+    with pytest.raises(InvalidLabels, match="has 400 characters"):
+        parse_labels(["\u0958" * 200, "b"], Limits())

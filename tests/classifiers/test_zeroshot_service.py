@@ -62,8 +62,8 @@ def test_errors_are_raised_before_model_work(service, embedder):
     assert embedder.calls == []
     with pytest.raises(InputTooLong, match=r"input\[0\] has \d+ tokens; the limit is 64"):
         run(service.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input="word " * 100, labels=["a", "b"])))
-    with pytest.raises(InputTooLong, match="label"):
-        run(service.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input="x", labels=["a", "word " * 100])))
+    with pytest.raises(InputTooLong, match="label"):  # within max_label_chars (240), over the 64 tokens
+        run(service.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input="x", labels=["a", "w. " * 80])))
 
 
 def test_label_cache_is_lru_bounded():
@@ -73,3 +73,17 @@ def test_label_cache_is_lru_bounded():
     assert c.get(("m", "a")) == (1, 1)
     c.put(("m", "c"), (3, 1))
     assert c.get(("m", "b")) is None and c.get(("m", "a")) is not None and c.get(("m", "c")) is not None
+
+
+def test_a_response_over_its_size_bound_is_refused_before_any_model_work(embedder):
+    from classifiers.errors import InputLimitExceeded
+
+    limits = Limits(max_response_bytes=20_000)
+    svc = ZeroShotService(
+        registry=build_registry(["all-MiniLM-L6-v2"]), limits=limits, vectors=Vectors(embedder, limits, LabelCache(10))
+    )
+    labels = [f"label {i} " + "x" * 200 for i in range(4)]  # ~1 KB of labels echoed per input
+    with pytest.raises(InputLimitExceeded, match="response"):
+        asyncio.run(svc.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input=["hi"] * 30, labels=labels)))
+    assert embedder.calls == []
+    asyncio.run(svc.classify(ClassifyRequest(model="all-MiniLM-L6-v2", input=["hi"] * 5, labels=labels)))
