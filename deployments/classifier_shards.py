@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 import uuid
 from typing import Any, Awaitable, Callable, TypeVar
@@ -34,6 +33,7 @@ from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainB
 from classifiers.state import ClassifierTable, migrate_legacy_owners
 from classifiers.store import BlobStore, StateStore
 from deployments.config import StateConfig
+from deployments.process import memory
 
 logger = logging.getLogger("ray.serve")
 NAMESPACE = "ray-classifier"
@@ -135,15 +135,7 @@ class ClassifierShard:
 
     async def stats(self) -> dict:
         (table,) = await self.table.stats()
-        return {"shard": self.index, "rss_bytes": _rss_bytes(), **table}
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
+        return {"shard": self.index, **memory(), **table}
 
 
 class ShardedRepo:

@@ -13,6 +13,7 @@ from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, embed_b
 from classifiers.engines import Encoder, load_encoder
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
+from deployments.process import memory
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,7 +50,7 @@ class TextSide:
         return await asyncio.to_thread(embed_batch, self.encoder, requests)
 
     def stats(self) -> dict:
-        return {"model": self.spec.name, **self._stats.snapshot()}
+        return {"model": self.spec.name, **self._stats.snapshot(), **memory()}
 
     def ready(self) -> bool:
         return True  # a replica answers only once __init__ (the model load) has finished

@@ -50,6 +50,7 @@ from classifiers.vectors import LabelCache, Vectors
 from classifiers.zeroshot_service import ZeroShotService
 from deployments.accounts_actor import RemoteAccounts
 from deployments.classifier_shards import ShardedRepo
+from deployments.process import memory
 from serve_app.config import AppConfig
 
 logger = logging.getLogger("ray.serve")
@@ -471,5 +472,6 @@ class Ingress:
             "classifier_shards": await self.repo.stats(),
             "rate_limit_refusals": dict(self.gate.limiter.refused),
             "shed": dict(self.shed),
+            "ingress": {"inflight": self._inflight, **memory()},
             "usage_flush_failures": self.gate.meter.failed_flushes,
         }
