@@ -211,3 +211,12 @@ class EmbeddingsResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
     usage: EmbeddingUsage
+
+
+class ErrorResponse(BaseModel):
+    """Every error's body (Jina's): a stable `code`, a human `detail`, the `request_id` to quote."""
+
+    code: str = Field(description="Machine-readable error code, e.g. INPUT_INVALID_LABELS, AUTH_MISSING_API_KEY.")
+    detail: str = Field(description="What went wrong, for people.")
+    request_id: str = Field(description="The request's id (also the X-Request-ID response header).")
+    errors: list[dict] | None = Field(default=None, description="422 only: one entry per invalid field.")

@@ -359,8 +359,10 @@ class FewShotLearner:
         self._diag = {"beta": beta, "gate": gate, "t2": t2, "nu": nu, "sigma2": sigma2, "temperature": T,
                       "shrinkage": dof0 / (dof + dof0), "zero_shot_weight": lam, "examples": N}
         Sigma_w = None
-        if dof > 0:
-            Sigma_w = (W if full else np.maximum(W, 0.0)) / dof
+        if dof > 1e-9:
+            # Weighted counts (num_iters / 10 per example) make N - K fractional, and rounding can leave it at 1e-16
+            # where it should be 0: never divide by less than one degree of freedom.
+            Sigma_w = (W if full else np.maximum(W, 0.0)) / max(dof, 1.0)
         self._stats = {"Sigma": Sigma, "Sigma_w": Sigma_w, "mu": mu, "lam": lam}
         self._cache = (A, b)
         return self._cache

@@ -51,6 +51,7 @@ of the first bad image. No Ray imports.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import base64
 import binascii
 import collections
@@ -1024,9 +1025,29 @@ async def load_image_bytes(value: str, config: ImageFetchConfig) -> bytes:
         raise FetchFailed(f"fetching the image took longer than {config.timeout_s:g}s") from None
 
 
+FETCH_FAILURE_KINDS = (  # (kind, words in the reason): the first match names a failure's kind
+    ("timeout", ("took longer", "timed out", "timeout")), ("dns", ("resolve", "dns")),
+    ("address", ("may not reach",)), ("tls", ("tls", "ssl", "certificate")), ("redirect", ("redirect",)),
+    ("too_large", ("larger than", "limit of")), ("http_status", ("status", "http ")), ("connect", ("connect",)),
+)
+FETCH_FAILURES: Counter = Counter()  # kind -> failed fetches in this process (exported as a metric by the replica)
+
+
+def fetch_failure_counts() -> dict[str, int]:
+    """Failed fetches by kind in this process. A function, not the Counter itself, for callers elsewhere: a Serve
+    deployment class may be pickled by value, and a global it captured would be a copy, not this process's."""
+    return dict(FETCH_FAILURES)
+
+
+def fetch_failure_kind(reason: str) -> str:
+    low = reason.lower()
+    return next((kind for kind, words in FETCH_FAILURE_KINDS if any(w in low for w in words)), "other")
+
+
 def _client_detail(position: int, value: str, error: ImageLoadError) -> str:
     """The detail a client gets for a bad image; a failed fetch is only "could not fetch", its reason is logged."""
     if isinstance(error, FetchFailed):
+        FETCH_FAILURES[fetch_failure_kind(error.reason)] += 1
         logger.info(
             "image input[%d] %s could not be fetched: %s", position, _short(value.split("?", 1)[0]), error.reason
         )

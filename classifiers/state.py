@@ -407,6 +407,10 @@ class ClassifierTable:
             self._evicted_usage.pop(cid, None)
         self._locks.pop(cid, None)
 
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
+
     async def stats(self) -> list[dict]:
         return [{
             "loaded": len(self._loaded),

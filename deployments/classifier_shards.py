@@ -33,6 +33,7 @@ from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainB
 from classifiers.state import ClassifierTable, migrate_legacy_owners
 from classifiers.store import BlobStore, StateStore
 from deployments.config import StateConfig
+from deployments.metrics import ShardMetrics
 from deployments.process import memory
 
 logger = logging.getLogger("ray.serve")
@@ -76,6 +77,7 @@ class ClassifierShard:
             self.store, limits, capacity=settings.capacity, owns=lambda cid: shard_of(cid, num_shards) == index
         )
         self.settings = settings
+        self.metrics = ShardMetrics(index)
         self._loop_task: asyncio.Task | None = None
         try:
             self.store.check_fence_now()  # a shard (re)started for a replaced set must not serve at all
@@ -97,6 +99,7 @@ class ClassifierShard:
                     last_fence = time.monotonic()
                     await self.store.check_fence()
                 await self.table.flush_usage()
+                self.metrics.set_loaded(self.table.loaded_count)
             except StaleWriter as err:
                 logger.warning("shard %d: %s", self.index, err.detail)
                 self.table.fence_lost(err)

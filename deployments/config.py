@@ -6,7 +6,7 @@ objects to the deployments' constructors (nothing is re-parsed from dicts in a r
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,9 @@ class DeploymentConfig(BaseModel):
     )
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts concurrently.")
     access_log: bool = Field(default=False, description="Log every request this deployment handles (Ray Serve access log).")
+    log_encoding: Literal["TEXT", "JSON"] = Field(
+        default="TEXT", description="Replica log lines as text, or as JSON objects (with request_id, replica, route) for log shippers."
+    )
     max_queued_requests: int | None = Field(
         default=None, ge=1,
         description="Requests allowed to wait for a replica of this deployment; beyond it callers get a quick "
@@ -38,7 +41,7 @@ class DeploymentConfig(BaseModel):
         opts: dict[str, Any] = {
             "ray_actor_options": dict(self.ray_actor_options),
             "max_ongoing_requests": self.max_ongoing_requests,
-            "logging_config": {"enable_access_log": self.access_log},
+            "logging_config": {"enable_access_log": self.access_log, "encoding": self.log_encoding},
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
         if self.max_queued_requests is not None:

@@ -12,6 +12,7 @@ concurrent requests into model calls. Decoded pixels are budgeted per request an
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ from ray import serve
 from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.images import (
-    DEFAULT_SHORT_SIDE, ImageFetchConfig, embed_images, image_memory_stats, image_tokens,
+    DEFAULT_SHORT_SIDE, fetch_failure_counts, ImageFetchConfig, embed_images, image_memory_stats, image_tokens,
 )
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
@@ -66,23 +67,37 @@ class ImageEmbedder(TextSide):
         self.short_side = short_side_for(self.encoder, self.fetch_config)
         self._configure_batching(self._image_batch)
         self._image_stats = BatchStats("images")
+        self._failures_exported: Counter = Counter()
 
     async def embed_images(self, request: ImageEmbedRequest) -> ImageEmbedResult:
         # Network and decoding happen here, per request and concurrently; decoded images reach the batch in chunks.
-        rows = await embed_images(
-            request.values, request.positions, self.fetch_config, self._image_batch, short_side=self.short_side
-        )
+        try:
+            rows = await embed_images(
+                request.values, request.positions, self.fetch_config, self._image_batch, short_side=self.short_side
+            )
+        finally:
+            self._export_fetch_failures()
         if not rows:
             return ImageEmbedResult(vectors=np.zeros((0, self.encoder.dim), np.float32), tokens=[])
         vectors = np.stack(rows).astype(np.float32, copy=False)
         # image_tokens is the same for every image of a model (docs/images.md), so no image is kept for it.
         return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(None, self.spec)] * len(rows))
 
+    def _export_fetch_failures(self) -> None:
+        for kind, n in fetch_failure_counts().items():
+            if n > self._failures_exported[kind]:
+                self.metrics.fetch_failed(kind, n - self._failures_exported[kind])
+                self._failures_exported[kind] = n
+
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _image_batch(self, batch: list[list]) -> list:
         self._image_stats.record([len(images) for images in batch])
+        self.metrics.batch("images", len(batch), sum(len(images) for images in batch))
         return await asyncio.to_thread(embed_image_batch, self.encoder, batch)
 
     async def stats(self) -> dict:
         # async: runs on the replica's event loop, where the image pixel budgets live.
-        return {**super().stats(), "image_batches": self._image_stats.snapshot(), "image_memory": image_memory_stats()}
+        return {
+            **super().stats(), "image_batches": self._image_stats.snapshot(), "image_memory": image_memory_stats(),
+            "image_fetch_failures": fetch_failure_counts(),
+        }

@@ -13,6 +13,7 @@ from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, embed_b
 from classifiers.engines import Encoder, load_encoder
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
+from deployments.metrics import EmbedderMetrics
 from deployments.process import memory
 
 logger = logging.getLogger("ray.serve")
@@ -35,17 +36,27 @@ class TextSide:
         )
         self._configure_batching(self._batch)
         self._stats = BatchStats("texts")
+        self.metrics = EmbedderMetrics(spec.name)
+        self._enqueued: dict[int, float] = {}
 
     def _configure_batching(self, method) -> None:
         method.set_max_batch_size(self.config.max_batch_size)
         method.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        return await self._batch(request)
+        self._enqueued[id(request)] = time.perf_counter()
+        try:
+            return await self._batch(request)
+        finally:
+            self._enqueued.pop(id(request), None)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
         self._stats.record([len(r.texts) for r in requests])
+        now = time.perf_counter()
+        for r in requests:
+            self.metrics.waited(1000 * (now - self._enqueued.get(id(r), now)))
+        self.metrics.batch("texts", len(requests), sum(len(r.texts) for r in requests))
         # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).
         return await asyncio.to_thread(embed_batch, self.encoder, requests)
 

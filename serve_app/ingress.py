@@ -17,8 +17,9 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 import uuid
-from typing import Awaitable, Callable, Optional, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,11 +34,11 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
     ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, EmbeddingsRequest, EmbeddingsResponse,
-    TrainingResponse, TrainRequest,
+    ErrorResponse, TrainingResponse, TrainRequest,
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.errors import (
-    REQUEST_LIMIT, InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceTimeout,
+    REQUEST_LIMIT, AuthError, InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceTimeout,
     ServiceUnavailable,
 )
 from classifiers.embeddings_service import EmbeddingsService
@@ -50,6 +51,7 @@ from classifiers.vectors import LabelCache, Vectors
 from classifiers.zeroshot_service import ZeroShotService
 from deployments.accounts_actor import RemoteAccounts
 from deployments.classifier_shards import ShardedRepo
+from deployments.metrics import IngressMetrics
 from deployments.process import memory
 from serve_app.config import AppConfig
 
@@ -102,8 +104,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE"}
-    detail = f"Request body over {request.app.state.max_request_bytes} bytes." if exc.status_code == 413 else str(exc.detail)
+    # 400 here is only FastAPI failing to read the body (e.g. not UTF-8): the same as invalid JSON to a client.
+    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE"}
+    details = {400: "The request body is not valid JSON (UTF-8).",
+               413: f"Request body over {request.app.state.max_request_bytes} bytes."}
+    detail = details.get(exc.status_code, str(exc.detail))
     return error_response(request, exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), detail)
 
 
@@ -128,8 +133,22 @@ class BodyLimit(RequestBodyLimitMiddleware):
         await super().__call__(scope, receive, send)
 
 
+ERROR_STATUSES = {
+    400: "Invalid input (INPUT_*), e.g. unknown model, bad labels, too many inputs, invalid JSON.",
+    401: "Keys required and missing, malformed or unknown (AUTH_*).",
+    403: "Classifier limit, spent balance, or admin route without an admin key (AUTHZ_*).",
+    404: "Unknown route, or a classifier that does not exist or is not the caller's (RESOURCE_NOT_FOUND).",
+    413: "Body over the size limit (INPUT_TOO_LARGE).",
+    422: "Wrong types or shape (INPUT_VALIDATION_FAILED, with `errors`).",
+    429: "Over a rate limit or the per-client concurrency (RATE_*; Retry-After says when).",
+    503: "Overloaded, restarting or store unreachable: retry (SERVICE_UNAVAILABLE).",
+    504: "Took longer than the request timeout (SERVICE_TIMEOUT).",
+}
+
+
 def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
     api = FastAPI(
+        responses={status: {"model": ErrorResponse, "description": d} for status, d in ERROR_STATUSES.items()},
         strict_content_type=False,  # `curl -d` without a JSON Content-Type still works
         title="Classifier API (Jina-compatible, self-hosted)",
         version="0.1.0",
@@ -155,11 +174,26 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             return error_response(request, 413, "INPUT_TOO_LARGE", f"Request body over {limit} bytes.")
+        gate = getattr(request.app.state, "gate", None)
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]
+        if gate is not None and path.startswith("/v1/"):
+            # Who is calling, before the body is read or validated: without a valid key a client gets its 401,
+            # never a 422 about a body it may not send, and never makes the ingress parse it.
+            try:
+                request.state.principal = await gate.principal(request.headers.get("authorization"), _client_ip(request))
+            except AuthError as exc:
+                return await _service_error(request, exc)
+        started = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never an HTML 500
             response = await _unhandled(request, exc)
         response.headers.update(getattr(request.state, "rate_headers", None) or {})
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            model = getattr(request.state, "model", "")
+            metrics.http(route, request.method, response.status_code, model, 1000 * (time.perf_counter() - started))
         return response
 
     return api
@@ -188,6 +222,10 @@ def update_id_of(principal: Principal, idempotency_key: str | None) -> str | Non
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
         raise InvalidInput(f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY} printable characters")
     return hashlib.sha256(f"{principal.account_id}\x00{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _count(items) -> int:
+    return len(items) if isinstance(items, list) else 1
 
 
 def _client_ip(request: Request) -> str | None:
@@ -221,6 +259,8 @@ class Ingress:
             limiter=LeaseLimiter(self.accounts, lease_fraction=acfg.lease_fraction, lease_ttl_s=acfg.lease_ttl_s),
             meter=UsageMeter(self.accounts, spent_ttl_s=acfg.key_cache_ttl_s),
         )
+        self.metrics = api.state.metrics = IngressMetrics()
+        api.state.gate = self.gate
         self._maintenance: asyncio.Task | None = None
         self._inflight = 0
         self._inflight_by_client: dict[str, int] = {}
@@ -236,11 +276,14 @@ class Ingress:
         while True:
             await asyncio.sleep(self.config.accounts.usage_flush_s)
             await self.gate.maintain()
+            cache = self.vectors.label_cache
+            self.metrics.label_cache_totals(cache.hits, cache.misses)
 
     # -- who is calling ---------------------------------------------------------------------------------------
     async def _http_principal(self, request: Request) -> Principal:
         self._maintain()
-        return await self.gate.principal(request.headers.get("authorization"), _client_ip(request))
+        principal = getattr(request.state, "principal", None)  # decided by the middleware, before the body
+        return principal or await self.gate.principal(request.headers.get("authorization"), _client_ip(request))
 
     async def _handle_principal(self, api_key: str | None, account_id: str | None) -> Principal:
         self._maintain()
@@ -255,18 +298,30 @@ class Ingress:
             raise MissingApiKey("keys are required: a Python caller passes api_key= or account_id=")
         return Principal.anonymous("handle")
 
+    def _model_tag(self, name: str | None, request: Request | None) -> str:
+        """A bounded metrics tag: the served model's canonical name, else `unknown` (never client text)."""
+        try:
+            tag = self.registry.get(name).name if name else "classifier"
+        except ServiceError:
+            tag = "unknown"
+        if request is not None:
+            request.state.model = tag
+        return tag
+
     async def _admitted(
         self, principal: Principal, mode: Mode, work: Callable[[int | None], Awaitable[R]], charge: Callable[[R], int],
-        request: Request | None = None,
+        request: Request | None = None, *, model: str = "", inputs: int = 0, op: str | None = None,
     ) -> R:
         """Shed load (503 / 429 per client) and admit (limits 429, balance 403) before any model work, run under the
         request timeout (504), and charge only what succeeded."""
         cfg, client = self.config.ingress, principal.rate_subject
         if self._inflight >= cfg.max_inflight:
             self.shed["overloaded"] += 1
+            self.metrics.refusals.inc(tags={"code": "SERVICE_UNAVAILABLE"})
             raise ServiceUnavailable("This replica is at capacity; retry shortly.")
         if self._inflight_by_client.get(client, 0) >= cfg.max_inflight_per_client:
             self.shed["client_concurrency"] += 1
+            self.metrics.refusals.inc(tags={"code": "CLIENT_CONCURRENCY"})
             raise RateLimited(
                 f"Too many concurrent requests: at most {cfg.max_inflight_per_client} in flight per client.",
                 code=REQUEST_LIMIT, retry_after_s=1.0,
@@ -276,8 +331,9 @@ class Ingress:
         try:
             try:
                 ticket = await self.gate.admit(principal, mode)
-            except RateLimited:
-                if request is not None:
+            except ServiceError as exc:
+                self.metrics.refusals.inc(tags={"code": exc.code})
+                if request is not None and isinstance(exc, RateLimited):
                     request.state.rate_headers = self.gate.refused_headers(principal, mode)
                 raise
             try:
@@ -291,7 +347,11 @@ class Ingress:
             finally:
                 if request is not None:
                     request.state.rate_headers = ticket.headers()
-            ticket.done(charge(result))
+            tokens = charge(result)
+            ticket.done(tokens)
+            self.metrics.served(mode, model, inputs, tokens)
+            if op is not None:
+                self.metrics.fewshot.inc(tags={"op": op})
             if request is not None:
                 request.state.rate_headers = ticket.headers()
             return result
@@ -305,14 +365,15 @@ class Ingress:
 
     # -- the operations, for HTTP routes and Python handle callers alike ---------------------------------------
     async def _classify(self, body: ClassifyRequest, principal: Principal, request: Request | None) -> ClassificationResponse:
+        meta = {"model": self._model_tag(body.model, request), "inputs": _count(body.input)}
         if body.classifier_id is not None:
             return await self._admitted(
                 principal, "fewshot", lambda budget: self.fewshot.classify(body, principal.account_id, max_tokens=budget),
-                lambda r: r.usage.total_tokens, request,
+                lambda r: r.usage.total_tokens, request, op="classify", **meta,
             )
         return await self._admitted(
             principal, "zeroshot", lambda budget: self.zeroshot.classify(body, max_tokens=budget),
-            lambda r: r.usage.total_tokens, request,
+            lambda r: r.usage.total_tokens, request, **meta,
         )
 
     async def _train(
@@ -322,7 +383,8 @@ class Ingress:
         return await self._admitted(
             principal, "train",
             lambda budget: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=budget),
-            lambda r: r.charged_tokens(), request,
+            lambda r: r.charged_tokens(), request, model=self._model_tag(body.model, request), inputs=_count(body.input),
+            op="create" if body.classifier_id is None else "update",
         )
 
     async def classify(
@@ -347,7 +409,7 @@ class Ingress:
     async def _embed(self, body: EmbeddingsRequest, principal: Principal, request: Request | None) -> EmbeddingsResponse:
         return await self._admitted(
             principal, "embeddings", lambda budget: self.embeddings_service.embed(body, max_tokens=budget),
-            lambda r: r.usage.total_tokens, request,
+            lambda r: r.usage.total_tokens, request, model=self._model_tag(body.model, request), inputs=_count(body.input),
         )
 
     async def list_classifiers(self, *, api_key: str | None = None, account_id: str | None = None) -> list[ClassifierSummary]:
@@ -420,7 +482,9 @@ class Ingress:
     @api.delete("/v1/classifiers/{classifier_id}", response_model=DeleteResponse)
     async def http_delete_classifier(self, classifier_id: str, request: Request) -> DeleteResponse:
         """Delete a classifier from memory and the store: `curl -X DELETE .../v1/classifiers/<id>`."""
-        return await self.fewshot.delete(classifier_id, (await self._http_principal(request)).account_id)
+        response = await self.fewshot.delete(classifier_id, (await self._http_principal(request)).account_id)
+        self.metrics.fewshot.inc(tags={"op": "delete"})
+        return response
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
@@ -437,6 +501,17 @@ class Ingress:
         await self._http_principal(request)
         self.registry.get(model_id)  # an unknown name raises INPUT_MODEL_NOT_FOUND, listing the known ones
         return self.model_cards[model_id]
+
+    @api.get("/playground", include_in_schema=False)
+    async def playground(self):
+        """The browser playground (serve_app/playground.html): open like /docs; its API calls need a key as usual."""
+        from pathlib import Path  # local imports keep the playground one self-contained insertion
+
+        from fastapi.responses import HTMLResponse
+
+        if getattr(self, "_playground_html", None) is None:  # read once per replica
+            self._playground_html = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(self._playground_html)
 
     @api.get("/health")
     async def health(self) -> dict:

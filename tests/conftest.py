@@ -34,6 +34,9 @@ def encoders():
     return {name: load_encoder(reg.get(name), num_threads=2) for name in reg.names()}
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     import ray
@@ -42,6 +45,8 @@ def ray_cluster(tmp_path_factory):
         num_cpus=4,  # logical: replicas take fractions; the machine has 2 real cores
         include_dashboard=False,
         logging_level="WARNING",
+        _metrics_export_port=METRICS_PORT,  # Prometheus endpoint (tests/serve_app/test_metrics.py scrapes it)
+        _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}},
     )
     yield

@@ -107,3 +107,26 @@ def test_a_changed_limit_keeps_what_was_spent():
     assert g.granted == 15
     (g,) = authority.exchange_now([LeaseRequest("s", "train", "requests", 40, want=100)])
     assert g.granted == 25  # 40 - the 15 already spent
+
+
+def test_a_failed_exchange_keeps_the_token_debt_for_the_next_one():
+    class Flaky(BudgetAuthority):
+        down = False
+
+        async def exchange(self, requests):
+            if self.down:
+                raise ConnectionError("limiter actor restarting")
+            return self.exchange_now(requests)
+
+    clock = Clock()
+    authority = Flaky(clock=clock)
+    limiter = LeaseLimiter(authority, lease_fraction=1.0, clock=clock)
+    limits = RateLimit(rpm=1000, tpm=600)
+    run(limiter.admit("a", "zeroshot", limits)).charge(900)  # 300 into debt
+    authority.down = True
+    with pytest.raises(ConnectionError):
+        run(limiter.admit("a", "zeroshot", limits))
+    authority.down = False
+    clock.t += 20  # 200 refilled: still 100 short, because the debt survived the failed exchange
+    with pytest.raises(RateLimited):
+        run(limiter.admit("a", "zeroshot", limits))

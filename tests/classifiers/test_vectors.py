@@ -12,7 +12,7 @@ from classifiers.errors import InputTooLong, RateLimited
 from classifiers.inputs import Item
 from classifiers.limits import Limits
 from classifiers.registry import build_registry
-from classifiers.vectors import CHUNK_CHARS, CHUNK_TEXTS, LabelCache, Vectors, chunk_spans, entry_bytes
+from classifiers.vectors import CHUNK_CHARS, LabelCache, Vectors, chunk_spans, entry_bytes
 
 
 def vec(dim: int = 384) -> np.ndarray:

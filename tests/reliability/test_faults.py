@@ -37,7 +37,7 @@ ZS = {"model": MODEL, "input": ["Heavy rain and thunderstorms expected tomorrow.
 def app(serve_url, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("faults-store"))
     overrides = {"ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.05}}}
-    cfg = deploy_variant(APP, store, **overrides)
+    deploy_variant(APP, store, **overrides)
     yield f"{serve_url}/{APP}", store, overrides
     serve.delete(APP)
 

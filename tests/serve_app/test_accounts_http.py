@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import ray
 from ray import serve
@@ -288,6 +287,9 @@ def test_rpm_holds_across_two_ingress_replicas(acct, client):
     for r in responses:
         assert "X-RateLimit-Remaining-Requests" in r.headers and "X-RateLimit-Remaining-Tokens" in r.headers
     assert min(int(r.headers["X-RateLimit-Remaining-Requests"]) for r in ok) <= 1
+    from tests.serve_app.test_metrics import REFUSALS, scrape_until
+
+    assert scrape_until([REFUSALS]) == []  # the refusals are counted in Prometheus too
 
 
 def test_a_request_over_the_tpm_is_refused_whole(acct, client):

@@ -1,0 +1,105 @@
+"""Prometheus metrics of the service, through ``ray.serve.metrics`` (exported by Ray's metrics endpoint, with
+Serve's own tags: application, deployment, replica). Created inside the replica or actor that records them.
+
+Names are ``ray_classifier_*`` once exported (Ray prefixes ``ray_``). Tag values are bounded sets: routes are the
+route templates, models are served model names (anything else is ``unknown``), reasons and codes are enums.
+"""
+from __future__ import annotations
+
+LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+WAIT_MS = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000]
+
+
+class IngressMetrics:
+    """What the ingress records: requests, latency, inputs and tokens, refusals, few-shot operations, label cache."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "classifier_requests_total", description="HTTP requests by route, method, status and model.",
+            tag_keys=("route", "method", "status", "model"),
+        )
+        self.latency = Histogram(
+            "classifier_request_latency_ms", description="HTTP request latency at the ingress (ms).",
+            boundaries=LATENCY_MS, tag_keys=("route", "status"),
+        )
+        self.inputs = Counter("classifier_inputs_total", description="Inputs of successful requests.", tag_keys=("mode", "model"))
+        self.tokens = Counter("classifier_tokens_total", description="Tokens charged (usage).", tag_keys=("mode", "model"))
+        self.refusals = Counter(
+            "classifier_refusals_total",
+            description="Requests refused before any work: rate limits, balance, load shedding, per-client concurrency.",
+            tag_keys=("code",),
+        )
+        self.fewshot = Counter("classifier_fewshot_operations_total", description="Few-shot operations that succeeded.", tag_keys=("op",))
+        self.label_cache = Counter("classifier_label_cache_lookups_total", description="Label-cache lookups.", tag_keys=("result",))
+        self._cache_seen = (0, 0)
+
+    def http(self, route: str, method: str, status: int, model: str, latency_ms: float) -> None:
+        self.requests.inc(tags={"route": route, "method": method, "status": str(status), "model": model})
+        self.latency.observe(latency_ms, tags={"route": route, "status": str(status)})
+
+    def served(self, mode: str, model: str, inputs: int, tokens: int) -> None:
+        self.inputs.inc(inputs, tags={"mode": mode, "model": model})
+        if tokens:
+            self.tokens.inc(tokens, tags={"mode": mode, "model": model})
+
+    def label_cache_totals(self, hits: int, misses: int) -> None:
+        """Export the cache's running totals as counter increments."""
+        h0, m0 = self._cache_seen
+        if hits > h0:
+            self.label_cache.inc(hits - h0, tags={"result": "hit"})
+        if misses > m0:
+            self.label_cache.inc(misses - m0, tags={"result": "miss"})
+        self._cache_seen = (hits, misses)
+
+
+class EmbedderMetrics:
+    """What an embedder records: batch sizes (requests and items per model call), queue waits, image fetch failures."""
+
+    def __init__(self, model: str):
+        from ray.serve.metrics import Counter, Histogram
+
+        self.model = model
+        self.batch_requests = Histogram(
+            "classifier_embedder_batch_requests", description="Requests coalesced into one model call.",
+            boundaries=BATCH, tag_keys=("model", "kind"),
+        )
+        self.batch_items = Histogram(
+            "classifier_embedder_batch_items", description="Texts or images in one model call.", boundaries=BATCH,
+            tag_keys=("model", "kind"),
+        )
+        self.queue_wait = Histogram(
+            "classifier_embedder_queue_wait_ms", description="Time a request waited for its batch to start (ms).",
+            boundaries=WAIT_MS, tag_keys=("model",),
+        )
+        self.fetch_failures = Counter(
+            "classifier_image_fetch_failures_total", description="Image URLs that could not be fetched, by reason.",
+            tag_keys=("model", "reason"),
+        )
+
+    def batch(self, kind: str, requests: int, items: int) -> None:
+        tags = {"model": self.model, "kind": kind}
+        self.batch_requests.observe(requests, tags=tags)
+        self.batch_items.observe(items, tags=tags)
+
+    def waited(self, ms: float) -> None:
+        self.queue_wait.observe(ms, tags={"model": self.model})
+
+    def fetch_failed(self, reason: str, n: int = 1) -> None:
+        self.fetch_failures.inc(n, tags={"model": self.model, "reason": reason})
+
+
+class ShardMetrics:
+    """A state shard's classifier count (a plain Ray actor: ray.util.metrics)."""
+
+    def __init__(self, shard: int):
+        from ray.util.metrics import Gauge
+
+        self.shard = str(shard)
+        self.loaded = Gauge("classifier_classifiers_loaded", description="Classifiers held in memory by a state shard.",
+                            tag_keys=("shard",))
+
+    def set_loaded(self, n: int) -> None:
+        self.loaded.set(n, tags={"shard": self.shard})
