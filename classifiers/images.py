@@ -161,6 +161,11 @@ class ImageFetchConfig(BaseModel):
         description="Images fetched and decoded at the same time per replica process (so at most this many file "
         "bodies of up to `max_bytes` are held at once).",
     )
+    max_fetches_per_request: int = Field(
+        default=4, ge=1, le=256,
+        description="Of those, at most this many for one request: 1024 slow URLs in one request take 4 of the "
+        "replica's fetch slots, never all of them, so other clients' images keep being fetched.",
+    )
     allowed_ports: tuple[int, ...] = Field(
         default=(80, 443),
         description="Ports image URLs (and every redirect hop) may use. Other ports are refused unless an "
@@ -1084,6 +1089,7 @@ async def embed_images(
     reserve = max_image_pixels(side)
     shared = _shared(config)
     mine = PixelBudget(config.max_request_pixels)
+    my_fetches = asyncio.Semaphore(min(config.max_fetches_per_request, config.max_concurrency))
     loop = asyncio.get_running_loop()
 
     first_pos: dict[str, int] = {}
@@ -1141,7 +1147,7 @@ async def embed_images(
                 mine.release(held)
                 held = 0
                 raise
-            async with shared.fetches:  # the file bytes live only inside this block
+            async with my_fetches, shared.fetches:  # the file bytes live only inside this block
                 data = await load_image_bytes(value.strip(), config)
                 digest = hashlib.sha256(data).hexdigest()
                 digest_of[value] = digest

@@ -6,6 +6,24 @@ route templates, models are served model names (anything else is ``unknown``), r
 """
 from __future__ import annotations
 
+import functools
+import logging
+
+logger = logging.getLogger("ray.serve")
+
+
+def best_effort(method):
+    """A metric that cannot be recorded is logged, never raised: metrics must not fail a request that succeeded."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("metric %s not recorded: %s", method.__name__, exc)
+
+    return wrapper
+
 LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 WAIT_MS = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000]
@@ -36,15 +54,28 @@ class IngressMetrics:
         self.label_cache = Counter("classifier_label_cache_lookups_total", description="Label-cache lookups.", tag_keys=("result",))
         self._cache_seen = (0, 0)
 
+    @best_effort
     def http(self, route: str, method: str, status: int, model: str, latency_ms: float) -> None:
         self.requests.inc(tags={"route": route, "method": method, "status": str(status), "model": model})
         self.latency.observe(latency_ms, tags={"route": route, "status": str(status)})
 
+    @best_effort
     def served(self, mode: str, model: str, inputs: int, tokens: int) -> None:
-        self.inputs.inc(inputs, tags={"mode": mode, "model": model})
-        if tokens:
+        # Ray's Counter.inc refuses 0 (ValueError): a /train of declared labels only has no inputs and no tokens.
+        if inputs > 0:
+            self.inputs.inc(inputs, tags={"mode": mode, "model": model})
+        if tokens > 0:
             self.tokens.inc(tokens, tags={"mode": mode, "model": model})
 
+    @best_effort
+    def refused(self, code: str) -> None:
+        self.refusals.inc(tags={"code": code})
+
+    @best_effort
+    def op(self, op: str) -> None:
+        self.fewshot.inc(tags={"op": op})
+
+    @best_effort
     def label_cache_totals(self, hits: int, misses: int) -> None:
         """Export the cache's running totals as counter increments."""
         h0, m0 = self._cache_seen
@@ -79,16 +110,20 @@ class EmbedderMetrics:
             tag_keys=("model", "reason"),
         )
 
+    @best_effort
     def batch(self, kind: str, requests: int, items: int) -> None:
         tags = {"model": self.model, "kind": kind}
         self.batch_requests.observe(requests, tags=tags)
         self.batch_items.observe(items, tags=tags)
 
+    @best_effort
     def waited(self, ms: float) -> None:
         self.queue_wait.observe(ms, tags={"model": self.model})
 
+    @best_effort
     def fetch_failed(self, reason: str, n: int = 1) -> None:
-        self.fetch_failures.inc(n, tags={"model": self.model, "reason": reason})
+        if n > 0:
+            self.fetch_failures.inc(n, tags={"model": self.model, "reason": reason})
 
 
 class ShardMetrics:
@@ -101,5 +136,6 @@ class ShardMetrics:
         self.loaded = Gauge("classifier_classifiers_loaded", description="Classifiers held in memory by a state shard.",
                             tag_keys=("shard",))
 
+    @best_effort
     def set_loaded(self, n: int) -> None:
         self.loaded.set(n, tags={"shard": self.shard})

@@ -317,11 +317,11 @@ class Ingress:
         cfg, client = self.config.ingress, principal.rate_subject
         if self._inflight >= cfg.max_inflight:
             self.shed["overloaded"] += 1
-            self.metrics.refusals.inc(tags={"code": "SERVICE_UNAVAILABLE"})
+            self.metrics.refused("SERVICE_UNAVAILABLE")
             raise ServiceUnavailable("This replica is at capacity; retry shortly.")
         if self._inflight_by_client.get(client, 0) >= cfg.max_inflight_per_client:
             self.shed["client_concurrency"] += 1
-            self.metrics.refusals.inc(tags={"code": "CLIENT_CONCURRENCY"})
+            self.metrics.refused("CLIENT_CONCURRENCY")
             raise RateLimited(
                 f"Too many concurrent requests: at most {cfg.max_inflight_per_client} in flight per client.",
                 code=REQUEST_LIMIT, retry_after_s=1.0,
@@ -332,7 +332,7 @@ class Ingress:
             try:
                 ticket = await self.gate.admit(principal, mode)
             except ServiceError as exc:
-                self.metrics.refusals.inc(tags={"code": exc.code})
+                self.metrics.refused(exc.code)
                 if request is not None and isinstance(exc, RateLimited):
                     request.state.rate_headers = self.gate.refused_headers(principal, mode)
                 raise
@@ -351,7 +351,7 @@ class Ingress:
             ticket.done(tokens)
             self.metrics.served(mode, model, inputs, tokens)
             if op is not None:
-                self.metrics.fewshot.inc(tags={"op": op})
+                self.metrics.op(op)
             if request is not None:
                 request.state.rate_headers = ticket.headers()
             return result
@@ -483,7 +483,7 @@ class Ingress:
     async def http_delete_classifier(self, classifier_id: str, request: Request) -> DeleteResponse:
         """Delete a classifier from memory and the store: `curl -X DELETE .../v1/classifiers/<id>`."""
         response = await self.fewshot.delete(classifier_id, (await self._http_principal(request)).account_id)
-        self.metrics.fewshot.inc(tags={"op": "delete"})
+        self.metrics.op("delete")
         return response
 
     @api.get("/v1/models")

@@ -136,6 +136,30 @@ def test_concurrency_is_bounded(server):
     assert server.max_in_flight == 2
 
 
+def test_one_request_takes_at_most_its_share_of_the_fetch_slots(server):
+    """A request of many slow URLs holds max_fetches_per_request of the replica's max_concurrency slots: another
+    client's image is fetched beside it, and done while the big request still has images to fetch."""
+    cfg = ImageFetchConfig(allow_hosts=[f"127.0.0.1:{server.port}"], max_concurrency=4, max_fetches_per_request=2,
+                           timeout_s=20)
+    slow = [server.url(f"/delay-ok?s=0.3&i={i}") for i in range(8)]
+    order = []
+
+    async def both():
+        async def run(name, values):
+            await load_images(values, list(range(len(values))), cfg)
+            order.append(name)
+
+        big = asyncio.ensure_future(run("big", slow))
+        await asyncio.sleep(0.05)
+        await run("small", [server.url("/img.png?other=1")])
+        await big
+
+    server.max_in_flight = 0
+    asyncio.run(both())
+    assert order == ["small", "big"]
+    assert server.max_in_flight == 3  # the big request's 2 slots + the small one's, never the big one's 8
+
+
 def test_image_tokens_rule():
     spec = next(s for s in BUILTIN_MODELS if s.name == "clip-vit-base-patch32")
     small, large = Image.new("RGB", (10, 10)), Image.new("RGB", (4000, 3000))
