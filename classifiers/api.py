@@ -220,3 +220,20 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="What went wrong, for people.")
     request_id: str = Field(description="The request's id (also the X-Request-ID response header).")
     errors: list[dict] | None = Field(default=None, description="422 only: one entry per invalid field.")
+
+
+class ModeUsage(BaseModel):
+    tokens: int = 0
+    requests: int = 0
+
+
+class UsageReport(BaseModel):
+    """`GET /v1/usage` (ours): what the caller's key (or the anonymous account) has been charged."""
+
+    key_id: str = Field(description="The key charged (`anonymous` in anonymous mode); never the key itself.")
+    account_id: str = Field(description="The account the key belongs to.")
+    tokens: int = Field(description="Tokens charged in total (successful requests only).")
+    requests: int = Field(description="Successful requests.")
+    by_mode: dict[str, ModeUsage] = Field(description="The same per mode: zeroshot, fewshot, train, embeddings.")
+    balance: int | None = Field(default=None, description="The key's token balance, if it has one.")
+    balance_left: int | None = Field(default=None, description="What is left of it.")

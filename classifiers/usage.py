@@ -57,6 +57,9 @@ class LedgerSink(Protocol):
     async def spent(self, subjects: list[str]) -> dict[str, int]:
         """Token totals of these subjects."""
 
+    async def usage(self, subject: str) -> dict:
+        """A subject's ledger entry."""
+
 
 class UsageLedger:
     def __init__(self, store: AccountStore, *, clock: Callable[[], float] = time.time):
@@ -91,6 +94,10 @@ class UsageLedger:
     async def spent(self, subjects: list[str]) -> dict[str, int]:
         return {s: (await self._entry(s))["tokens"] for s in subjects}
 
+    async def usage(self, subject: str) -> dict:
+        """A subject's whole ledger entry (totals and per mode), as of what replicas have sent."""
+        return dict(await self._entry(subject))
+
     async def flush(self) -> int:
         """Persist changed totals; on failure they stay dirty for the next flush."""
         dirty, self._dirty = self._dirty, set()
@@ -116,6 +123,19 @@ class UsageMeter:
         slot = self._pending.setdefault((subject, account_id, mode), [0, 0])
         slot[0] += tokens
         slot[1] += 1
+
+    async def usage(self, subject: str, account_id: str) -> dict:
+        """The ledger's entry for a subject with this replica's pending counts added: what the caller has used."""
+        e = await self.sink.usage(subject)
+        e["account_id"] = e.get("account_id") or account_id
+        for (s, _, mode), (tokens, requests) in self._pending.items():
+            if s == subject:
+                e["tokens"] += tokens
+                e["requests"] += requests
+                slot = e["by_mode"].setdefault(mode, {"tokens": 0, "requests": 0})
+                slot["tokens"] += tokens
+                slot["requests"] += requests
+        return e
 
     def pending_tokens(self, subject: str) -> int:
         return sum(v[0] for (s, _, _), v in self._pending.items() if s == subject)

@@ -58,6 +58,10 @@ class AccountsActor:
         self._ensure_loop()
         return await self.ledger.spent(subjects)
 
+    async def usage(self, subject: str) -> dict:
+        self._ensure_loop()
+        return await self.ledger.usage(subject)
+
     async def flush(self) -> int:
         """Persist the ledger now (tests, shutdown)."""
         return await self.ledger.flush()
@@ -100,6 +104,9 @@ class RemoteAccounts:
 
     async def spent(self, subjects: list[str]) -> dict[str, int]:
         return await self._call(lambda a: a.spent.remote(subjects))
+
+    async def usage(self, subject: str) -> dict:
+        return await self._call(lambda a: a.usage.remote(subject))
 
     async def flush(self) -> int:
         return await self._call(lambda a: a.flush.remote())

@@ -4,7 +4,7 @@
     ./scripts/classify classify --classifier ID < questions.txt           # one input per line from stdin
     ./scripts/classify train examples.csv --model all-MiniLM-L6-v2       # CSV columns text,label
     ./scripts/classify train --classifier ID --example "Heavy snow tonight=weather"
-    ./scripts/classify list | delete ID | models
+    ./scripts/classify list | delete ID | models | usage
     ./scripts/classify embed "hello world"
 
 --model defaults to $CLASSIFIER_MODEL, else jina-embeddings-v3 (Jina's name; an alias of the embedded default
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = command("delete", "delete a classifier")
     d.add_argument("classifier_id", metavar="ID")
     command("models", "served models and aliases")
+    command("usage", "tokens and requests charged to your key (this service only)")
 
     e = command("embed", "embeddings (POST /v1/embeddings, Jina's format)")
     e.add_argument("texts", nargs="*", metavar="TEXT", help="inputs (none, or '-': one per line from stdin)")
@@ -314,6 +315,12 @@ def run(opts: argparse.Namespace, client: Client, stdin: TextIO, out: TextIO, er
         rows = [[m.get("id", "?"), m.get("alias_of") or "-", ",".join(m.get("input_modalities") or []) or "-",
                  m.get("max_output_length", "-"), clip(m.get("description") or m.get("name") or "", 50)] for m in cards]
         table = format_table(["ID", "ALIAS_OF", "INPUTS", "DIM", "DESCRIPTION"], rows, right=[3])
+    elif opts.command == "usage":
+        u = client.usage()
+        rows = [[mode, m.requests, m.tokens] for mode, m in sorted(u.by_mode.items())] + [["total", u.requests, u.tokens]]
+        table = format_table(["MODE", "REQUESTS", "TOKENS"], rows, right=[1, 2])
+        if u.balance is not None:
+            table += f"\nbalance: {u.balance} tokens, {u.balance_left} left"
     elif opts.command == "embed":
         inputs = read_inputs(opts.texts, opts.image, stdin)
         r = client.embeddings(inputs, model=default_model(opts), dimensions=opts.dimensions, embedding_type=opts.embedding_type, task=opts.task)

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ValidationError
 
 from classifiers.api import (
     Abstain, ClassificationResponse, ClassifierSummary, DeleteResponse, EmbeddingsResponse, TrainingResponse,
+    UsageReport,
 )
 
 __all__ = [
@@ -346,6 +347,9 @@ class _Base:
     def _models_call(self) -> _Call:
         return _Call("GET", "/v1/models", resend_safe=True)
 
+    def _usage_call(self) -> _Call:
+        return _Call("GET", "/v1/usage", resend_safe=True, parse=UsageReport.model_validate)
+
     def _embeddings_call(self, inputs, model, options) -> _Call:
         return _Call("POST", "/v1/embeddings", embeddings_body(inputs, model=model, **options),
                      parse=EmbeddingsResponse.model_validate)
@@ -457,6 +461,10 @@ class Client(_Base):
         """``GET /v1/models``: ``{"object": "list", "data": [model cards]}`` as the service sends it."""
         return self._run(self._models_call())
 
+    def usage(self) -> UsageReport:
+        """``GET /v1/usage`` (this service only): what the caller's key has been charged, per mode, and its balance."""
+        return self._run(self._usage_call())
+
     def embeddings(
         self, inputs: Any, model: str, *, task: str | None = None, dimensions: int | None = None,
         embedding_type: str | list[str] | None = None, normalized: bool | None = None, truncate: bool | None = None,
@@ -532,6 +540,9 @@ class AsyncClient(_Base):
     async def delete(self, classifier_id: str) -> DeleteResponse:
         """See :meth:`Client.delete`."""
         return await self._run(self._delete_call(classifier_id))
+
+    async def usage(self) -> UsageReport:
+        return await self._run(self._usage_call())
 
     async def models(self) -> dict:
         """See :meth:`Client.models`."""

@@ -34,7 +34,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
     ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, EmbeddingsRequest, EmbeddingsResponse,
-    ErrorResponse, TrainingResponse, TrainRequest,
+    ErrorResponse, TrainingResponse, TrainRequest, UsageReport,
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.errors import (
@@ -485,6 +485,18 @@ class Ingress:
         response = await self.fewshot.delete(classifier_id, (await self._http_principal(request)).account_id)
         self.metrics.op("delete")
         return response
+
+    @api.get("/v1/usage", response_model=UsageReport)
+    async def http_usage(self, request: Request) -> UsageReport:
+        """What the caller's key has been charged (ours): tokens and requests, per mode, and the balance left.
+
+            curl -s http://127.0.0.1:8000/v1/usage -H "Authorization: Bearer $KEY"
+        """
+        principal = await self._http_principal(request)
+        e = await self.gate.meter.usage(principal.subject, principal.account_id)
+        left = None if principal.balance is None else principal.balance - e["tokens"]
+        return UsageReport(key_id=principal.subject, account_id=e["account_id"], tokens=e["tokens"],
+                           requests=e["requests"], by_mode=e["by_mode"], balance=principal.balance, balance_left=left)
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:

@@ -47,6 +47,7 @@ OPERATIONS = [
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/usage"),
     ("GET", "/health"),
     ("GET", "/live"),
     ("GET", "/ready"),

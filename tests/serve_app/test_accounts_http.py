@@ -163,6 +163,9 @@ def test_usage_is_the_tokenizers_count_and_only_successes_are_charged(acct, clie
     assert r.json()["usage"]["total_tokens"] == in_tokens
     expected = in_tokens + label_tokens + train_tokens * 3 + in_tokens
     assert ledger_tokens(acct, rec.key_id) == expected
+    mine = client.get("/v1/usage", headers=h).json()  # the caller's own view, from any replica
+    assert (mine["key_id"], mine["account_id"], mine["tokens"], mine["requests"]) == (rec.key_id, rec.account_id, expected, 3)
+    assert mine["by_mode"]["train"] == {"tokens": train_tokens * 3, "requests": 1}
     # failed requests of every kind leave the ledger as it was
     for body in ({"model": MODEL, "input": texts, "labels": ["x", "x"]}, {"model": "nope", "input": texts, "labels": labels},
                  {"classifier_id": "00000000-0000-4000-8000-000000000009", "input": texts}):
@@ -205,6 +208,11 @@ def test_balance_refuses_before_work_once_spent(acct, client):
         if r.status_code == 403:
             break
     assert r.status_code == 403 and r.json()["code"] == "AUTHZ_INSUFFICIENT_BALANCE", r.text
+    from serve_app.client import Client
+
+    with Client(acct[0], api_key=h["Authorization"].split()[1]) as c:
+        u = c.usage()
+    assert u.balance == 30 and u.balance_left <= 0 and u.tokens >= 30
 
 
 def test_idempotency_key_applies_a_retried_update_once(acct, client):
