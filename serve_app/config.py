@@ -32,6 +32,11 @@ class IngressConfig(DeploymentConfig):
     label_cache_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Memory the label cache may use per ingress replica (LRU by bytes too)."
     )
+    max_inflight_body_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0,
+        description="Request bodies one ingress replica holds at once, counted as they arrive; a request that "
+        "would go over it gets a quick 503 (so 192 concurrent 64 MiB uploads cannot exhaust a replica's memory).",
+    )
     max_inflight: int = Field(
         default=192, ge=1,
         description="Requests one ingress replica works on at once; beyond it, a quick 503 SERVICE_UNAVAILABLE "

@@ -105,7 +105,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # 400 here is only FastAPI failing to read the body (e.g. not UTF-8): the same as invalid JSON to a client.
-    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE"}
+    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE",
+             503: "SERVICE_UNAVAILABLE"}
     details = {400: "The request body is not valid JSON (UTF-8).",
                413: f"Request body over {request.app.state.max_request_bytes} bytes."}
     detail = details.get(exc.status_code, str(exc.detail))
@@ -122,15 +123,36 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 class BodyLimit(RequestBodyLimitMiddleware):
     """Starlette's body limit, counted as the body arrives (a chunked upload without Content-Length is bounded
-    too), at the limit the Ingress configured at start (``api.state.max_request_bytes``)."""
+    too), at the limit the Ingress configured at start (``api.state.max_request_bytes``); and a budget for all
+    bodies in flight on this replica together (``api.state.max_inflight_body_bytes``): beyond it a request is
+    refused with a retryable 503 while its body arrives, so concurrent large requests cannot exhaust the replica."""
 
     def __init__(self, app, api: FastAPI):
         super().__init__(app, max_body_size=api.state.max_request_bytes)
         self._api = api
+        self.inflight_bytes = 0
 
     async def __call__(self, scope, receive, send):
         self.max_body_size = self._api.state.max_request_bytes
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        budget, mine = self._api.state.max_inflight_body_bytes, 0
+
+        async def counted():
+            nonlocal mine
+            message = await receive()
+            if message["type"] == "http.request":
+                n = len(message.get("body", b""))
+                if self.inflight_bytes + n > budget and mine + n <= self.max_body_size:
+                    raise StarletteHTTPException(503, "Too many large requests in flight on this replica; retry shortly.")
+                mine += n
+                self.inflight_bytes += n
+            return message
+
+        try:
+            await super().__call__(scope, counted, send)
+        finally:
+            self.inflight_bytes -= mine
 
 
 ERROR_STATUSES = {
@@ -146,7 +168,7 @@ ERROR_STATUSES = {
 }
 
 
-def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
+def make_api(max_request_bytes: int = 64 * 1024 * 1024, max_inflight_body_bytes: int | None = None) -> FastAPI:
     api = FastAPI(
         responses={status: {"model": ErrorResponse, "description": d} for status, d in ERROR_STATUSES.items()},
         strict_content_type=False,  # `curl -d` without a JSON Content-Type still works
@@ -156,7 +178,8 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
         "served by Ray Serve. Wire-compatible with Jina AI's Classifier API: change the base URL. "
         "With keys required, send `Authorization: Bearer <key>` (keys from `./scripts/keys create`).",
     )
-    api.state.max_request_bytes = max_request_bytes  # the Ingress sets its configured limit at start
+    api.state.max_request_bytes = max_request_bytes  # the Ingress sets its configured limits at start
+    api.state.max_inflight_body_bytes = max_inflight_body_bytes or 4 * max_request_bytes
     api.add_exception_handler(ServiceError, _service_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
@@ -245,6 +268,7 @@ class Ingress:
         self.model_cards = model_cards
         self._embedders = embedders
         api.state.max_request_bytes = config.ingress.max_request_bytes
+        api.state.max_inflight_body_bytes = config.ingress.max_inflight_body_bytes
         blobs = open_blob_store(config.state.store_url)
         self.vectors = Vectors(HandleEmbedder(embedders), config.limits, LabelCache(config.ingress.label_cache_size, config.ingress.label_cache_bytes))
         self.repo = ShardedRepo(blobs, config.state, config.limits, generation=generation)

@@ -59,3 +59,47 @@ def test_a_chunked_body_without_content_length_is_counted_while_read(client):
     assert r.status_code == 413 and r.json()["code"] == "INPUT_TOO_LARGE" and r.json()["request_id"]
     small = client.post("/echo", content=iter([b'{"a"', b":1}"]), headers={"content-type": "application/json"})
     assert small.status_code == 200 and small.json() == {"a": 1}
+
+
+def test_bodies_in_flight_share_a_replica_budget():
+    """Two uploads that each fit the per-request limit but not the replica's budget together: the second gets a
+    quick 503 with Jina's body while the first is still arriving; once the first is done, the budget is free."""
+    import asyncio
+
+    import httpx
+
+    api = make_api(max_request_bytes=1000, max_inflight_body_bytes=1200)
+
+    from fastapi import Body
+
+    @api.post("/echo")
+    async def echo(body: list = Body(...)):
+        return {"n": len(body)}
+
+    async def run():
+        first_sent, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_body():
+            yield b"[" + b"1," * 300  # 601 bytes held by the replica...
+            first_sent.set()
+            await release.wait()  # ...while the rest has not arrived
+            yield b"1]"
+
+        async def chunks(*parts):
+            for part in parts:
+                yield part
+
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            first = asyncio.ensure_future(c.post("/echo", content=slow_body(), headers={"content-type": "application/json"}))
+            await first_sent.wait()
+            second = await c.post("/echo", content=chunks(b"[" + b"2," * 300, b"2]"), headers={"content-type": "application/json"})
+            release.set()
+            first = await first
+            third = await c.post("/echo", content=chunks(b"[" + b"3," * 300, b"3]"), headers={"content-type": "application/json"})
+        return first, second, third
+
+    first, second, third = asyncio.run(run())
+    assert second.status_code == 503 and second.json()["code"] == "SERVICE_UNAVAILABLE" and second.json()["request_id"]
+    assert first.status_code == 200 and first.json() == {"n": 301}
+    assert third.status_code == 200  # the budget was given back
