@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import hmac
 import json
 import re
@@ -30,11 +31,12 @@ from typing import Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from classifiers.errors import InvalidApiKey, InvalidAuthFormat, MissingApiKey
+from classifiers.errors import InvalidApiKey, InvalidAuthFormat, MissingApiKey, ServiceUnavailable
 from classifiers.state import ANONYMOUS_OWNER
 from classifiers.store import BlobStore
 
 T = TypeVar("T")
+logger = logging.getLogger("ray.serve")
 KEY_PREFIX = "rck"
 KEY_PATTERN = re.compile(rf"{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
@@ -95,13 +97,14 @@ class Principal:
 
     @classmethod
     def of_key(cls, rec: KeyRecord) -> "Principal":
-        return cls(rec.account_id, rec.key_id, f"account:{rec.account_id}", rec.tier, rec.admin, rec.balance)
+        # Limits are per account and tier: two keys of one account with different tiers never share (and flip) a bucket.
+        return cls(rec.account_id, rec.key_id, f"account:{rec.account_id}:{rec.tier}", rec.tier, rec.admin, rec.balance)
 
     @classmethod
     def of_account(cls, account_id: str, tier: str = "default") -> "Principal":
         """A trusted in-cluster caller (a Python DeploymentHandle) acting as an account without a key."""
-        uuid.UUID(account_id)  # an account is a UUID: refuse anything else
-        return cls(account_id, f"account-{account_id}", f"account:{account_id}", tier)
+        account_id = str(uuid.UUID(account_id))  # an account is a UUID, in one spelling: refuse anything else
+        return cls(account_id, f"account-{account_id}", f"account:{account_id}:{tier}", tier)
 
 
 class AccountStore:
@@ -114,9 +117,14 @@ class AccountStore:
         self._io_threads = io_threads
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
+        """Run a blocking store call in this store's threads; a failing store is a retryable 503 (never a 500)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._io_threads, thread_name_prefix="account-store")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (OSError, ValueError) as exc:
+            logger.error("account store %s failed: %s", getattr(fn, "__name__", fn), exc)
+            raise ServiceUnavailable(f"the accounts store is unavailable ({type(exc).__name__}); retry shortly") from None
 
     # -- keys -----------------------------------------------------------------------------------------------
     def create_key(

@@ -141,9 +141,9 @@ class TrainingResponse(BaseModel):
     usage: Usage
     _replayed: bool = PrivateAttr(default=False)  # an idempotent retry: answered as the first time, not charged again
 
-    def charged_tokens(self) -> int:
-        """What this response costs the caller: its usage, or nothing for a replayed retry."""
-        return 0 if self._replayed else self.usage.total_tokens
+    def replayed(self) -> bool:
+        """An idempotent retry answered as the first time: paid for when first submitted."""
+        return self._replayed
 
 
 class ClassifierSummary(BaseModel):

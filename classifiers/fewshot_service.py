@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Callable
 import uuid
 from collections import OrderedDict
 
@@ -68,10 +69,13 @@ class FewShotService:
             raise InvalidInput(f"classifier {info.classifier_id} uses model {info.model!r}, not {req_model!r}")
 
     async def train(
-        self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None
+        self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None,
+        on_submit: Callable[[int], None] | None = None,
     ) -> TrainingResponse:
         """``update_id``: the client's retry key (a retry is applied once and answers as the first time);
-        ``max_tokens``: the caller's token budget, counted as input tokens x num_iters."""
+        ``max_tokens``: the caller's token budget, counted as input tokens x num_iters; ``on_submit(tokens)`` is
+        called right before the update goes to the repository (where it may be applied even if this call is then
+        cancelled): the moment the caller is charged."""
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
         declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
@@ -117,6 +121,8 @@ class FewShotService:
             label_vectors={lab: prior[humanize(lab)] for lab in distinct},
             declared={lab: prior[humanize(lab)] for lab in declared},
         )
+        if on_submit is not None:
+            on_submit(tokens * req.num_iters)
         if req.classifier_id is None:
             new = NewClassifier(owner=caller, model=spec.name, access=req.access, dim=int(X.shape[1]), score_scale=spec.score_scale)
             outcome = await self.repo.create(new, batch)

@@ -76,11 +76,27 @@ class Ticket:
     admission: Admission | None
     token_budget: int | None
 
+    charged: int | None = None
+
     def done(self, tokens: int) -> None:
-        """Charge a successful request: the limiter's token bucket and the usage ledger. Never raises."""
+        """Charge the request: the limiter's token bucket and the usage ledger. Once; never raises."""
+        if self.charged is not None:
+            return
+        self.charged = tokens
         if self.admission is not None:
             self.admission.charge(tokens)
         self.gate.meter.record(self.principal.subject, self.principal.account_id, self.mode, tokens)
+
+    def refund(self) -> None:
+        """Take back a charge made when the work was submitted, once it is certain nothing was applied for it (a
+        refused update) or it was paid before (an idempotent replay)."""
+        if not self.charged:
+            self.charged = None
+            return
+        if self.admission is not None:
+            self.admission.charge(-self.charged)
+        self.gate.meter.refund(self.principal.subject, self.principal.account_id, self.mode, self.charged)
+        self.charged = None
 
     def headers(self) -> dict[str, str]:
         return rate_headers(self.admission.remaining) if self.admission is not None else {}
@@ -108,17 +124,17 @@ class AccountsGate:
             raise AdminRequired("This route needs an admin key (./scripts/keys create --admin).")
 
     async def admit(self, principal: Principal, mode: Mode) -> Ticket:
-        """Rate limits first (cheap, local), then the balance; raises RateLimited / InsufficientBalance."""
+        """The balance (cached), then the rate limits; raises InsufficientBalance / RateLimited."""
         limits = self.config.limits(principal.tier, mode)
-        admission = None
-        if self.config.rate_limits:
-            admission = await self.limiter.admit(principal.rate_subject, mode, limits)
-        if principal.balance is not None:
+        if principal.balance is not None:  # first: a spent key must not use up its account's request budget
             left = await self.meter.balance_left(principal.subject, principal.balance)
             if left <= 0:
                 raise InsufficientBalance(
                     f"Insufficient balance: this key's {principal.balance} tokens are spent. Ask the admin for more."
                 )
+        admission = None
+        if self.config.rate_limits:
+            admission = await self.limiter.admit(principal.rate_subject, mode, limits)
         return Ticket(self, principal, mode, admission, limits.tpm if self.config.rate_limits else None)
 
     def refused_headers(self, principal: Principal, mode: Mode) -> dict[str, str]:

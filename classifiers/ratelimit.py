@@ -157,6 +157,9 @@ class _Lease:
     level_tokens: float = 0.0
     used_at: float = 0.0  # the last admission: a lease unused for lease_ttl_s goes back
     limits: RateLimit | None = None
+    requests_retry_at: float = 0.0  # refused until then without asking the authority again (it said so)
+    tokens_retry_at: float = 0.0
+    refilling: bool = False  # an exchange is in flight: return_idle leaves the lease alone
 
 
 @dataclass(frozen=True)
@@ -193,34 +196,42 @@ class LeaseLimiter:
         self._clock = clock
         self._leases: dict[tuple[str, str], _Lease] = {}
         self.refused = {REQUEST_LIMIT: 0, TOKEN_LIMIT: 0}
-        self._retry_requests = self._retry_tokens = 1.0
 
     def _slice(self, limit: int) -> int:
         return max(1, math.ceil(limit * self.lease_fraction))
 
     async def admit(self, subject: str, mode: Mode, limits: RateLimit) -> Admission:
-        """Take one request from the subject's budget; refuse (RateLimited) if requests or tokens are spent."""
+        """Take one request from the subject's budget; refuse (RateLimited) if requests or tokens are spent.
+
+        A refusal is remembered until the authority said the bucket refills (``Retry-After``): a client hammering
+        a spent limit is refused locally, never with a call to the authority per request."""
         lease = self._leases.get((subject, mode))
         if lease is None:
             lease = self._leases[(subject, mode)] = _Lease(limits=limits)
         lease.limits = limits
+        now = self._clock()
+        lease.used_at = now
+        if lease.requests < 1 and now < lease.requests_retry_at:
+            raise self._refuse(REQUEST_LIMIT, limits.rpm, "requests", mode, lease.requests_retry_at - now)
+        if lease.tokens <= 0 and now < lease.tokens_retry_at:
+            raise self._refuse(TOKEN_LIMIT, limits.tpm, "tokens", mode, lease.tokens_retry_at - now)
         if lease.requests < 1 or lease.tokens <= 0:
             await self._refill(subject, mode, lease, limits)
+        now = self._clock()
         if lease.requests < 1:
-            self.refused[REQUEST_LIMIT] += 1
-            raise RateLimited(
-                f"Request rate limit exceeded: {limits.rpm} requests per minute for {mode}. Retry later.",
-                code=REQUEST_LIMIT, retry_after_s=self._retry_requests,
-            )
+            raise self._refuse(REQUEST_LIMIT, limits.rpm, "requests", mode, lease.requests_retry_at - now)
         if lease.tokens <= 0:
-            self.refused[TOKEN_LIMIT] += 1
-            raise RateLimited(
-                f"Token rate limit exceeded: {limits.tpm} tokens per minute for {mode}. Retry later.",
-                code=TOKEN_LIMIT, retry_after_s=self._retry_tokens,
-            )
+            raise self._refuse(TOKEN_LIMIT, limits.tpm, "tokens", mode, lease.tokens_retry_at - now)
         lease.requests -= 1
-        lease.used_at = self._clock()
         return Admission(self, subject, mode, limits, self._remaining(lease))
+
+    def _refuse(self, code: str, limit: int, unit: str, mode: Mode, wait_s: float) -> RateLimited:
+        self.refused[code] += 1
+        what = "Request" if unit == "requests" else "Token"
+        return RateLimited(
+            f"{what} rate limit exceeded: {limit} {unit} per minute for {mode}. Retry later.",
+            code=code, retry_after_s=max(1.0, wait_s),
+        )
 
     async def _refill(self, subject: str, mode: Mode, lease: _Lease, limits: RateLimit) -> None:
         asks, debt = [], 0.0
@@ -230,21 +241,25 @@ class LeaseLimiter:
             debt = -lease.tokens
             lease.tokens += debt  # handed to the authority; charges landing meanwhile stay as new debt
             asks.append(LeaseRequest(subject, mode, "tokens", limits.tpm, want=self._slice(limits.tpm), debit=debt))
+        lease.refilling = True
         try:
             grants = await self.source.exchange(asks)
         except BaseException:
             lease.tokens -= debt
             raise
+        finally:
+            lease.refilling = False
+        now = self._clock()
         for ask, grant in zip(asks, grants):
             if ask.kind == "requests":
                 lease.requests += grant.granted
                 lease.level_requests = grant.level
-                self._retry_requests = max(1.0, grant.retry_after_s)
+                lease.requests_retry_at = now + grant.retry_after_s if grant.granted == 0 else 0.0
             else:
                 lease.tokens += grant.granted
                 lease.level_tokens = grant.level
-                self._retry_tokens = max(1.0, grant.retry_after_s)
-        lease.used_at = self._clock()
+                lease.tokens_retry_at = now + grant.retry_after_s if grant.granted == 0 else 0.0
+        lease.used_at = now
 
     def charge(self, subject: str, mode: Mode, limits: RateLimit, tokens: int) -> Remaining:
         lease = self._leases.get((subject, mode))
@@ -267,7 +282,7 @@ class LeaseLimiter:
     async def return_idle(self) -> int:
         """Give slices unused for ``lease_ttl_s`` back to the authority (and settle token debt); run periodically."""
         now = self._clock()
-        idle = [(k, le) for k, le in self._leases.items() if now - le.used_at >= self.lease_ttl_s]
+        idle = [(k, le) for k, le in self._leases.items() if now - le.used_at >= self.lease_ttl_s and not le.refilling]
         if not idle:
             return 0
         for key, _ in idle:
@@ -282,7 +297,12 @@ class LeaseLimiter:
         try:
             await self.source.exchange(asks)
         except BaseException:
-            for key, le in idle:  # keep them (and their debt) for the next try
-                self._leases.setdefault(key, le)
+            for key, le in idle:  # keep them (and their debt) for the next try, merged with any newer lease
+                current = self._leases.get(key)
+                if current is None:
+                    self._leases[key] = le
+                else:
+                    current.requests += max(0, le.requests)
+                    current.tokens += le.tokens
             raise
         return len(idle)

@@ -21,6 +21,7 @@ balance by what all replicas serve within about one flush interval.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -95,14 +96,15 @@ class UsageLedger:
         return {s: (await self._entry(s))["tokens"] for s in subjects}
 
     async def usage(self, subject: str) -> dict:
-        """A subject's whole ledger entry (totals and per mode), as of what replicas have sent."""
-        return dict(await self._entry(subject))
+        """A subject's whole ledger entry (totals and per mode), as of what replicas have sent (a copy)."""
+        return copy.deepcopy(await self._entry(subject))
 
     async def flush(self) -> int:
         """Persist changed totals; on failure they stay dirty for the next flush."""
         dirty, self._dirty = self._dirty, set()
         try:
-            await self.store.save_ledger([dict(self._entries[s]) for s in dirty])
+            # deep copies, taken here on the event loop: the store's threads must not see entries being changed
+            await self.store.save_ledger([copy.deepcopy(self._entries[s]) for s in dirty])
         except BaseException:
             self._dirty |= dirty
             raise
@@ -126,7 +128,7 @@ class UsageMeter:
 
     async def usage(self, subject: str, account_id: str) -> dict:
         """The ledger's entry for a subject with this replica's pending counts added: what the caller has used."""
-        e = await self.sink.usage(subject)
+        e = copy.deepcopy(await self.sink.usage(subject))
         e["account_id"] = e.get("account_id") or account_id
         for (s, _, mode), (tokens, requests) in self._pending.items():
             if s == subject:
@@ -137,6 +139,12 @@ class UsageMeter:
                 slot["requests"] += requests
         return e
 
+    def refund(self, subject: str, account_id: str, mode: Mode, tokens: int) -> None:
+        """Take back a charge recorded for a request that turned out not to be chargeable (in memory only)."""
+        slot = self._pending.setdefault((subject, account_id, mode), [0, 0])
+        slot[0] -= tokens
+        slot[1] -= 1
+
     def pending_tokens(self, subject: str) -> int:
         return sum(v[0] for (s, _, _), v in self._pending.items() if s == subject)
 
@@ -145,15 +153,21 @@ class UsageMeter:
         replicas' usage counts here too) minus what this replica has pending."""
         seen = self._spent.get(subject)
         if seen is None or self._clock() - seen[1] >= self.spent_ttl_s:
-            self._remember(await self.sink.spent([subject]))
-        return balance - self._spent[subject][0] - self.pending_tokens(subject)
+            try:
+                totals = await self.sink.spent([subject])
+                self._remember(totals)
+                seen = (totals[subject], self._clock())
+            except Exception as exc:  # noqa: BLE001 - the ledger never fails a request: use what is known
+                logger.warning("usage ledger unavailable (%s); balance checked against the last known total", exc)
+                seen = seen or (0, self._clock())
+        return balance - seen[0] - self.pending_tokens(subject)
 
     def _remember(self, totals: dict[str, int]) -> None:
         now = self._clock()
         for subject, tokens in totals.items():
             self._spent[subject] = (tokens, now)
-        if len(self._spent) > 100_000:
-            self._spent.clear()
+        while len(self._spent) > 100_000:  # bounded: forget the oldest
+            self._spent.pop(next(iter(self._spent)))
 
     async def flush(self) -> int:
         """Send pending usage to the ledger; on failure keep it (merged with what arrives meanwhile)."""

@@ -86,10 +86,14 @@ class RemoteAccounts:
             ).remote(self.blobs, self.config)
         return self._actor
 
+    CALL_TIMEOUT_S = 5.0  # an actor that is restarting queues calls: a request must not wait on it for long
+
     async def _call(self, method):
         for attempt in range(self.RETRIES + 1):
             try:
-                return await method(self._handle(fresh=attempt > 0))
+                return await asyncio.wait_for(method(self._handle(fresh=attempt > 0)), self.CALL_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise ServiceUnavailable("the accounts service is slow to answer; retry shortly") from None
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 if attempt == self.RETRIES:
                     raise ServiceUnavailable("the accounts service is restarting; retry shortly") from exc

@@ -15,6 +15,7 @@ store; a shard that finds another set named in the store's fence stops serving (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -234,10 +235,25 @@ class ShardedRepo:
     async def create(self, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
         shard = shard_of(new.owner, self.num_shards)
         cid = new_id_on_shard(shard, self.num_shards, new.owner, batch.update_id)  # every retry: the same classifier
-        return await self._call(shard, lambda a: a.create.remote(new, batch, cid))
+        return await self._write(shard, lambda a: a.create.remote(new, batch, cid))
 
     async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:
-        return await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.train.remote(classifier_id, caller, batch))
+        return await self._write(shard_of(classifier_id, self.num_shards), lambda a: a.train.remote(classifier_id, caller, batch))
+
+    async def _write(self, shard: int, method) -> TrainOutcome:
+        """A create or update; ``replayed`` only when a *client's* earlier request applied it, not when this call's
+        own first attempt did (the actor died after applying it and this call retried)."""
+        attempts = 0
+
+        def counted(actor):
+            nonlocal attempts
+            attempts += 1
+            return method(actor)
+
+        outcome = await self._call(shard, counted)
+        if outcome.replayed and attempts > 1:
+            outcome = dataclasses.replace(outcome, replayed=False)
+        return outcome
 
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.info.remote(classifier_id, caller, write))

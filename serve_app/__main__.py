@@ -57,8 +57,22 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     logger.info("shutting down")
-    serve.shutdown()
+    serve.shutdown()  # replicas drain and send their pending usage to the ledger first
+    try:
+        flush_ledger(cfg)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("usage ledger not flushed at shutdown: %s", exc)
     ray.shutdown()
+
+
+def flush_ledger(cfg) -> None:
+    """Persist the accounts actor's ledger now, so a clean stop loses no usage."""
+    from classifiers.store import open_blob_store
+    from deployments.accounts_actor import RemoteAccounts
+
+    accounts = RemoteAccounts(open_blob_store(cfg.state.store_url), cfg.accounts)
+    actor = ray.get_actor(accounts.name, namespace="ray-classifier")
+    ray.get(actor.flush.remote(), timeout=10)
 
 
 def is_loopback(host: str) -> bool:

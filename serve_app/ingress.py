@@ -43,7 +43,7 @@ from classifiers.errors import (
 )
 from classifiers.embeddings_service import EmbeddingsService
 from classifiers.fewshot_service import FewShotService
-from classifiers.gate import AccountsGate
+from classifiers.gate import AccountsGate, Ticket
 from classifiers.ratelimit import LeaseLimiter, Mode
 from classifiers.store import open_blob_store
 from classifiers.usage import UsageMeter
@@ -195,7 +195,7 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024, max_inflight_body_bytes:
         request_id_of(request)
         limit = request.app.state.max_request_bytes
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
+        if length and length.isascii() and length.isdigit() and int(length) > limit:
             return error_response(request, 413, "INPUT_TOO_LARGE", f"Request body over {limit} bytes.")
         gate = getattr(request.app.state, "gate", None)
         path = request.scope["path"][len(request.scope.get("root_path", "")):]
@@ -292,6 +292,13 @@ class Ingress:
         mode = "keys required" if acfg.require_keys else "ANONYMOUS mode (every caller is one account; --require-keys to change)"
         logger.info("Ingress config (generation %d, %s): %s", generation, mode, config.model_dump_json())
 
+    async def __del__(self):
+        """Graceful shutdown (Serve calls it after draining): send this replica's pending usage to the ledger."""
+        try:
+            await self.gate.meter.flush()
+        except Exception as exc:  # noqa: BLE001 - shutting down; what is lost is at most this replica's last second
+            logger.warning("usage not flushed at shutdown: %s", exc)
+
     def _maintain(self) -> None:
         if self._maintenance is None:
             self._maintenance = asyncio.get_running_loop().create_task(self._maintenance_loop())
@@ -333,7 +340,7 @@ class Ingress:
         return tag
 
     async def _admitted(
-        self, principal: Principal, mode: Mode, work: Callable[[int | None], Awaitable[R]], charge: Callable[[R], int],
+        self, principal: Principal, mode: Mode, work: Callable[[Ticket], Awaitable[R]], charge: Callable[[R], int | None],
         request: Request | None = None, *, model: str = "", inputs: int = 0, op: str | None = None,
     ) -> R:
         """Shed load (503 / 429 per client) and admit (limits 429, balance 403) before any model work, run under the
@@ -361,24 +368,26 @@ class Ingress:
                     request.state.rate_headers = self.gate.refused_headers(principal, mode)
                 raise
             try:
-                result = await asyncio.wait_for(work(ticket.token_budget), cfg.request_timeout_s)
+                result = await asyncio.wait_for(work(ticket), cfg.request_timeout_s)
             except asyncio.TimeoutError:
                 self.shed["timeouts"] += 1
                 raise ServiceTimeout(
                     f"The request did not finish within {cfg.request_timeout_s:g}s. A /train may still have been "
                     "applied: retry it with the same Idempotency-Key."
                 ) from None
+            except ServiceError as exc:
+                if exc.status < 500:  # refused for certain: nothing was applied, nothing is owed
+                    ticket.refund()
+                raise
             finally:
                 if request is not None:
                     request.state.rate_headers = ticket.headers()
             tokens = charge(result)
-            ticket.done(tokens)
-            self.metrics.served(mode, model, inputs, tokens)
-            if op is not None:
-                self.metrics.op(op)
-            if request is not None:
-                request.state.rate_headers = ticket.headers()
-            return result
+            if tokens is None:  # paid before (an idempotent replay): not again
+                ticket.refund()
+            else:
+                ticket.done(tokens)
+            self.metrics.served(mode, model, inputs, tokens or 0)
         finally:
             self._inflight -= 1
             left = self._inflight_by_client[client] - 1
@@ -392,11 +401,11 @@ class Ingress:
         meta = {"model": self._model_tag(body.model, request), "inputs": _count(body.input)}
         if body.classifier_id is not None:
             return await self._admitted(
-                principal, "fewshot", lambda budget: self.fewshot.classify(body, principal.account_id, max_tokens=budget),
+                principal, "fewshot", lambda t: self.fewshot.classify(body, principal.account_id, max_tokens=t.token_budget),
                 lambda r: r.usage.total_tokens, request, op="classify", **meta,
             )
         return await self._admitted(
-            principal, "zeroshot", lambda budget: self.zeroshot.classify(body, max_tokens=budget),
+            principal, "zeroshot", lambda t: self.zeroshot.classify(body, max_tokens=t.token_budget),
             lambda r: r.usage.total_tokens, request, **meta,
         )
 
@@ -406,8 +415,11 @@ class Ingress:
         update_id = update_id_of(principal, idempotency_key)
         return await self._admitted(
             principal, "train",
-            lambda budget: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=budget),
-            lambda r: r.charged_tokens(), request, model=self._model_tag(body.model, request), inputs=_count(body.input),
+            # Charged when the update is submitted to the state shard, not when it returns: an update that is applied
+            # and then cancelled or timed out (the shard finishes it) is still paid for; a refusal or a replay is not.
+            lambda t: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=t.token_budget,
+                                         on_submit=t.done),
+            lambda r: None if r.replayed() else r.usage.total_tokens, request, model=self._model_tag(body.model, request), inputs=_count(body.input),
             op="create" if body.classifier_id is None else "update",
         )
 
@@ -432,7 +444,7 @@ class Ingress:
 
     async def _embed(self, body: EmbeddingsRequest, principal: Principal, request: Request | None) -> EmbeddingsResponse:
         return await self._admitted(
-            principal, "embeddings", lambda budget: self.embeddings_service.embed(body, max_tokens=budget),
+            principal, "embeddings", lambda t: self.embeddings_service.embed(body, max_tokens=t.token_budget),
             lambda r: r.usage.total_tokens, request, model=self._model_tag(body.model, request), inputs=_count(body.input),
         )
 

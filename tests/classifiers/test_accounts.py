@@ -52,7 +52,7 @@ def test_authenticator_accepts_a_live_key_and_refuses_unknown_forged_and_revoked
     auth = Authenticator(store, require_keys=True, ttl_s=2.0, clock=lambda: now[0])
     rec, key = store.create_key("alice", tier="default")
     p = run(auth.authenticate(f"Bearer {key}", "10.0.0.1"))
-    assert p == Principal(rec.account_id, rec.key_id, f"account:{rec.account_id}", "default", False, None)
+    assert p == Principal(rec.account_id, rec.key_id, f"account:{rec.account_id}:default", "default", False, None)
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")  # right id, wrong secret
     for bad in (forged, "rck_000000000000_" + "A" * 43, "sk-not-ours", "rck_../../etc_" + "A" * 43):
         with pytest.raises(InvalidApiKey) as info:

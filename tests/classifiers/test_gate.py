@@ -60,3 +60,21 @@ def test_tiers_pick_the_limits_and_admin_routes_need_an_admin_key(tmp_path):
 def test_config_needs_a_default_tier():
     with pytest.raises(ValueError):
         AccountsConfig(tiers={"gold": {}})
+
+
+def test_a_refund_takes_the_charge_back_and_a_spent_key_does_not_use_its_accounts_requests(tmp_path):
+    gate, store, ledger = make_gate(tmp_path, tiers={"default": {"train": {"rpm": 3, "tpm": 10**6}}})
+    rec, key = store.create_key("a", balance=50)
+    rec2, key2 = store.create_key("b", account_id=rec.account_id)  # same account, no balance
+    p, p2 = run(gate.principal(f"Bearer {key}", None)), run(gate.principal(f"Bearer {key2}", None))
+    t = run(gate.admit(p, "train"))
+    t.done(40)  # charged at submission...
+    t.refund()  # ...and taken back: the update was a replay
+    run(gate.admit(p, "train")).done(60)  # the balance is spent now
+    for _ in range(5):
+        with pytest.raises(InsufficientBalance):
+            run(gate.admit(p, "train"))
+    run(gate.admit(p2, "train"))  # the account's third request of the minute is still there for its other key
+    run(gate.meter.flush())
+    assert run(ledger.spent([rec.key_id])) == {rec.key_id: 60}
+    assert run(ledger.usage(rec.key_id))["requests"] == 1

@@ -55,9 +55,10 @@ def test_idle_leases_go_back_so_another_replica_can_use_them():
     a, b = (LeaseLimiter(authority, lease_fraction=0.5, lease_ttl_s=2, clock=clock) for _ in range(2))
     assert admitted(a, 1) == 1  # a holds the rest of a 10-request slice
     assert admitted(b, 30) == 10  # b gets only the other half
-    clock.t += 2.0  # (refills 0.67 requests: not a whole one)
-    run(a.return_idle())
-    assert admitted(b, 30) == 9  # a's unused 9 are back
+    clock.t += 2.0
+    run(a.return_idle())  # a's unused 9 go back
+    clock.t += 1.0  # b asks again once the authority's Retry-After (3 s: one request refills) has passed
+    assert admitted(b, 30) == 10  # a's 9 + the one that refilled
 
 
 def test_separate_buckets_per_subject_and_mode():
@@ -130,3 +131,44 @@ def test_a_failed_exchange_keeps_the_token_debt_for_the_next_one():
     clock.t += 20  # 200 refilled: still 100 short, because the debt survived the failed exchange
     with pytest.raises(RateLimited):
         run(limiter.admit("a", "zeroshot", limits))
+
+
+def test_a_refused_client_is_refused_locally_until_retry_after():
+    class Counting(BudgetAuthority):
+        calls = 0
+
+        async def exchange(self, requests):
+            Counting.calls += 1
+            return self.exchange_now(requests)
+
+    clock = Clock()
+    limiter = LeaseLimiter(Counting(clock=clock), lease_fraction=0.1, clock=clock)
+    assert admitted(limiter, 1000, limits=RateLimit(rpm=10, tpm=10**9)) == 10
+    assert Counting.calls <= 11  # 10 one-request leases and one refusal: not one call per refused request
+    clock.t += 6.0  # one request refilled
+    assert admitted(limiter, 5, limits=RateLimit(rpm=10, tpm=10**9)) == 1
+
+
+def test_return_idle_leaves_a_lease_that_is_refilling_alone():
+    clock = Clock()
+    authority = BudgetAuthority(clock=clock)
+    limiter = LeaseLimiter(authority, lease_fraction=0.5, lease_ttl_s=2, clock=clock)
+
+    async def race():
+        gate = asyncio.Event()
+
+        class Slow:
+            async def exchange(self, requests):
+                await gate.wait()
+                return authority.exchange_now(requests)
+
+        limiter.source = Slow()
+        admit = asyncio.ensure_future(limiter.admit("s", "train", RateLimit(rpm=20, tpm=10**9)))
+        await asyncio.sleep(0)
+        clock.t += 5  # the lease looks idle while its refill is in flight
+        assert await limiter.return_idle() == 0
+        gate.set()
+        await admit
+
+    run(race())
+    assert limiter.remaining("s", "train").requests >= 9
