@@ -371,13 +371,13 @@ class Ingress:
                 result = await asyncio.wait_for(work(ticket), cfg.request_timeout_s)
             except asyncio.TimeoutError:
                 self.shed["timeouts"] += 1
+                ticket.refund()  # a failed request is never charged, even if its update was applied meanwhile
                 raise ServiceTimeout(
                     f"The request did not finish within {cfg.request_timeout_s:g}s. A /train may still have been "
                     "applied: retry it with the same Idempotency-Key."
                 ) from None
-            except ServiceError as exc:
-                if exc.status < 500:  # refused for certain: nothing was applied, nothing is owed
-                    ticket.refund()
+            except ServiceError:
+                ticket.refund()  # failed requests (any 4xx/5xx) are never charged
                 raise
             finally:
                 if request is not None:
@@ -415,8 +415,9 @@ class Ingress:
         update_id = update_id_of(principal, idempotency_key)
         return await self._admitted(
             principal, "train",
-            # Charged when the update is submitted to the state shard, not when it returns: an update that is applied
-            # and then cancelled or timed out (the shard finishes it) is still paid for; a refusal or a replay is not.
+            # Charged when the update is submitted to the state shard, not when it returns: an update the client
+            # abandons (disconnects) after submitting is applied by the shard and paid for, so a retry with the same
+            # key (a free replay) gets nothing for free. Failed requests (4xx/5xx) and replays are refunded.
             lambda t: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=t.token_budget,
                                          on_submit=t.done),
             lambda r: None if r.replayed() else r.usage.total_tokens, request, model=self._model_tag(body.model, request), inputs=_count(body.input),
