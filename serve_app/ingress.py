@@ -388,6 +388,11 @@ class Ingress:
             else:
                 ticket.done(tokens)
             self.metrics.served(mode, model, inputs, tokens or 0)
+            if op is not None:
+                self.metrics.op(op)
+            if request is not None:
+                request.state.rate_headers = ticket.headers()
+            return result
         finally:
             self._inflight -= 1
             left = self._inflight_by_client[client] - 1
