@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     if "RAY_ADDRESS" in os.environ:
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        # Ray Serve's own switches (RAY_SERVE_*, e.g. from `scripts/serve --high-throughput`) must reach every worker.
+        switches = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": switches} if switches else None)
+        if switches:
+            logger.info("Ray Serve switches: %s", switches)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
     logger.info("serving on http://%s:%d  (Ctrl-C to stop)", cfg.host, cfg.port)
