@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import OrderedDict
+from typing import Awaitable, Callable, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ def entry_bytes(key: tuple[str, str], value: tuple[np.ndarray, int]) -> int:
     )
 
 
+T = TypeVar("T")
 CHUNK_TEXTS = 32  # texts per embedder call: a full batch of one-input requests costs about the same
 CHUNK_CHARS = 64 * 1024  # and at most this much text (long inputs are chunk-pooled windows: bound the call's work)
 CHUNK_IMAGES = 16  # images per embedder call (each is fetched, decoded and encoded there)
@@ -49,6 +51,25 @@ def chunk_spans(texts: list[str]) -> list[tuple[int, int]]:
         chars += len(t)
     spans.append((lo, len(texts)))
     return spans
+
+
+async def in_chunks(spans: list[tuple[int, int]], call: Callable[[int, int], Awaitable[T]]) -> list[T]:
+    """``call(lo, hi)`` for each span, at most CHUNKS_IN_FLIGHT at a time, results in span order; the first failure
+    cancels the chunks not yet done (they are not worth their model time)."""
+    if len(spans) == 1:
+        return [await call(*spans[0])]
+    gate = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+    async def one(lo: int, hi: int) -> T:
+        async with gate:
+            return await call(lo, hi)
+
+    tasks = [asyncio.ensure_future(one(lo, hi)) for lo, hi in spans]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 class LabelCache:
@@ -135,23 +156,19 @@ class Vectors:
     async def _texts(
         self, spec: ModelSpec, texts: list[str], positions: list[int], max_total_tokens: int | None
     ) -> tuple[np.ndarray, int]:
-        """Embed in chunks of at most CHUNK_TEXTS texts / CHUNK_CHARS characters, CHUNKS_IN_FLIGHT at a time.
+        """Embed in chunks of at most CHUNK_TEXTS texts / CHUNK_CHARS characters (:func:`in_chunks`).
 
         Why: ``@serve.batch`` coalesces *requests*, so one 1024-input request would be one giant model call that
         every short request batched with it waits for. Chunks enter the embedder's queue a few at a time and
         other clients' requests batch in between; a big request costs the others at most a chunk's time."""
-        spans = chunk_spans(texts)
-        vectors: list[np.ndarray | None] = [None] * len(spans)
         used = 0
-        gate = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
 
-        async def one(k: int, lo: int, hi: int) -> None:
+        async def one(lo: int, hi: int) -> np.ndarray:
             nonlocal used
-            async with gate:
-                budget = None if max_total_tokens is None else max_total_tokens - used
-                result = await self.embedder.embed(
-                    spec.name, EmbedRequest(texts[lo:hi], "input", self.limits.max_input_tokens, max_total_tokens=budget)
-                )
+            budget = None if max_total_tokens is None else max_total_tokens - used
+            result = await self.embedder.embed(
+                spec.name, EmbedRequest(texts[lo:hi], "input", self.limits.max_input_tokens, max_total_tokens=budget)
+            )
             used += int(sum(result.tokens))
             if result.over_budget or (max_total_tokens is not None and used > max_total_tokens):
                 raise over_token_budget(used, max_total_tokens)
@@ -161,35 +178,18 @@ class Vectors:
                     f"input[{positions[lo + i]}] has {result.tokens[i]} tokens; the limit is "
                     f"{self.limits.max_input_tokens} per input"
                 )
-            vectors[k] = result.vectors
+            return result.vectors
 
-        if len(spans) == 1:
-            await one(0, *spans[0])
-        else:
-            tasks = [asyncio.ensure_future(one(k, lo, hi)) for k, (lo, hi) in enumerate(spans)]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:  # one chunk failed: the rest are not worth their model time
-                    t.cancel()
+        vectors = await in_chunks(chunk_spans(texts), one)
         return (vectors[0] if len(vectors) == 1 else np.concatenate(vectors)), used
 
     async def _images(self, spec: ModelSpec, values: list[str], positions: list[int]) -> tuple[np.ndarray, int]:
-        """Images in chunks of CHUNK_IMAGES, CHUNKS_IN_FLIGHT at a time: one request's images never hold the
-        embedder's fetchers and batches for long (see ``_texts``)."""
+        """Images in chunks of CHUNK_IMAGES (:func:`in_chunks`): one request's images never hold the embedder's
+        fetchers and batches for long (see ``_texts``)."""
         spans = [(lo, min(lo + CHUNK_IMAGES, len(values))) for lo in range(0, len(values), CHUNK_IMAGES)]
-        gate = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
-
-        async def one(lo: int, hi: int):
-            async with gate:
-                return await self.embedder.embed_images(spec.name, ImageEmbedRequest(values[lo:hi], positions[lo:hi]))
-
-        tasks = [asyncio.ensure_future(one(lo, hi)) for lo, hi in spans]
-        try:
-            results = await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
+        results = await in_chunks(
+            spans, lambda lo, hi: self.embedder.embed_images(spec.name, ImageEmbedRequest(values[lo:hi], positions[lo:hi]))
+        )
         vectors = results[0].vectors if len(results) == 1 else np.concatenate([r.vectors for r in results])
         return vectors, int(sum(sum(r.tokens) for r in results))
 

@@ -81,11 +81,9 @@ def new_key(acct, name, **kw):
 def ledger_tokens(acct, key_id) -> int:
     """The durable ledger, after the replicas and the ledger actor have flushed."""
     time.sleep(0.6)  # > usage_flush_s: both replicas have sent their pending usage
-    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("accounts-"))
     for a in ray.util.list_named_actors(all_namespaces=True):
         if a["name"].startswith("accounts-"):
             ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).flush.remote())
-    del name
     entry = acct[1].read_ledger(key_id)
     return entry["tokens"] if entry else 0
 
