@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -31,7 +32,7 @@ from typing import Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from classifiers.errors import InvalidApiKey, InvalidAuthFormat, MissingApiKey, ServiceUnavailable
+from classifiers.errors import InvalidApiKey, InvalidAuthFormat, LocalClientsOnly, MissingApiKey, ServiceUnavailable
 from classifiers.state import ANONYMOUS_OWNER
 from classifiers.store import BlobStore
 
@@ -192,16 +193,18 @@ class Authenticator:
     """``Authorization`` header -> :class:`Principal`, with key records cached for ``ttl_s``.
 
     Without ``require_keys`` (anonymous mode) every caller is the one anonymous account and the header is
-    ignored (Jina's own examples send an empty ``Bearer``). With it: no header or an empty key ->
-    AUTH_MISSING_API_KEY; not ``Bearer <token>`` -> AUTH_INVALID_FORMAT; unknown, revoked or wrong ->
-    AUTH_INVALID_API_KEY. Errors never echo the key."""
+    ignored (Jina's own examples send an empty ``Bearer``); with ``local_only`` it answers only clients on
+    loopback addresses (LocalClientsOnly otherwise; callers with no address, Python handle calls, are local).
+    With keys: no header or an empty key -> AUTH_MISSING_API_KEY; not ``Bearer <token>`` ->
+    AUTH_INVALID_FORMAT; unknown, revoked or wrong -> AUTH_INVALID_API_KEY. Errors never echo the key."""
 
     def __init__(
-        self, store: AccountStore, *, require_keys: bool, ttl_s: float = 2.0, cache_size: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        self, store: AccountStore, *, require_keys: bool, local_only: bool = False, ttl_s: float = 2.0,
+        cache_size: int = 100_000, clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
         self.require_keys = require_keys
+        self.local_only = local_only and not require_keys
         self.ttl_s = ttl_s
         self.cache_size = cache_size
         self._clock = clock
@@ -209,6 +212,11 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None, client_ip: str | None = None) -> Principal:
         if not self.require_keys:
+            if self.local_only and client_ip is not None and not is_loopback(client_ip):
+                raise LocalClientsOnly(
+                    "This service runs without API keys for this machine only; clients on other hosts are refused. "
+                    "Its operator can require keys (--require-keys) or allow anonymous access (--allow-anonymous)."
+                )
             return Principal.anonymous(client_ip)
         return Principal.of_key(await self.verify(parse_bearer(authorization)))
 
@@ -233,6 +241,18 @@ class Authenticator:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return rec
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1, or IPv4-mapped 127.x)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def parse_bearer(authorization: str | None) -> str:

@@ -134,6 +134,15 @@ class InvalidAuthFormat(AuthError):
     code = "AUTH_INVALID_FORMAT"
 
 
+class LocalClientsOnly(AuthError):
+    """Anonymous mode on a loopback host answers clients on this machine only. Ray Serve may also listen on other
+    interfaces (its HAProxy mode binds the replicas' HTTP ports on all of them); without keys, those would
+    otherwise be an open door."""
+
+    code = "AUTHZ_INSUFFICIENT_PERMISSIONS"
+    status = 403
+
+
 class AdminRequired(ServiceError):
     """An admin route (``/v1/stats``) called with a valid key that is not an admin key."""
 

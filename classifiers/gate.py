@@ -32,7 +32,9 @@ class AccountsConfig(BaseModel):
         "mode, every caller is one anonymous account.",
     )
     allow_anonymous: bool = Field(
-        default=False, description="Allow anonymous mode on a non-loopback host (python -m serve_app refuses otherwise)."
+        default=False,
+        description="Allow anonymous mode for clients on other hosts. Off: without keys the service answers loopback "
+        "clients only (403 to others), and python -m serve_app refuses to start on a non-loopback host.",
     )
     rate_limits: bool = Field(default=True, description="Enforce the tiers' requests/tokens per minute (per IP when anonymous).")
     tiers: dict[str, TierLimits] = Field(

@@ -73,7 +73,7 @@ async def in_chunks(spans: list[tuple[int, int]], call: Callable[[int, int], Awa
 
 
 class LabelCache:
-    """LRU of label embeddings keyed by (model, label text as embedded): repeated label sets cost no model call.
+    """LRU of label vectors keyed by (model, label), pooled over the model's templates: repeated labels cost no model call.
 
     Bounded in entries (``capacity``) and in bytes (``max_bytes``): entries alone do not bound memory, since label
     texts are client strings (up to ``Limits.max_label_chars`` each) and vectors of large models are 4 KB and more.
@@ -196,30 +196,34 @@ class Vectors:
     async def labels(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, np.ndarray], int]:
         """Each label's vector by the model's label recipe (its embeddings in the registry's label templates,
         averaged: ``ModelSpec.label_texts`` / ``pool_label_vectors``) and the tokens the labels count: each
-        label counts the tokens of its first template text, however many templates the model averages."""
-        texts = {lab: spec.label_texts(lab) for lab in labels}
-        wanted = list(dict.fromkeys(t for lab in labels for t in texts[lab]))
+        label counts the tokens of its first template text, however many templates the model averages.
+
+        The cache holds the pooled vector per (model, label), so a warm label costs one lookup: pooling on every
+        request made 256 cached labels 1.3-1.6x the cost of 2 (docs/benchmarks.md)."""
         found: dict[str, tuple[np.ndarray, int]] = {}
         missing = []
-        for text in wanted:
-            hit = self.label_cache.get((spec.name, text))
+        for lab in labels:
+            hit = self.label_cache.get((spec.name, lab))
             if hit is None:
-                missing.append(text)
+                missing.append(lab)
             else:
-                found[text] = hit
+                found[lab] = hit
         if missing:
-            result = await self.embedder.embed(spec.name, EmbedRequest(missing, "label", self.limits.max_input_tokens))
+            texts = {lab: spec.label_texts(lab) for lab in missing}
+            wanted = list(dict.fromkeys(t for lab in missing for t in texts[lab]))
+            result = await self.embedder.embed(spec.name, EmbedRequest(wanted, "label", self.limits.max_input_tokens))
             if result.too_long is not None:
                 raise InputTooLong(
-                    f"label {missing[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
+                    f"label {wanted[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
                     f"the limit is {self.limits.max_input_tokens}"
                 )
-            for text, vec, n in zip(missing, result.vectors, result.tokens):
-                vec = np.array(vec, copy=True)  # own the row: a view would pin the whole Ray result buffer
-                found[text] = (vec, n)
-                self.label_cache.put((spec.name, text), (vec, n))
-        vectors = {lab: pool_label_vectors([found[t][0] for t in texts[lab]]) for lab in labels}
-        return vectors, sum(found[texts[lab][0]][1] for lab in labels)
+            by_text = dict(zip(wanted, zip(result.vectors, result.tokens)))
+            for lab in missing:
+                # pool_label_vectors returns a new array: the cache never pins the Ray result buffer.
+                entry = (pool_label_vectors([by_text[t][0] for t in texts[lab]]), int(by_text[texts[lab][0]][1]))
+                found[lab] = entry
+                self.label_cache.put((spec.name, lab), entry)
+        return {lab: found[lab][0] for lab in labels}, sum(found[lab][1] for lab in labels)
 
 
 def over_token_budget(tokens: int, budget: int | None) -> RateLimited:

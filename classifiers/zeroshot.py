@@ -127,8 +127,12 @@ def build_predictions(
             p = g.probs[i]
             best = int(np.argmax(p))
             oos = (bool(flags[name][i]), float(g.oos[i])) if name in flags else (None, None)
+            # model_construct: labels and scores are ours, already valid; validating 256 of them per input was
+            # most of the cost of a many-label request (docs/benchmarks.md).
+            scores = p.tolist()
             fields[name] = (
-                g.labels[best], float(p[best]), [PredictionLabel(label=lab, score=float(s)) for lab, s in zip(g.labels, p)], *oos
+                g.labels[best], scores[best],
+                [PredictionLabel.model_construct(label=lab, score=s) for lab, s in zip(g.labels, scores)], *oos
             )
         if grouped:
             extra = {}

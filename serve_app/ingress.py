@@ -279,7 +279,10 @@ class Ingress:
         self.accounts = RemoteAccounts(blobs, acfg)
         self.gate = AccountsGate(
             acfg,
-            auth=Authenticator(AccountStore(blobs), require_keys=acfg.require_keys, ttl_s=acfg.key_cache_ttl_s),
+            auth=Authenticator(
+                AccountStore(blobs), require_keys=acfg.require_keys, local_only=not acfg.allow_anonymous,
+                ttl_s=acfg.key_cache_ttl_s,
+            ),
             limiter=LeaseLimiter(self.accounts, lease_fraction=acfg.lease_fraction, lease_ttl_s=acfg.lease_ttl_s),
             meter=UsageMeter(self.accounts, spent_ttl_s=acfg.key_cache_ttl_s),
         )

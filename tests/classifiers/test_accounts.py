@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from classifiers.accounts import KEY_PATTERN, AccountStore, Authenticator, Principal, hash_key, parse_bearer
-from classifiers.errors import InvalidApiKey, InvalidAuthFormat, MissingApiKey
+from classifiers.errors import InvalidApiKey, InvalidAuthFormat, LocalClientsOnly, MissingApiKey
 from classifiers.state import ANONYMOUS_OWNER
 from classifiers.store import LocalDirStore
 
@@ -89,3 +89,19 @@ def test_handle_callers_name_an_account_by_uuid():
     assert p.account_id == "3f2504e0-4f89-41d3-9a0c-0305e82c3301" and p.subject.startswith("account-")
     with pytest.raises(ValueError):
         Principal.of_account("../../x")
+
+
+def test_anonymous_mode_for_this_machine_refuses_other_hosts(store):
+    """Without keys and without allow_anonymous the service answers loopback clients only: Ray Serve may listen on
+    other interfaces too (HAProxy mode), and those must not be an open door."""
+    auth = Authenticator(store, require_keys=False, local_only=True)
+    for ip in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "localhost", None):
+        assert run(auth.authenticate(None, ip)).account_id == ANONYMOUS_OWNER
+    for ip in ("10.1.2.3", "192.0.2.2", "::ffff:10.0.0.1", "2001:db8::1", "not-an-ip"):
+        with pytest.raises(LocalClientsOnly) as err:
+            run(auth.authenticate("Bearer ", ip))
+        assert err.value.status == 403 and err.value.code == "AUTHZ_INSUFFICIENT_PERMISSIONS"
+    # With keys required, local_only has no say: keys decide.
+    keyed = Authenticator(store, require_keys=True, local_only=True)
+    with pytest.raises(MissingApiKey):
+        run(keyed.authenticate(None, "127.0.0.1"))

@@ -41,3 +41,23 @@ def test_long_inputs_are_chunk_pooled(encoders, model):
     assert float(a @ b) < 0.99
     food, sport = enc.encode(["cooking food recipe", "football sport match"], "label")
     assert a @ food > b @ food and b @ sport > a @ sport
+
+
+def test_half_precision_weights_keep_the_vectors(encoders):
+    """``dtype`` (EmbedderConfig, float16 on GPUs) reaches the torch model through load_encoder. bfloat16 runs on
+    CPU, so it stands for the half-precision path here: float32 unit vectors out, within bf16's rounding of the
+    float32 model's, and the same nearest label."""
+    from classifiers.engines import load_encoder
+    from classifiers.registry import build_registry
+
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    half = load_encoder(spec, num_threads=1, dtype="bfloat16")
+    assert next(half.model.parameters()).dtype.__repr__() == "torch.bfloat16"
+    texts = ["will it rain in paris tomorrow", "play some jazz music", "transfer money to my savings account"]
+    full, low = encoders["all-MiniLM-L6-v2"].encode(texts, "input"), half.encode(texts, "input")
+    assert low.dtype == np.float32 and np.allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-3)
+    assert np.all(np.sum(full * low, axis=1) > 0.98)
+    labels = ["weather", "music", "banking"]
+    assert (low @ half.encode(labels, "label").T).argmax(1).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="dtype"):
+        load_encoder(spec, dtype="int8")
