@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,6 +283,15 @@ METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids", "ours, dia
 PROB_METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids")
 
 
+def accuracy_only(config=None):
+    """The learner config for runs that measure accuracy only: without the prequential out-of-scope record,
+    whose extra fit per batch does not change any prediction (tests/classifiers/test_declared_oos.py) and
+    would only slow the evaluation down. Runs that score out-of-scope inputs keep the served default."""
+    from classifiers.fewshot import LearnerConfig
+
+    return (config or LearnerConfig()).model_copy(update={"oos_record": False})
+
+
 def stream_batches(perm: np.ndarray, checkpoints: list[int], batch_size: int):
     """Walk a stream to each checkpoint: yields (checkpoint index, k, the batches fed since the last one)."""
     pos = 0
@@ -309,7 +319,8 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
 
     dim = task.Xtr.shape[1]
     weight = num_iters / 10.0
-    diagonal = (learner_config or LearnerConfig()).model_copy(update={"covariance": "diagonal"})
+    learner_config = accuracy_only(learner_config)
+    diagonal = learner_config.model_copy(update={"covariance": "diagonal"})
     learners = {
         "ours": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), task.L),
         "ours, no prior": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), None),
@@ -366,7 +377,7 @@ def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, we
     """Accuracy of the few-shot learner alone at each checkpoint (same protocol as :func:`run_stream`)."""
     from classifiers.fewshot import FewShotLearner
 
-    lrn = FewShotLearner(task.Xtr.shape[1], score_scale=1.0, config=learner_config)
+    lrn = FewShotLearner(task.Xtr.shape[1], score_scale=1.0, config=accuracy_only(learner_config))
     acc = np.zeros(len(checkpoints))
     seen: set[int] = set()
     for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
@@ -403,10 +414,13 @@ OOS_SCORES_FS = ("max softmax", "ours (calibrated max logit)", "Mahalanobis (ful
                  "energy")
 
 
-def _oos_scores_fewshot(lrn, X: np.ndarray) -> dict[str, np.ndarray]:
+def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
     """Out-of-scope scores (larger = more out of scope) of a learner with examples: the baselines (max softmax,
     full Mahalanobis distance with the learner's own covariance and class means, cosine to class means,
-    energy = -logsumexp of the logits) and the served score (LinearPredictor.oos_score)."""
+    energy = -logsumexp of the logits) and the served score (classifiers.oos.fewshot_oos_score, which the
+    service calls: LinearPredictor.oos_score, with the zero-shot rule for a winning class without examples)."""
+    from classifiers.oos import fewshot_oos_score
+
     pred = lrn.compile()
     z = pred.decision_function(X)
     p = pred.predict_proba(X)
@@ -424,7 +438,7 @@ def _oos_scores_fewshot(lrn, X: np.ndarray) -> dict[str, np.ndarray]:
     maha = (q[:, None] - 2 * cross + mq[None]).min(1)
     mun = mu / np.linalg.norm(mu, axis=1, keepdims=True)
     m = z.max(1)
-    return {"max softmax": -p.max(1), "ours (calibrated max logit)": pred.oos_score(X, logits=z),
+    return {"max softmax": -p.max(1), "ours (calibrated max logit)": fewshot_oos_score(pred, X, spec, logits=z),
             "Mahalanobis (full)": maha, "max cosine to class means": -(X @ mun.T).max(1),
             "energy": -(m + np.log(np.exp(z - m[:, None]).sum(1)))}
 
@@ -458,7 +472,7 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
     weight = num_iters / 10.0
     decl = FewShotLearner(dim, score_scale=spec.score_scale, config=declare_config or learner_config)
     decl.declare({n: task.L[j] for j, n in enumerate(task.names)})
-    plain = FewShotLearner(dim, score_scale=spec.score_scale, config=learner_config or LearnerConfig())
+    plain = FewShotLearner(dim, score_scale=spec.score_scale, config=accuracy_only(learner_config))
     pa = OnlinePA(dim, seed=pa_seed)
     acc = {m: np.full(len(checkpoints), np.nan) for m in ALL_METHODS}
     oos: dict[int, dict] = {}
@@ -486,6 +500,57 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
             if k == 0:
                 zi, zo = _oos_scores_zero_shot(task.Xte, task.L, spec), _oos_scores_zero_shot(Xoos, task.L, spec)
             else:
-                zi, zo = _oos_scores_fewshot(decl, task.Xte), _oos_scores_fewshot(decl, Xoos)
+                zi, zo = _oos_scores_fewshot(decl, task.Xte, spec), _oos_scores_fewshot(decl, Xoos, spec)
             oos[k] = {name: (zi[name], zo[name]) for name in zi}
     return {"acc": acc, "oos": oos}
+
+
+def run_stream_oos(task: Task, perm: np.ndarray, oos_at: tuple[int, ...], *, spec, Xoos: np.ndarray,
+                   batch_size: int = 8, num_iters: int = 10, learner_config=None) -> dict:
+    """Out-of-scope detection of ONE classifier with every label of ``task`` declared (e.g. all 150 CLINC
+    intents), fed the stream ``perm`` in batches: at each k in ``oos_at`` (0 = zero-shot on all labels) the
+    OOS scores of the task's in-scope test set and of ``Xoos``. Only the declared-labels learner runs (no
+    baselines to refit), so the 150-way task stays cheap. Returns {k: {score: (in_scores, out_scores)}}."""
+    from classifiers.fewshot import FewShotLearner
+
+    lrn = FewShotLearner(task.Xtr.shape[1], score_scale=spec.score_scale, config=learner_config)
+    lrn.declare({n: task.L[j] for j, n in enumerate(task.names)})
+    out: dict[int, dict] = {}
+    for _ci, k, batches in stream_batches(perm, sorted(oos_at), batch_size):
+        for sel in batches:
+            lrn.update(task.Xtr[sel], [task.names[j] for j in task.ytr[sel]], weight=num_iters / 10.0)
+        if k == 0:
+            zi, zo = _oos_scores_zero_shot(task.Xte, task.L, spec), _oos_scores_zero_shot(Xoos, task.L, spec)
+        else:
+            zi, zo = _oos_scores_fewshot(lrn, task.Xte, spec), _oos_scores_fewshot(lrn, Xoos, spec)
+        out[k] = {name: (zi[name], zo[name]) for name in zi}
+    return out
+
+
+def generic_corpus(limit: int = 800) -> list[str]:
+    """A fixed, label-free reference corpus that ships with every Python: the first sentence of the standard
+    library's public docstrings (5-25 plain words), sorted and thinned to ``limit``. Generic text, deliberately
+    not CLINC's (a zero-shot request has no in-domain inputs to calibrate on); deterministic for one Python
+    version, so its embeddings are cached like the rest."""
+    import importlib
+    import inspect
+    import re
+    import warnings
+
+    sents: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for m in sorted(x for x in sys.stdlib_module_names if not x.startswith("_") and x not in ("antigravity", "this")):
+            try:
+                mod = importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - platform-specific modules
+                continue
+            for o in [mod] + [getattr(mod, n, None) for n in dir(mod) if not n.startswith("_")]:
+                d = inspect.getdoc(o) if o is not None else None
+                if not d:
+                    continue
+                first = re.split(r"(?<=[.!?])\s", " ".join(d.split("\n\n")[0].split()))[0]
+                if 5 <= len(first.split()) <= 25 and re.fullmatch(r"[A-Za-z ,.'()-]+", first) and not re.search(r"\(\)|_", first):
+                    sents.add(first)
+    out = sorted(sents)
+    return out[:: max(1, len(out) // limit)][:limit]

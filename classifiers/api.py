@@ -31,7 +31,7 @@ class Abstain(BaseModel):
     false_alarm_rate: float | None = Field(
         default=None, gt=0, lt=1,
         description="Target share of in-scope inputs wrongly flagged (e.g. 0.05), turned into a threshold on the "
-        "calibrated score (docs/fewshot.md: calibration is close for e5, loose for MiniLM few-shot).",
+        "calibrated score (docs/fewshot.md; achieved rates per model in docs/eval/report.md).",
     )
     threshold: float | None = Field(
         default=None, description="A raw threshold on `oos_score` (standardised: about N(0, 1) for in-scope inputs)."

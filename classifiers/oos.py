@@ -5,7 +5,9 @@ of in-scope inputs wrongly flagged) maps to one threshold through the normal qua
 
 * **few-shot** (a classifier with examples): :meth:`classifiers.fewshot.LinearPredictor.oos_score` — how many
   in-scope standard deviations the winning class's logit falls short of its in-scope mean; the mean and
-  deviation per class come from the learner's own sufficient statistics (compile time, 2K floats). The
+  deviation per class come from the learner's own sufficient statistics (compile time, 2K floats), corrected
+  by the learner's prequential record (the same score for training inputs scored before they were learned:
+  3 running moments). A winning declared class without examples is scored by the zero-shot rule below. The
   winning logit is the learner's LDA discriminant ``mu_k^T Sigma^-1 x - mu_k^T Sigma^-1 mu_k / 2``, i.e. minus
   half the Mahalanobis distance to the nearest class up to the per-input term ``x^T Sigma^-1 x``, so it needs
   no D x D matrix at serving time; on CLINC it separates out-of-scope inputs as well as the full Mahalanobis
@@ -43,12 +45,16 @@ def zero_shot_oos_score(cosines: np.ndarray, spec) -> np.ndarray:
 
 
 def fewshot_oos_score(predictor, X: np.ndarray, spec, logits: np.ndarray | None = None) -> np.ndarray:
-    """(n,) OOS score of a few-shot classifier: its own calibrated score once it has examples; a classifier
-    with declared labels only scores like zero-shot (its logits are ``score_scale * cos``), so it uses the
-    zero-shot rule on ``logits / score_scale``."""
+    """(n,) OOS score of a few-shot classifier: its own calibrated score once it has examples — except where
+    the winner is a declared class with no example yet, which is judged by the zero-shot rule on its label
+    cosine (its Gaussian calibration rests on the label prior alone and would flag nearly every input); a
+    classifier with declared labels only scores like zero-shot (its logits are ``score_scale * cos``), so it
+    uses the zero-shot rule on ``logits / score_scale``."""
     z = predictor.decision_function(X) if logits is None else np.asarray(logits, np.float64)
     if predictor.oos_calibrated:
-        return predictor.oos_score(X, logits=z)
+        mean, std = getattr(spec, "oos_cosine_mean", None), getattr(spec, "oos_cosine_std", None)
+        zero_shot = (float(mean), float(std)) if mean is not None and std is not None else None
+        return predictor.oos_score(X, logits=z, zero_shot=zero_shot)
     return zero_shot_oos_score(z / float(spec.score_scale), spec)
 
 

