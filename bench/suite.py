@@ -300,9 +300,11 @@ def serve_child(model: str, port: int, switch_env: dict) -> None:
     gpu = gpu_mode()
     ray.init(num_cpus=os.cpu_count() if gpu else 4, num_gpus=1 if gpu else 0, include_dashboard=False,
              logging_level="ERROR", runtime_env={"env_vars": env_vars})
+    # A fresh store per start: classifiers created by earlier runs would count toward the owner's limit.
+    store = tempfile.mkdtemp(prefix="bench-store-")
     try:
         overrides = {"port": port, "models": [model], "accounts": {"rate_limits": False},
-                     "ingress": {"max_inflight_per_client": 1000}}
+                     "ingress": {"max_inflight_per_client": 1000}, "state": {"store_url": store}}
         if gpu:
             overrides["ingress"]["num_replicas"] = GPU_INGRESS_REPLICAS
             if torch_model(model):
@@ -318,6 +320,7 @@ def serve_child(model: str, port: int, switch_env: dict) -> None:
             serve.shutdown()
         finally:
             ray.shutdown()
+            shutil.rmtree(store, ignore_errors=True)
 
 
 # -- systems -----------------------------------------------------------------------------------------------
@@ -454,7 +457,8 @@ def infinity(results: list, args, notes: dict) -> None:
            "DO_NOT_TRACK": "1"}
     cli = str(Path(py).parent / "infinity_emb")
     proc = spawn([cli, "v2", "--model-id", weights, "--served-model-name", "all-MiniLM-L6-v2", "--port", str(port),
-                  "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu", "--no-bettertransformer"],
+                  "--host", "127.0.0.1", "--engine", "torch", "--device", "cuda" if gpu_mode() else "cpu",
+                  "--no-bettertransformer"],
                  env=env, log_path=log_path)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -575,14 +579,14 @@ def target_rows(res: dict) -> list[str]:
         need = 2.0 if model == "all-MiniLM-L6-v2" else 1.0
         for conc in (16, 64):
             svc, nv = cell("service", "zeroshot", model, "short", 1, conc), cell("naive", "zeroshot", model, "short", 1, conc)
-            if svc and nv:
+            if svc and nv and nv["inputs_per_s"] > 0:
                 ratio = svc["inputs_per_s"] / nv["inputs_per_s"]
                 out.append(f"| single input, {conc} clients: >= {need:.1f} x naive | {model} | "
                            f"{svc['inputs_per_s']:.0f} vs {nv['inputs_per_s']:.0f} inputs/s = {ratio:.2f} x | {verdict(ratio >= need)} |")
         for kind in ("short", "long"):
             best = raws.get(model, {}).get(kind, {}).get("best")
             got = [r for r in rows if (r["system"], r["endpoint"], r["model"], r["kind"]) == ("service", "zeroshot", model, kind)
-                   and r["size"] >= 8]
+                   and r["size"] >= 8 and r.get("requests")]  # a cell shorter than one request measures nothing
             if best and got:
                 top = max(got, key=lambda r: r["inputs_per_s"])
                 ratio = top["inputs_per_s"] / best
@@ -595,13 +599,13 @@ def target_rows(res: dict) -> list[str]:
         for conc in (16, 64):
             for size in (1, 32):
                 svc, peer = cell("service", "embeddings", model, "short", size, conc), cell("infinity", "peer", model, "short", size, conc)
-                if svc and peer:
+                if svc and peer and peer["inputs_per_s"] > 0:
                     ratio = svc["inputs_per_s"] / peer["inputs_per_s"]
                     out.append(f"| embeddings, {size} input(s), {conc} clients: >= 1.0 x infinity | {model} | "
                                f"{svc['inputs_per_s']:.0f} vs {peer['inputs_per_s']:.0f} inputs/s = {ratio:.2f} x | {verdict(ratio >= 1.0)} |")
         for conc in (1, 16):
             two, many = cell("service", "zeroshot-2labels", model, "short", 1, conc), cell("service", "zeroshot-256labels", model, "short", 1, conc)
-            if two and many:
+            if two and many and many["rps"] > 0:
                 cost = two["rps"] / many["rps"]  # time per request, 256 labels over 2
                 out.append(f"| 256 labels <= 1.1 x the cost of 2 (warm cache), {conc} client(s) | {model} | "
                            f"{many['rps']:.1f} vs {two['rps']:.1f} requests/s: cost {cost:.2f} x | {verdict(cost <= 1.1)} |")
@@ -656,7 +660,8 @@ def render(res: dict, command: str) -> str:
                 continue
             key = (model, r["kind"], r["size"], r["concurrency"])
             rawbest = raws.get(model, {}).get(r["kind"], {}).get("best")
-            vs_naive = r["inputs_per_s"] / naive_at[key] if naive_at.get(key) and r["system"] != "naive" else None
+            vs_naive = (r["inputs_per_s"] / naive_at[key] if naive_at.get(key) and r["system"] != "naive"
+                        and r["endpoint"] in ("zeroshot", "fewshot", "embeddings") else None)  # 5-label naive cells
             vs_raw = r["inputs_per_s"] / rawbest if rawbest else None
             pk = (r["kind"], r["size"], r["concurrency"])
             vs_peer = (r["inputs_per_s"] / peer_at[pk] if r["endpoint"] == "embeddings" and peer_at.get(pk) else None)
@@ -704,11 +709,12 @@ def plot(res: dict) -> list[str]:
                 xs = [c for c, _ in pts]
                 for col, (key, label) in enumerate([("inputs_per_s", "inputs/s"), ("p50", "p50 latency (ms)"),
                                                     ("p99", "p99 latency (ms)")]):
-                    axes[w][col].plot(xs, [r[key] or float("nan") for _, r in pts], marker="o", label=line)
+                    # a cell with no completed request has no latency: a gap, not a 0 on a log axis
+                    axes[w][col].plot(xs, [r[key] if r[key] else float("nan") for _, r in pts], marker="o", label=line)
                     axes[w][col].set_title(f"{model}: {kind} inputs, {size}/request — {label}", fontsize=9)
                     axes[w][col].set_xscale("log", base=2)
                     axes[w][col].set_xlabel("client concurrency")
-                    if col:
+                    if col and any(r[key] for _, r in pts):
                         axes[w][col].set_yscale("log")
             raw_best = res["raw"].get(model, {}).get(kind, {}).get("best")
             if raw_best:

@@ -493,7 +493,7 @@ class FewShotLearner:
         :meth:`update` and ``oos_calibration_pseudo_count`` pseudo-scores drawn from N(0, 1) (no record: (0, 1))."""
         c, s1, s2 = (float(v) for v in self._oos_moments)
         n0 = float(self.config.oos_calibration_pseudo_count)
-        if c + n0 <= 0:
+        if c + n0 < 2:  # fewer than two scores in all: no spread to measure (pseudo-count 0, one score so far)
             return 0.0, 1.0
         m = s1 / (c + n0)
         var = (s2 + n0) / (c + n0) - m * m

@@ -289,7 +289,9 @@ class ClassifierTable:
             self._check_classes(set(batch.y) | set(batch.declared), set())
             now = self._clock()
             learner = FewShotLearner(new.dim, score_scale=new.score_scale, config=self._learner_config)
-            _apply(learner, batch)
+            # Off the shard's event loop: a large update is several D x D solves (docs/fewshot.md), and other
+            # classifiers' classify calls on this shard must not wait for it. The learner is this call's own copy.
+            await asyncio.to_thread(_apply, learner, batch)
             rec = ClassifierRecord(
                 classifier_id=cid, owner=new.owner, model=new.model, access=new.access, learner=learner,
                 created_at=now, updated_at=now, num_samples=len(batch.y), recent_updates={batch.update_id: len(batch.y)},
@@ -325,7 +327,9 @@ class ClassifierTable:
                 self._loaded.pop(cid, None)
                 raise classifier_not_found(cid)
             learner = stored.learner
-            _apply(learner, batch)
+            # Off the shard's event loop: a large update is several D x D solves (docs/fewshot.md), and other
+            # classifiers' classify calls on this shard must not wait for it. The learner is this call's own copy.
+            await asyncio.to_thread(_apply, learner, batch)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
             recent[batch.update_id] = len(batch.y)
             new = ClassifierRecord(

@@ -62,9 +62,10 @@ class EmbedderConfig(DeploymentConfig):
     max_batch_size: int = Field(default=32, ge=1, description="Requests @serve.batch coalesces into one model call.")
     batch_wait_timeout_s: float = Field(
         default=0.0, ge=0,
-        description="How long a batch waits to fill after its first request. 0: requests that arrive while the model "
-        "runs wait and join the next batch together (classifiers.embedding.ModelTurns), so batches grow with load "
-        "without a timer; on 2 cores a 5 ms wait lost at 1, 16 and 64 clients (docs/benchmarks.md).",
+        description="How long a batch waits to fill after its first request. 0 (default): continuous batching, "
+        "requests that arrive while the model runs wait and join the next batch together "
+        "(classifiers.embedding.ModelTurns), so batches grow with load without a timer; on 2 cores a 5 ms wait lost "
+        "at 1, 16 and 64 clients (docs/benchmarks.md). Above 0: Serve's own timer instead, without continuous batching.",
     )
     num_threads: int | None = Field(
         default=None, ge=1,

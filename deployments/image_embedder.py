@@ -90,7 +90,7 @@ class ImageEmbedder(TextSide):
                 self._failures_exported[kind] = n
 
     async def _image_turn(self, images: list) -> np.ndarray:
-        async with self.turns.turn():  # the text tower's turns too: one model, one device
+        async with self.turn():  # the text tower's turns too: one model, one device
             return await self._image_batch(images)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
@@ -100,8 +100,9 @@ class ImageEmbedder(TextSide):
         return await asyncio.to_thread(self._embed_images, batch)
 
     def _embed_images(self, batch: list[list]) -> list:
-        self.encoder.set_threads(self.threads.large)  # images are compute-bound
-        return embed_image_batch(self.encoder, batch)
+        with self._model_lock:
+            self.encoder.set_threads(self.threads.large)  # images are compute-bound
+            return embed_image_batch(self.encoder, batch)
 
     async def stats(self) -> dict:
         # async: runs on the replica's event loop, where the image pixel budgets live.

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +40,14 @@ class ThreadPolicy:
         return self.large if chars >= self.large_from_chars else self.small
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), not the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def thread_policy(spec: ModelSpec, cores: int, configured: int | None) -> ThreadPolicy:
     """The policy when ``EmbedderConfig.num_threads`` is unset (Ray sets OMP_NUM_THREADS=1 in replicas with
     fractional num_cpus, so an engine left alone would run on one thread); a configured count is used always."""
@@ -56,20 +66,27 @@ class TextSide:
         self.spec = spec
         self.config = config
         started = time.perf_counter()
-        self.threads = thread_policy(spec, os.cpu_count() or 1, self.config.num_threads)
+        self.threads = thread_policy(spec, available_cores(), self.config.num_threads)
         self.encoder = encoder_loader(
             self.spec, num_threads=self.threads.large, device=self.config.device, dtype=self.config.dtype
         )
         logger.info(
-            "%s %s loaded in %.1fs (dim=%d, %d threads) with config %s",
+            "%s %s loaded in %.1fs (dim=%d, threads %s) with config %s",
             type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, self.threads,
             self.config.model_dump_json(),
         )
-        self.turns = ModelTurns()  # continuous batching: requests wait while earlier ones are at the model
+        # Continuous batching (requests wait while earlier ones are at the model) unless a wait timer is configured:
+        # with both, a partial batch would wait out the timer while nobody else may join it.
+        self.turns = ModelTurns() if self.config.batch_wait_timeout_s == 0 else None
+        self._model_lock = threading.Lock()  # one model call at a time: text and image batches share the encoder
         self._configure_batching(self._batch)
         self._stats = BatchStats("texts")
         self.metrics = EmbedderMetrics(spec.name)
         self._enqueued: dict[int, float] = {}
+
+    def turn(self):
+        """The continuous-batching turn around one request (ModelTurns), or nothing when a wait timer is set."""
+        return self.turns.turn() if self.turns is not None else contextlib.nullcontext()
 
     def _configure_batching(self, method) -> None:
         method.set_max_batch_size(self.config.max_batch_size)
@@ -78,7 +95,7 @@ class TextSide:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         self._enqueued[id(request)] = time.perf_counter()
         try:
-            async with self.turns.turn():
+            async with self.turn():
                 return await self._batch(request)
         finally:
             self._enqueued.pop(id(request), None)
@@ -95,8 +112,9 @@ class TextSide:
         return await asyncio.to_thread(self._embed, requests, threads)
 
     def _embed(self, requests: list[EmbedRequest], threads: int) -> list[EmbedResult]:
-        self.encoder.set_threads(threads)
-        return embed_batch(self.encoder, requests)
+        with self._model_lock:
+            self.encoder.set_threads(threads)
+            return embed_batch(self.encoder, requests)
 
     def stats(self) -> dict:
         return {"model": self.spec.name, **self._stats.snapshot(), **memory()}

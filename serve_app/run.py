@@ -47,22 +47,28 @@ def main(argv: list[str] | None = None) -> None:
                            "Use --require-keys (create keys with ./scripts/keys), or --allow-anonymous if that is meant.\n")
         logger.warning("ANONYMOUS mode: no API keys; every caller is one account (rate limits per client IP)")
 
+    # Handlers first: a Ctrl-C while Ray and the app start up stops them cleanly once they are up (set again
+    # below, in case Ray installed its own while starting).
+    stop = threading.Event()
+
+    def on_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    on_signals()
+    # Ray Serve's switches (RAY_SERVE_*: serve_app.switches' defaults plus any given) must reach every worker.
+    switches = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+    runtime_env = {"env_vars": switches} if switches else None
     if "RAY_ADDRESS" in os.environ:
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
-        # A new instance ("local"): never attach to another Ray that happens to run on this machine. Ray Serve's
-        # switches (RAY_SERVE_*: serve_app.switches' defaults plus any given) must reach every worker.
-        switches = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": switches} if switches else None)
-        logger.info("Ray Serve switches: %s", switches)
+        # A new instance ("local"): never attach to another Ray that happens to run on this machine.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+    logger.info("Ray Serve switches: %s", switches)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
+    on_signals()
     logger.info("serving on http://%s:%d  (Ctrl-C to stop)", cfg.host, cfg.port)
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     logger.info("shutting down")
     serve.shutdown()  # replicas drain and send their pending usage to the ledger first

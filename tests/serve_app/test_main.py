@@ -27,6 +27,7 @@ def test_python_m_serve_app_serves_behind_haproxy_and_stops_cleanly(tmp_path):
     """The README's start command as users run it (a process of its own, its own new Ray instance): the default
     switches are on (HAProxy in front where Ray bundles it), it classifies, and Ctrl-C stops it with status 0."""
     import json
+    import re
     import signal
     import subprocess
     import sys
@@ -72,8 +73,10 @@ def test_python_m_serve_app_serves_behind_haproxy_and_stops_cleanly(tmp_path):
         assert "'RAY_SERVE_THROUGHPUT_OPTIMIZED': '1'" in started
         if haproxy_available(env):
             assert "'RAY_SERVE_ENABLE_HA_PROXY': '1'" in started
-            # HAProxy (not Ray's Python proxy) owns the port: its stats page answers beside it.
-            with urllib.request.urlopen("http://127.0.0.1:8404/stats", timeout=10) as r:
+            # HAProxy (not Ray's Python proxy) owns the port: its stats page answers on the free port chosen at start.
+            stats_port = re.search(r"'RAY_SERVE_HAPROXY_STATS_PORT': '(\d+)'", started).group(1)
+            assert stats_port != "8404"
+            with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=10) as r:
                 assert r.status == 200 and b"HAProxy" in r.read()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
