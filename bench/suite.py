@@ -819,34 +819,27 @@ def main() -> None:
         res["took_min"] = (time.time() - started) / 60
         Path(args.results).write_text(json.dumps(res, indent=1))
 
+    def stage(title: str, measure) -> None:
+        """One system: wait for a quiet machine, measure, save what we have so far."""
+        wait_idle(not args.no_wait)
+        log(f"== {title} ==")
+        measure()
+        save()
+
     try:
         for model in args.models:
             if "raw" in args.systems:
-                wait_idle(not args.no_wait)
-                log(f"== raw {model} ==")
-                res["raw"][model] = raw(model, args.lengths, args.raw_seconds)
-                save()
+                stage(f"raw {model}", lambda: res["raw"].update({model: raw(model, args.lengths, args.raw_seconds)}))
             if "naive" in args.systems:
-                wait_idle(not args.no_wait)
-                log(f"== naive {model} ==")
-                naive(res["rows"], model, args)
-                save()
+                stage(f"naive {model}", lambda: naive(res["rows"], model, args))
             if "infinity" in args.systems and model == "all-MiniLM-L6-v2":
-                wait_idle(not args.no_wait)
-                log("== infinity-emb ==")
-                infinity(res["rows"], args, res["notes"])
-                save()
+                stage("infinity-emb", lambda: infinity(res["rows"], args, res["notes"]))
             if "service" in args.systems:
-                wait_idle(not args.no_wait)
-                log(f"== service {model} ==")
-                service(res["rows"], model, args)
-                save()
+                stage(f"service {model}", lambda: service(res["rows"], model, args))
         if "switches" in args.systems:
             switches(res["rows"], args, res["notes"])
         if "coldstart" in args.systems:
-            wait_idle(not args.no_wait)
-            log("== cold start ==")
-            cold_start(res)
+            stage("cold start", lambda: cold_start(res))
     finally:
         save()
         log(f"results: {args.results}")

@@ -166,12 +166,19 @@ async def migrate_legacy_owners(store: StateStore) -> int:
     return moved
 
 
-def _apply(learner: FewShotLearner, batch: TrainBatch) -> None:
-    """Declared classes first (they may be all a batch has), then the examples."""
-    if batch.declared:
-        learner.declare(batch.declared)
-    if len(batch.y):
-        learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
+async def _apply(learner: FewShotLearner, batch: TrainBatch) -> None:
+    """Declared classes first (they may be all a batch has), then the examples.
+
+    Off the event loop: a large update is several D x D solves (docs/fewshot.md), and other classifiers' classify
+    calls on the same shard must not wait for it. ``learner`` is the caller's own copy, under its lock."""
+
+    def apply() -> None:
+        if batch.declared:
+            learner.declare(batch.declared)
+        if len(batch.y):
+            learner.update(batch.X, batch.y, weight=batch.weight, label_vectors=batch.label_vectors)
+
+    await asyncio.to_thread(apply)
 
 
 class ClassifierTable:
@@ -289,9 +296,7 @@ class ClassifierTable:
             self._check_classes(set(batch.y) | set(batch.declared), set())
             now = self._clock()
             learner = FewShotLearner(new.dim, score_scale=new.score_scale, config=self._learner_config)
-            # Off the shard's event loop: a large update is several D x D solves (docs/fewshot.md), and other
-            # classifiers' classify calls on this shard must not wait for it. The learner is this call's own copy.
-            await asyncio.to_thread(_apply, learner, batch)
+            await _apply(learner, batch)
             rec = ClassifierRecord(
                 classifier_id=cid, owner=new.owner, model=new.model, access=new.access, learner=learner,
                 created_at=now, updated_at=now, num_samples=len(batch.y), recent_updates={batch.update_id: len(batch.y)},
@@ -327,9 +332,7 @@ class ClassifierTable:
                 self._loaded.pop(cid, None)
                 raise classifier_not_found(cid)
             learner = stored.learner
-            # Off the shard's event loop: a large update is several D x D solves (docs/fewshot.md), and other
-            # classifiers' classify calls on this shard must not wait for it. The learner is this call's own copy.
-            await asyncio.to_thread(_apply, learner, batch)
+            await _apply(learner, batch)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
             recent[batch.update_id] = len(batch.y)
             new = ClassifierRecord(

