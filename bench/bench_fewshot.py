@@ -49,7 +49,7 @@ async def state_scale(counts: list[int], shards: int) -> list[tuple]:
     spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
     enc = load_encoder(spec)
     X = enc.encode(texts, "input")
-    label_vecs = dict(zip(sorted(set(ys)), enc.encode([y.replace("_", " ") for y in sorted(set(ys))], "label")))
+    label_vecs = dict(zip(sorted(set(ys)), enc.encode([y.replace("_", " ") for y in sorted(set(ys))], "label"), strict=True))
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as store:
@@ -76,7 +76,7 @@ async def state_scale(counts: list[int], shards: int) -> list[tuple]:
             state = sum(s["memory_bytes"] for s in stats)
             q = X[:1]
 
-            async def latencies(pool: int) -> list[float]:
+            async def latencies(pool: int, ids: list[str] = ids, q: np.ndarray = q) -> list[float]:
                 out = []
                 for _ in range(1000):
                     j = int(rng.integers(pool))
@@ -102,7 +102,7 @@ async def train_cost(url: str, rounds: int) -> dict[int, float]:
     import httpx
 
     texts, ys = clinc(n_per_label=4, labels=8)
-    items = [{"text": t, "label": y} for t, y in zip(texts, ys)]
+    items = [{"text": t, "label": y} for t, y in zip(texts, ys, strict=True)]
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         r = await c.post("/v1/train", json={"model": "all-MiniLM-L6-v2", "input": items})
         cid = r.json()["classifier_id"]

@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.evaluation import (  # noqa: E402
     ALL_METHODS,
     METHODS,
-    embed_labels,
-    run_stream_all_classes,
     PROB_METHODS,
     Task,
     accuracy,
     ece,
     embed,
+    embed_labels,
     fit_scale,
     get_spec,
     label_words,
@@ -48,6 +47,7 @@ from bench.evaluation import (  # noqa: E402
     read_csv,
     run_learner_only,
     run_stream,
+    run_stream_all_classes,
     softmax,
     split_csv,
     tune_logreg_C,
@@ -71,7 +71,7 @@ def build_tasks(model: str, train, test, groups: dict[str, list[str]], opaque_wi
     Xtr, Xte = X[: len(train.texts)].astype(np.float64), X[len(train.texts):].astype(np.float64)
     ytr_all, yte_all = np.array(train.labels), np.array(test.labels)
     all_names = sorted({n for g in groups.values() for n in g})
-    Lw = dict(zip(all_names, embed_labels(model, all_names)))  # the registry's zero-shot label recipe
+    Lw = dict(zip(all_names, embed_labels(model, all_names), strict=True))  # the registry's zero-shot label recipe
     max_k = max(len(g) for g in groups.values())
     ids = [f"c{j:0{opaque_width}d}" for j in range(max_k)]
     Lo = embed(model, label_texts(spec.label_template, ids, words=False), "label", progress=False)
@@ -150,8 +150,8 @@ def six_prompt_check(model: str) -> dict | None:
     Xc = embed(model, texts, "input", progress=False)
     Lc = embed(model, label_texts(spec.label_template, list(CLEAR_CUT), False), "label", progress=False)
     predc = [list(CLEAR_CUT)[i] for i in (Xc @ Lc.T).argmax(1)]
-    return {"six_sensible": sum(p in ok for p, ok in zip(pred, SENSIBLE)), "six_total": len(SENSIBLE),
-            "clear_cut": sum(a == b for a, b in zip(predc, expected)), "clear_total": len(expected)}
+    return {"six_sensible": sum(p in ok for p, ok in zip(pred, SENSIBLE, strict=True)), "six_total": len(SENSIBLE),
+            "clear_cut": sum(a == b for a, b in zip(predc, expected, strict=True)), "clear_total": len(expected)}
 
 
 # -------------------------------------------------------------------------------------- curves
@@ -448,7 +448,7 @@ def plot(model: str, runs: dict, path: Path) -> None:
     for r, (name, run) in enumerate(runs.items()):
         res = run["res"]
         x = np.array(run["ks"], float)
-        ticks = [f"{lab}\n{c:.0f} cls" for lab, c in zip(run["labels"], res["classes"].mean(0))]
+        ticks = [f"{lab}\n{c:.0f} cls" for lab, c in zip(run["labels"], res["classes"].mean(0), strict=True)]
         for c, metric in enumerate(("acc", "f1")):
             ax = axes[r][c]
             for method in METHODS:
@@ -513,7 +513,7 @@ def plot_roc(model: str, run: dict, path: Path) -> None:
 
     ks = list(run["roc"])
     fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 4.2), squeeze=False)
-    for ax, k in zip(axes[0], ks):
+    for ax, k in zip(axes[0], ks, strict=True):
         for name, (si, so) in run["roc"][k].items():
             fpr, tpr = roc_curve(si, so)
             ax.plot(fpr, tpr, label=name, lw=1.4 if name.startswith(("ours", "max cosine (ours")) else 1.0)
@@ -539,7 +539,7 @@ def check_all_classes(run: dict) -> list[tuple[str, bool, str]]:
     d = acc["ours, declared labels"] - acc["zero-shot"]
     out = [("declared labels: at 0 examples equal to zero-shot (+-0.005)", abs(d[0]) <= 0.005, f"difference {d[0]:+.4f}"),
            ("declared labels: never below zero-shot - 0.01", bool(np.all(d >= -0.01)),
-            "differences " + ", ".join(f"{lab}: {x:+.3f}" for lab, x in zip(labels, d)))]
+            "differences " + ", ".join(f"{lab}: {x:+.3f}" for lab, x in zip(labels, d, strict=True)))]
     early = [j for j, lab in enumerate(labels) if lab.isdigit() and 0 < int(lab) <= 16]
     start = next((j for j in early if np.all(d[j:] > 0)), None)
     out.append(("declared labels: beats zero-shot from <= 16 examples on", start is not None,
@@ -893,7 +893,7 @@ def write_report(report: dict, out: Path) -> None:
                   f"{', max_classes ' + str(run['config'].max_classes) if run['config'].max_classes != LearnerConfig().max_classes else ''}.", "",
                   "Known classes / test coverage at each step: "
                   + ", ".join(f"{lab}: {c:.1f} / {cv:.0%}" for lab, c, cv in
-                              zip(run["labels"], res["classes"].mean(0), res["coverage"].mean(0))), "",
+                              zip(run["labels"], res["classes"].mean(0), res["coverage"].mean(0), strict=True)), "",
                   "**Accuracy**", ""]
             L += curve_table(res, "acc", run["labels"]) + ["", "**Macro-F1**", ""]
             L += curve_table(res, "f1", run["labels"]) + ["", "**Calibration** (NLL / ECE of the scores)", ""]

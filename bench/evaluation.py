@@ -147,7 +147,7 @@ def ece(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             total += m.mean() * abs(correct[m].mean() - conf[m].mean())
@@ -315,8 +315,6 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
     """
     from classifiers.fewshot import FewShotLearner
 
-    from classifiers.fewshot import LearnerConfig
-
     dim = task.Xtr.shape[1]
     weight = num_iters / 10.0
     learner_config = accuracy_only(learner_config)
@@ -351,7 +349,7 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
         pos_of = {c: i for i, c in enumerate(known)}
         yl = np.array([pos_of[c] for c in yt])  # test labels as positions in `known`
 
-        def record(method, pred_global, probs_known=None):
+        def record(method, pred_global, probs_known=None, *, ci=ci, yt=yt, yl=yl):
             out["acc"][method][ci] = accuracy(yt, pred_global)
             out["f1"][method][ci] = macro_f1(yt, pred_global, len(task.names))
             if probs_known is not None:
@@ -466,7 +464,7 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
 
     Returns {"acc": {method: array over checkpoints}, "oos": {k: {score: (in_scores, out_scores)}}}.
     """
-    from classifiers.fewshot import FewShotLearner, LearnerConfig
+    from classifiers.fewshot import FewShotLearner
 
     dim = task.Xtr.shape[1]
     weight = num_iters / 10.0

@@ -43,7 +43,7 @@ def make_app(model: str, label_cache: bool = True) -> FastAPI:
             texts = [spec.label_texts(lab) for lab in missing]
             flat = encoder.encode([t for ts in texts for t in ts], "label")
             start = 0
-            for lab, ts in zip(missing, texts):
+            for lab, ts in zip(missing, texts, strict=True):
                 fresh[lab] = pool_label_vectors(flat[start : start + len(ts)])
                 start += len(ts)
             if label_cache:
@@ -69,7 +69,7 @@ def make_app(model: str, label_cache: bool = True) -> FastAPI:
             best = int(np.argmax(p))
             data.append({
                 "object": "classification", "index": i, "prediction": labels[best], "score": float(p[best]),
-                "predictions": [{"label": lab, "score": float(s)} for lab, s in zip(labels, p)],
+                "predictions": [{"label": lab, "score": float(s)} for lab, s in zip(labels, p, strict=True)],
             })
         return JSONResponse({"data": data, "usage": {"total_tokens": 0}})
 

@@ -829,13 +829,13 @@ def main() -> None:
     try:
         for model in args.models:
             if "raw" in args.systems:
-                stage(f"raw {model}", lambda: res["raw"].update({model: raw(model, args.lengths, args.raw_seconds)}))
+                stage(f"raw {model}", lambda model=model: res["raw"].update({model: raw(model, args.lengths, args.raw_seconds)}))
             if "naive" in args.systems:
-                stage(f"naive {model}", lambda: naive(res["rows"], model, args))
+                stage(f"naive {model}", lambda model=model: naive(res["rows"], model, args))
             if "infinity" in args.systems and model == "all-MiniLM-L6-v2":
                 stage("infinity-emb", lambda: infinity(res["rows"], args, res["notes"]))
             if "service" in args.systems:
-                stage(f"service {model}", lambda: service(res["rows"], model, args))
+                stage(f"service {model}", lambda model=model: service(res["rows"], model, args))
         if "switches" in args.systems:
             switches(res["rows"], args, res["notes"])
         if "coldstart" in args.systems:

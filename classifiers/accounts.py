@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import time

@@ -35,13 +35,13 @@ class EmbedResult:
 
 
 def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedResult]:
-    results: list[EmbedResult | None] = [None] * len(requests)
+    results: list[EmbedResult] = []  # one per request, in order
     accepted: dict[Role, list[int]] = {"input": [], "label": []}
     for i, req in enumerate(requests):
         tokens = encoder.count_tokens(req.texts, req.role)
         over = next((j for j, n in enumerate(tokens) if n > req.max_tokens), None)
         over_budget = req.max_total_tokens is not None and sum(tokens) > req.max_total_tokens
-        results[i] = EmbedResult(vectors=None, tokens=tokens, too_long=over, over_budget=over_budget)
+        results.append(EmbedResult(vectors=None, tokens=tokens, too_long=over, over_budget=over_budget))
         if over is None and not over_budget:
             accepted[req.role].append(i)
     for role, idx in accepted.items():
@@ -54,7 +54,7 @@ def embed_batch(encoder: Encoder, requests: list[EmbedRequest]) -> list[EmbedRes
             n = len(requests[i].texts)
             results[i].vectors = vectors[start : start + n]
             start += n
-    return results  # type: ignore[return-value]
+    return results
 
 
 class ModelTurns:
@@ -154,7 +154,7 @@ def embed_image_batch(encoder: Encoder, batch: list[list]) -> list[np.ndarray]:
 
 
 class Embedder(Protocol):
-    """How the services reach a model: the Ray embedder deployments (``deployments/embedder_handles.py``), or
+    """How the services reach a model: the Ray embedder deployments (``serve_app.ingress.HandleEmbedder``), or
     :class:`LocalEmbedder` in one process. Both run :func:`embed_batch` / :func:`embed_image_batch`."""
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult: ...

@@ -99,6 +99,24 @@ class ResourceLimitExceeded(ServiceError):
     status = 403
 
 
+class IdempotencyKeyInUse(ServiceError):
+    """A request with this Idempotency-Key is still being applied: this one did nothing. Retrying shortly gets the
+    first request's answer (or IdempotencyKeyReused, if the bodies differ). Jina's code for a resource being
+    modified, so Jina clients that retry it already do the right thing."""
+
+    code = "CONFLICT_RESOURCE_BUSY"
+    status = 409
+
+
+class IdempotencyKeyReused(ServiceError):
+    """This Idempotency-Key was first used with a different request (another body, or another operation):
+    refused, nothing applied. Replaying the first answer would tell the client its new request succeeded when it
+    was never applied (IETF draft-ietf-httpapi-idempotency-key-header: 422 for a reused key)."""
+
+    code = "INPUT_IDEMPOTENCY_KEY_REUSED"
+    status = 422
+
+
 class ServiceUnavailable(ServiceError):
     """A transient condition (a replica or state shard restarting, a store unreachable): retry later."""
 

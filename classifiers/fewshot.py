@@ -165,12 +165,13 @@ class LinearPredictor:
         winner is a declared class without examples, the score is ``(cos_mean - cos(x, l_k)) / cos_std`` on
         its label vector instead — the rule a zero-shot request uses, so such a class is judged like zero-shot
         until its first example arrives. Without it those rows keep the Gaussian score."""
-        if not self.oos_calibrated:
+        mean, std = self.oos_mean, self.oos_std
+        if mean is None or std is None:  # not oos_calibrated
             raise ValueError("this predictor has no out-of-scope calibration (no examples yet)")
         z = self.decision_function(X) if logits is None else np.asarray(logits, np.float64)
         k = z.argmax(1)
-        s = (self.oos_mean[k] - z[np.arange(len(k)), k]) / self.oos_std[k]
-        if zero_shot is not None and self.zs_classes is not None and len(self.zs_classes):
+        s = (mean[k] - z[np.arange(len(k)), k]) / std[k]
+        if zero_shot is not None and self.zs_classes is not None and self.zs_L is not None and len(self.zs_classes):
             col = np.full(z.shape[1], -1)
             col[self.zs_classes] = np.arange(len(self.zs_classes))
             rows = np.flatnonzero(col[k] >= 0)
@@ -237,7 +238,7 @@ class FewShotLearner:
     @property
     def counts(self) -> dict[str, float]:
         """Weighted example count per class."""
-        return {lab: float(c) for lab, c in zip(self._labels, self._n)}
+        return {lab: float(c) for lab, c in zip(self._labels, self._n, strict=True)}
 
     def _add_class(self, label: str) -> int:
         k = len(self._labels)
@@ -352,6 +353,7 @@ class FewShotLearner:
             return
         A, b = self._fit()
         mean, std = self._oos_gaussian()
+        assert mean is not None and std is not None  # num_examples > 0: _fit() computed the statistics
         z = X @ A + b
         k = z.argmax(1)
         keep = self._n[k] > 0  # a winner without examples is judged by the zero-shot rule, not this record
@@ -397,6 +399,7 @@ class FewShotLearner:
         if N <= 0:  # only declared classes: exactly zero-shot
             self._diag = {"zero_shot_weight": 1.0, "examples": 0.0}
             self._stats = None
+            assert zs_A is not None  # no examples: every class is declared, with its label vector
             self._cache = (zs_A.copy(), np.zeros(K))
             return self._cache
         seen = n > 0
@@ -507,7 +510,7 @@ class FewShotLearner:
         same standardised score for inputs scored *before* they were learned, so standardising by its mean
         and deviation (``oos_correction``) makes in-scope scores about N(0, 1) out of sample."""
         mean, std = self._oos_gaussian()
-        if mean is None:
+        if mean is None or std is None:
             return None, None
         shift, scale = self.oos_correction
         return mean - shift * std, std * scale
@@ -529,6 +532,7 @@ class FewShotLearner:
         if self._stats is None:
             return None, None
         st = self._stats
+        assert self._cache is not None  # callers _fit() first: the fit that computed _stats
         A, b = self._cache
         Sigma, mu, lam = st["Sigma"], st["mu"], st["lam"]
         n, kappa, T = self._n, self.config.prior_strength, float(self.config.temperature)

@@ -9,18 +9,26 @@ id; with a warm cache a classify or an update is one repository call (one actor 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
-from typing import Callable
 import uuid
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 
 from classifiers.api import (
-    ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, TrainingResponse, TrainRequest, Usage,
+    ClassificationResponse,
+    ClassifierSummary,
+    ClassifyRequest,
+    DeleteResponse,
+    TrainingResponse,
+    TrainRequest,
+    Usage,
 )
 from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, classifier_not_found
-from classifiers.inputs import check_modalities, parse_declared_labels, parse_inputs, parse_training_items
+from classifiers.inputs import Item, check_modalities, parse_declared_labels, parse_inputs, parse_training_items
 from classifiers.limits import Limits
 from classifiers.registry import Registry
 from classifiers.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
@@ -37,6 +45,22 @@ def checked_id(cid: str) -> str:
     if not CLASSIFIER_ID.fullmatch(cid):
         raise classifier_not_found(cid)
     return cid
+
+
+TRAIN_ROUTE = "POST /v1/train"  # the operation an Idempotency-Key of /train is bound to (HTTP and handle alike)
+
+
+def train_fingerprint(caller: str, req: TrainRequest) -> str:
+    """What a /train under an Idempotency-Key is bound to (IETF draft-ietf-httpapi-idempotency-key-header; Stripe
+    does the same): sha256 of the route, the account and the request *as parsed*, as canonical JSON (sorted keys,
+    defaults filled in, unknown fields dropped, one item as a list of one). So whitespace, key order or spelling
+    out a default never make a genuine retry look different, and any change to what would be applied does."""
+    body = req.model_dump(mode="json")
+    if not isinstance(body["input"], list):
+        body["input"] = [body["input"]]
+    canonical = json.dumps({"route": TRAIN_ROUTE, "account": caller, "body": body}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def humanize(label: str) -> str:
@@ -72,7 +96,9 @@ class FewShotService:
         self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None,
         on_submit: Callable[[int], None] | None = None,
     ) -> TrainingResponse:
-        """``update_id``: the client's retry key (a retry is applied once and answers as the first time);
+        """``update_id``: the client's retry key, bound to this request's :func:`train_fingerprint` (a retry of the
+        same request is applied once and answers as the first time; the key with another request is refused,
+        IdempotencyKeyReused; while the first is still being applied, IdempotencyKeyInUse);
         ``max_tokens``: the caller's token budget, counted as input tokens x num_iters; ``on_submit(tokens)`` is
         called right before the update goes to the repository (where it may be applied even if this call is then
         cancelled): the moment the caller is charged."""
@@ -80,7 +106,8 @@ class FewShotService:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
         declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
         if req.input == [] and declared:
-            items, labels = [], []  # declared classes only: a classifier that starts as zero-shot
+            items: list[Item] = []  # declared classes only: a classifier that starts as zero-shot
+            labels: list[str] = []
         else:
             items, labels = parse_training_items(
                 req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
@@ -118,6 +145,7 @@ class FewShotService:
             X, tokens = np.zeros((0, len(next(iter(prior.values())))), np.float32), 0
         batch = TrainBatch(
             X=X, y=labels, weight=req.num_iters / DEFAULT_NUM_ITERS, update_id=update_id or uuid.uuid4().hex,
+            fingerprint=train_fingerprint(caller, req) if update_id else "",
             label_vectors={lab: prior[humanize(lab)] for lab in distinct},
             declared={lab: prior[humanize(lab)] for lab in declared},
         )
@@ -138,6 +166,7 @@ class FewShotService:
     async def classify(self, req: ClassifyRequest, caller: str, *, max_tokens: int | None = None) -> ClassificationResponse:
         if req.labels is not None:
             raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
+        assert req.classifier_id is not None  # the ingress sends only few-shot requests here
         items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
         info = await self._info(req.classifier_id, caller, write=False)
         self._check_model(req.model, info)

@@ -51,7 +51,6 @@ of the first bad image. No Ray imports.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import base64
 import binascii
 import collections
@@ -66,11 +65,12 @@ import ssl
 import threading
 import weakref
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
-from typing import Any, Awaitable, Callable, Sequence, Union
+from typing import Any, Awaitable, Callable, Collection, Union
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -862,7 +862,7 @@ async def _fetch(url, config: ImageFetchConfig) -> bytes:
     async with httpx.AsyncClient(
         trust_env=False, follow_redirects=False, timeout=timeout, verify=verify, headers=headers, limits=limits
     ) as client:
-        for hop in range(config.max_redirects + 1):
+        for _hop in range(config.max_redirects + 1):
             addresses = await _vetted_addresses(url, config)
             response = await _open(client, url, addresses)
             try:
@@ -1062,7 +1062,7 @@ def _client_detail(position: int, value: str, error: ImageLoadError) -> str:
 
 async def embed_images(
     values: list[str], positions: list[int], config: ImageFetchConfig,
-    embed: Callable[[list], Awaitable[Sequence]], *, short_side: int | None = None,
+    embed: Callable[[list], Awaitable[Collection]], *, short_side: int | None = None,  # one result per image
 ) -> list:
     """Load image inputs and pass the decoded images to ``embed`` in chunks, never holding more decoded pixels than
     the request's budget (``max_request_pixels``) and the replica's (``max_replica_pixels``); returns ``embed``'s
@@ -1093,7 +1093,7 @@ async def embed_images(
     loop = asyncio.get_running_loop()
 
     first_pos: dict[str, int] = {}
-    for v, p in zip(values, positions):
+    for v, p in zip(values, positions, strict=True):
         first_pos[v] = min(p, first_pos.get(v, p))
     digest_of: dict[str, str] = {}  # value -> SHA-256 of its bytes
     digest_pos: dict[str, int] = {}  # digest -> lowest position of the values with those bytes (so far)
@@ -1170,7 +1170,7 @@ async def embed_images(
             out = await embed([image for _, image, _ in batch])
             if len(out) != len(batch):
                 raise RuntimeError(f"embed returned {len(out)} results for {len(batch)} images")
-            for (digest, _, _), row in zip(batch, out):
+            for (digest, _, _), row in zip(batch, out, strict=True):
                 rows[digest] = row
         finally:
             for _, _, n in batch:

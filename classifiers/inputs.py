@@ -7,7 +7,12 @@ from typing import Literal
 
 from classifiers.api import ImageDoc, ImageTrainingItem, InputItem, TextDoc, TrainingItem
 from classifiers.errors import (
-    InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, RequestValidationFailed, UnsupportedModality,
+    InputLimitExceeded,
+    InputTooLong,
+    InvalidInput,
+    InvalidLabels,
+    RequestValidationFailed,
+    UnsupportedModality,
 )
 from classifiers.registry import ModelSpec
 

@@ -61,9 +61,12 @@ def fewshot_oos_score(predictor, X: np.ndarray, spec, logits: np.ndarray | None 
 def abstain(scores: np.ndarray, *, false_alarm_rate: float | None = None, thresh: float | None = None) -> np.ndarray:
     """(n,) bool: True where the input is out of scope. Exactly one of ``false_alarm_rate`` (target share of
     in-scope inputs flagged; calibrated) or ``thresh`` (a raw threshold on the standardised score)."""
-    if (false_alarm_rate is None) == (thresh is None):
+    if false_alarm_rate is not None and thresh is None:
+        t = threshold(false_alarm_rate)
+    elif thresh is not None and false_alarm_rate is None:
+        t = float(thresh)
+    else:
         raise ValueError("give exactly one of false_alarm_rate or thresh")
-    t = threshold(false_alarm_rate) if thresh is None else float(thresh)
     return np.asarray(scores, np.float64) > t
 
 

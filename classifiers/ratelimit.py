@@ -151,12 +151,12 @@ class BudgetAuthority:
 
 @dataclass
 class _Lease:
+    limits: RateLimit  # the subject's limits at its last admission
     requests: int = 0
     tokens: float = 0.0  # below zero: tokens charged beyond the slice (debt to settle with the authority)
     level_requests: float = 0.0  # the authority's levels at the last exchange (for the Remaining headers)
     level_tokens: float = 0.0
     used_at: float = 0.0  # the last admission: a lease unused for lease_ttl_s goes back
-    limits: RateLimit | None = None
     requests_retry_at: float = 0.0  # refused until then without asking the authority again (it said so)
     tokens_retry_at: float = 0.0
     refilling: bool = False  # an exchange is in flight: return_idle leaves the lease alone
@@ -194,7 +194,7 @@ class LeaseLimiter:
         self.lease_fraction = lease_fraction
         self.lease_ttl_s = lease_ttl_s
         self._clock = clock
-        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._leases: dict[tuple[str, Mode], _Lease] = {}
         self.refused = {REQUEST_LIMIT: 0, TOKEN_LIMIT: 0}
 
     def _slice(self, limit: int) -> int:
@@ -250,7 +250,7 @@ class LeaseLimiter:
         finally:
             lease.refilling = False
         now = self._clock()
-        for ask, grant in zip(asks, grants):
+        for ask, grant in zip(asks, grants, strict=True):
             if ask.kind == "requests":
                 lease.requests += grant.granted
                 lease.level_requests = grant.level

@@ -11,6 +11,7 @@ Every operation is written once in the state layer (``ClassifierTable``) and onc
 """
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -31,6 +32,10 @@ class TrainBatch:
     label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
     update_id: str = ""  # a retry with the same id is applied once (a create's id derives from it: see id_for_create)
     declared: dict[str, np.ndarray] = field(default_factory=dict)  # classes to know without examples: label vectors
+    # What the update id was first used for (fewshot_service.train_fingerprint): a later batch under the same id
+    # but another fingerprint is a different request reusing the key, refused (IdempotencyKeyReused), never a
+    # replay. "" (a caller without one) matches anything, as before fingerprints.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class ClassifierRepo(Protocol):
 
     async def delete(self, classifier_id: str, caller: str) -> None: ...
 
-    async def stats(self) -> list[dict]:
+    async def stats(self) -> builtins.list[dict]:  # builtins: `list` here is the method above
         """Per-table (per-shard) statistics: loaded classifiers, memory."""
 
 

@@ -16,13 +16,18 @@ thin actor around one. Rules it enforces:
 * ``private`` classifiers exist only for their owner (others get RESOURCE_NOT_FOUND); ``public`` ones can be
   used for classification by anyone with the id, but updated, listed or deleted only by the owner.
 * Each update carries an id; a retried update (e.g. after the actor died between persisting and answering)
-  is recognised and not applied twice.
+  is recognised and not applied twice. The id is remembered with the fingerprint of the request it came with
+  (a client's Idempotency-Key and its body): the same id with another fingerprint is refused
+  (IdempotencyKeyReused, nothing applied), and the same id arriving while its first request is still being
+  applied here is refused too (IdempotencyKeyInUse). A classifier remembers its last ``RECENT_UPDATES`` ids, in
+  its stored record (so across restarts), and the id of its create for as long as it exists.
 * Once the store's fence names another writer (a newer deploy took over), every call raises StaleWriter, reads
   included: a replaced table never serves predictions the current one may have updated.
 """
 from __future__ import annotations
 
 import asyncio
+import builtins
 import io
 import json
 import time
@@ -30,12 +35,20 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from classifiers.api import ClassifierSummary
-from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceLimitExceeded, StaleWriter, classifier_not_found
+from classifiers.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidInput,
+    LabelLimitExceeded,
+    ResourceLimitExceeded,
+    StaleWriter,
+    classifier_not_found,
+)
 from classifiers.fewshot import FewShotLearner, LearnerConfig, LinearPredictor
 from classifiers.limits import Limits
 from classifiers.oos import fewshot_oos_score
@@ -69,6 +82,8 @@ class ClassifierRecord:
     updated_number: int = 0
     num_samples: int = 0
     recent_updates: dict[str, int] = field(default_factory=dict)  # update id -> num_samples it added
+    fingerprints: dict[str, str] = field(default_factory=dict)  # update id -> its request's fingerprint (if any)
+    created_by: dict | None = None  # the create's {"update_id", "fingerprint", "num_samples"}: kept for good
     used_number: int = 0
     used_at: float | None = None
     predictor: LinearPredictor | None = None
@@ -88,11 +103,15 @@ class ClassifierRecord:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.learner.labels if self.learner is not None else self.predictor.labels)
+        if self.learner is not None:
+            return list(self.learner.labels)
+        assert self.predictor is not None  # a record holds its learner or its compiled predictor
+        return list(self.predictor.labels)
 
     def to_bytes(self) -> bytes:
+        assert self.learner is not None, "only a record with its learner (the statistics) is stored"
         state = self.learner.to_state()
-        arrays = {f"learner.{k}": v for k, v in state.items() if isinstance(v, np.ndarray)}
+        arrays: dict[str, Any] = {f"learner.{k}": v for k, v in state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
         meta = {
             "format": FORMAT_VERSION,
@@ -105,6 +124,9 @@ class ClassifierRecord:
             "updated_number": self.updated_number,
             "num_samples": self.num_samples,
             "recent_updates": self.recent_updates,
+            # Optional fields (a reader that predates them ignores them, and replays by id alone, as it did):
+            "recent_fingerprints": self.fingerprints,
+            "created_by": self.created_by,
             "learner": scalars,
         }
         buf = io.BytesIO()
@@ -134,7 +156,19 @@ class ClassifierRecord:
             updated_number=meta["updated_number"],
             num_samples=meta["num_samples"],
             recent_updates=dict(meta["recent_updates"]),
+            fingerprints=dict(meta.get("recent_fingerprints") or {}),
+            created_by=meta.get("created_by"),
         )
+
+    def applied(self, update_id: str) -> tuple[int, str] | None:
+        """(num_samples, fingerprint) of an update id this classifier applied and still remembers, else None."""
+        if not update_id:
+            return None
+        if update_id in self.recent_updates:
+            return self.recent_updates[update_id], self.fingerprints.get(update_id, "")
+        if self.created_by is not None and self.created_by["update_id"] == update_id:
+            return self.created_by["num_samples"], self.created_by["fingerprint"]
+        return None
 
     def summary(self) -> ClassifierSummary:
         iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat() if t is not None else None  # noqa: E731
@@ -205,6 +239,9 @@ class ClassifierTable:
         self._dirty_usage: set[str] = set()
         self._evicted_usage: dict[str, dict] = {}  # counters of evicted classifiers, written by the next flush
         self._stale: StaleWriter | None = None
+        # (classifier id, update id) of creates and updates being applied now. This table is the only writer of
+        # its classifiers, so this set is authoritative: a second request with the same key meanwhile is a 409.
+        self._inflight: set[tuple[str, str]] = set()
 
     # -- loading --------------------------------------------------------------------------------------------
     @staticmethod
@@ -273,19 +310,57 @@ class ClassifierTable:
             self.fence_lost(err)
             raise
 
+    # -- idempotency ------------------------------------------------------------------------------------------
+    def _claim(self, cid: str, update_id: str) -> tuple[str, str] | None:
+        """Mark an update id as being applied to ``cid``; IdempotencyKeyInUse if it already is. Synchronous (no
+        await between the check and the mark), so of two requests with one key exactly one gets the claim."""
+        if not update_id:
+            return None
+        key = (cid, update_id)
+        if key in self._inflight:
+            raise IdempotencyKeyInUse(
+                f"A request with this Idempotency-Key is still being applied (classifier '{cid}' is currently being "
+                "modified); this one changed nothing. Please retry after a few moments: the retry answers with that "
+                "request's result."
+            )
+        self._inflight.add(key)
+        return key
+
+    def _replay(self, rec: ClassifierRecord, batch: TrainBatch) -> TrainOutcome | None:
+        """The first answer again if ``batch``'s update id was applied to ``rec`` (an idempotent retry); None if it
+        is new. The id with a different request's fingerprint raises IdempotencyKeyReused: replaying would tell
+        the client a request that was never applied had succeeded."""
+        known = rec.applied(batch.update_id)
+        if known is None:
+            return None
+        added, fingerprint = known
+        if fingerprint and batch.fingerprint and fingerprint != batch.fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with a different /train request (another body) on this "
+                "account; nothing was applied. Resend that request unchanged to get its answer, or use a new key "
+                "for a new request."
+            )
+        return self._outcome(rec, added, replayed=True)
+
     # -- ClassifierRepo ---------------------------------------------------------------------------------------
     async def create(self, new: NewClassifier, batch: TrainBatch, *, classifier_id: str | None = None) -> TrainOutcome:
-        """Reserve the owner's quota and write the classifier, shielded from the caller's cancellation."""
+        """Reserve the owner's quota and write the classifier, shielded from the caller's cancellation (the
+        in-flight mark lasts as long as the shielded work, not the caller)."""
         self._check_current()
         cid = classifier_id or (id_for_create(new.owner, batch.update_id) if batch.update_id else str(uuid.uuid4()))
-        return await asyncio.shield(asyncio.ensure_future(self._create(cid, new, batch)))
+        claim = self._claim(cid, batch.update_id)
+        work = asyncio.ensure_future(self._create(cid, new, batch))
+        if claim is not None:
+            work.add_done_callback(lambda _: self._inflight.discard(claim))
+        return await asyncio.shield(work)
 
     async def _create(self, cid: str, new: NewClassifier, batch: TrainBatch) -> TrainOutcome:
         async with self._lock(self._owner_locks, new.owner), self._lock(self._locks, cid):
             existing = await self._get(cid)
             if existing is not None:
-                if batch.update_id in existing.recent_updates and existing.owner == new.owner:
-                    return self._outcome(existing, existing.recent_updates[batch.update_id], replayed=True)  # a retry
+                replay = self._replay(existing, batch) if existing.owner == new.owner else None
+                if replay is not None:
+                    return replay  # a retry (or IdempotencyKeyReused above: the key with another body)
                 raise ResourceLimitExceeded(f"classifier id {cid} already exists")
             owned = await self.store.owned(new.owner)
             if len(owned) >= self.limits.max_classifiers_per_owner:
@@ -300,6 +375,9 @@ class ClassifierTable:
             rec = ClassifierRecord(
                 classifier_id=cid, owner=new.owner, model=new.model, access=new.access, learner=learner,
                 created_at=now, updated_at=now, num_samples=len(batch.y), recent_updates={batch.update_id: len(batch.y)},
+                fingerprints={batch.update_id: batch.fingerprint} if batch.fingerprint else {},
+                created_by={"update_id": batch.update_id, "fingerprint": batch.fingerprint, "num_samples": len(batch.y)}
+                if batch.update_id else None,
             )
             blob = rec.to_bytes()
             # The owner's marker first: a crash between the two writes leaves a counted marker without a
@@ -320,10 +398,19 @@ class ClassifierTable:
     async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:
         cid = classifier_id
         await self._visible(cid, caller, write=True)  # unknown ids fail here, before a lock is made for them
+        claim = self._claim(cid, batch.update_id)
+        try:
+            return await self._train(cid, caller, batch)
+        finally:
+            if claim is not None:
+                self._inflight.discard(claim)
+
+    async def _train(self, cid: str, caller: str, batch: TrainBatch) -> TrainOutcome:
         async with self._lock(self._locks, cid):
             rec = await self._visible(cid, caller, write=True)
-            if batch.update_id in rec.recent_updates:
-                return self._outcome(rec, rec.recent_updates[batch.update_id], replayed=True)
+            replay = self._replay(rec, batch)
+            if replay is not None:
+                return replay
             self._check_classes(set(batch.y) | set(batch.declared), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
@@ -332,14 +419,18 @@ class ClassifierTable:
                 self._loaded.pop(cid, None)
                 raise classifier_not_found(cid)
             learner = stored.learner
+            assert learner is not None  # _load returns the stored record with its statistics
             await _apply(learner, batch)
             recent = dict(list(rec.recent_updates.items())[-(RECENT_UPDATES - 1) :])
             recent[batch.update_id] = len(batch.y)
+            fingerprints = {u: rec.fingerprints[u] for u in recent if u in rec.fingerprints}
+            if batch.fingerprint:
+                fingerprints[batch.update_id] = batch.fingerprint
             new = ClassifierRecord(
                 classifier_id=cid, owner=rec.owner, model=rec.model, access=rec.access, learner=learner,
                 created_at=rec.created_at, updated_at=self._clock(), updated_number=rec.updated_number + 1,
-                num_samples=rec.num_samples + len(batch.y), recent_updates=recent,
-                used_number=rec.used_number, used_at=rec.used_at,
+                num_samples=rec.num_samples + len(batch.y), recent_updates=recent, fingerprints=fingerprints,
+                created_by=rec.created_by, used_number=rec.used_number, used_at=rec.used_at,
             )
             await self._persist(cid, new.to_bytes())  # durable before it is visible or acknowledged
             self._remember(new)
@@ -362,6 +453,7 @@ class ClassifierTable:
     async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
         rec = await self._visible(classifier_id, caller, write=False)
         predictor = rec.predictor  # one reference: a concurrent update swaps the record, never mutates this
+        assert predictor is not None  # loaded records are compiled
         logits = predictor.decision_function(X)
         oos = None
         if oos_spec is not None:
@@ -379,7 +471,7 @@ class ClassifierTable:
         ids = await self.store.owned(owner)
         records = await asyncio.gather(*(self._listed(cid) for cid in ids))
         out = []
-        for cid, rec in zip(ids, records):
+        for cid, rec in zip(ids, records, strict=True):
             if rec is None:  # reserved, not (yet) created: a create in flight, or one that crashed long ago
                 await self._release_stale(owner, cid)
             elif rec.owner == owner:
@@ -418,12 +510,12 @@ class ClassifierTable:
     def loaded_count(self) -> int:
         return len(self._loaded)
 
-    async def stats(self) -> list[dict]:
+    async def stats(self) -> builtins.list[dict]:  # builtins: `list` here is the method above
         return [{
             "loaded": len(self._loaded),
             "capacity": self.capacity,
             "stored_state_bytes": int(sum(r.state_bytes for r in self._loaded.values())),
-            "memory_bytes": int(sum(r.predictor.nbytes for r in self._loaded.values())),
+            "memory_bytes": int(sum(r.predictor.nbytes for r in self._loaded.values() if r.predictor is not None)),
         }]
 
     # -- usage counters -------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class LocalDirStore(BlobStore):
         return {"root": self.root, "stale_temp_s": self.stale_temp_s}
 
     def __setstate__(self, state):
-        self.__init__(state["root"], stale_temp_s=state.get("stale_temp_s", STALE_TEMP_S))
+        type(self).__init__(self, state["root"], stale_temp_s=state.get("stale_temp_s", STALE_TEMP_S))
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -230,7 +230,7 @@ class FsspecStore(BlobStore):
         return {"url": self.url, "storage_options": self._storage_options}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], **state["storage_options"])
+        type(self).__init__(self, state["url"], **state["storage_options"])
 
     def _p(self, key: str) -> str:
         if ".." in key.split("/"):

@@ -3,7 +3,7 @@
 Both services (zero-shot and few-shot) need the same two things: a request's inputs embedded in request order
 (texts and images of one request concurrently, errors naming each item's position) and label names embedded
 in the model's label template, cached. This module is that one piece; the embedder behind it is the Ray
-deployments' handles in the service (``deployments/embedder_handles.py``) or an in-process encoder
+deployments' handles in the service (``serve_app.ingress.HandleEmbedder``) or an in-process encoder
 (:class:`classifiers.embedding.LocalEmbedder`) in tests, benchmarks and tools.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from classifiers.errors import TOKEN_LIMIT, InputTooLong, RateLimited
 from classifiers.inputs import Item
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec, pool_label_vectors
-
 
 ENTRY_OVERHEAD_BYTES = 320  # per cached label beyond its vector and strings: key/value tuples, array header, LRU node
 DEFAULT_LABEL_CACHE_BYTES = 64 * 1024 * 1024
@@ -148,7 +147,7 @@ class Vectors:
         parts = await asyncio.gather(*jobs)
         out = np.empty((len(items), parts[0][0].shape[1]), np.float32)
         tokens = 0
-        for positions, (vectors, n) in zip(parts_at, parts):
+        for positions, (vectors, n) in zip(parts_at, parts, strict=True):
             out[positions] = vectors
             tokens += n
         return out, tokens
@@ -178,6 +177,7 @@ class Vectors:
                     f"input[{positions[lo + i]}] has {result.tokens[i]} tokens; the limit is "
                     f"{self.limits.max_input_tokens} per input"
                 )
+            assert result.vectors is not None  # embedded: neither too long nor over the budget
             return result.vectors
 
         vectors = await in_chunks(chunk_spans(texts), one)
@@ -217,7 +217,8 @@ class Vectors:
                     f"label {wanted[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
                     f"the limit is {self.limits.max_input_tokens}"
                 )
-            by_text = dict(zip(wanted, zip(result.vectors, result.tokens)))
+            assert result.vectors is not None  # embedded: not too long, and labels have no token budget
+            by_text = dict(zip(wanted, zip(result.vectors, result.tokens, strict=True), strict=True))
             for lab in missing:
                 # pool_label_vectors returns a new array: the cache never pins the Ray result buffer.
                 entry = (pool_label_vectors([by_text[t][0] for t in texts[lab]]), int(by_text[texts[lab][0]][1]))

@@ -61,7 +61,7 @@ def parse_labels(labels: list[str] | dict[str, list[str]] | None, limits: Limits
         )
     for g, name in enumerate(labels):  # every name before any label: names are echoed in every label's error
         check_label_chars(name, f"the name of label group {g}", limits.max_label_group_chars)
-    groups = {}
+    groups: dict[str | None, list[str]] = {}
     for name, group in labels.items():
         if not name.strip():
             raise InvalidLabels("a label group has an empty name")
@@ -126,13 +126,13 @@ def build_predictions(
         for name, g in per_group.items():
             p = g.probs[i]
             best = int(np.argmax(p))
-            oos = (bool(flags[name][i]), float(g.oos[i])) if name in flags else (None, None)
+            oos = (bool(flags[name][i]), float(g.oos[i])) if name in flags and g.oos is not None else (None, None)
             # model_construct: labels and scores are ours, already valid; validating 256 of them per input was
             # most of the cost of a many-label request (docs/benchmarks.md).
             scores = p.tolist()
             fields[name] = (
                 g.labels[best], scores[best],
-                [PredictionLabel.model_construct(label=lab, score=s) for lab, s in zip(g.labels, scores)], *oos
+                [PredictionLabel.model_construct(label=lab, score=s) for lab, s in zip(g.labels, scores, strict=True)], *oos
             )
         if grouped:
             extra = {}

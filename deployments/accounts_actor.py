@@ -20,13 +20,14 @@ from classifiers.errors import ServiceUnavailable
 from classifiers.gate import AccountsConfig
 from classifiers.ratelimit import BudgetAuthority, Grant, LeaseRequest
 from classifiers.store import BlobStore
-from classifiers.usage import UsageDelta, UsageLedger
+from classifiers.usage import FlushId, UsageDelta, UsageLedger
 from deployments.classifier_shards import NAMESPACE, store_digest
 
 logger = logging.getLogger("ray.serve")
 
 
-@ray.remote(max_restarts=-1, max_concurrency=1000)
+# Ray's typed overloads of ray.remote(...) list task options only, not actor ones such as max_concurrency.
+@ray.remote(max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class AccountsActor:
     def __init__(self, blobs: BlobStore, config: AccountsConfig):
         self.config = config
@@ -50,9 +51,10 @@ class AccountsActor:
         self._ensure_loop()
         return self.authority.exchange_now(requests)
 
-    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
+    async def add_usage(self, deltas: list[UsageDelta], flush: FlushId | None = None) -> dict[str, int]:
+        """A replica's usage; ``flush`` makes a resend (its first answer lost) add nothing (classifiers/usage.py)."""
         self._ensure_loop()
-        return await self.ledger.add_usage(deltas)
+        return await self.ledger.add_usage(deltas, flush)
 
     async def spent(self, subjects: list[str]) -> dict[str, int]:
         self._ensure_loop()
@@ -80,7 +82,8 @@ class RemoteAccounts:
 
     def _handle(self, fresh: bool = False):
         if fresh or self._actor is None:
-            self._actor = AccountsActor.options(
+            # an ActorClass (ray.remote above): mypy keeps a decorated class's type (python/mypy#3135)
+            self._actor = AccountsActor.options(  # type: ignore[attr-defined]
                 name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                 num_cpus=self.config.num_cpus,
             ).remote(self.blobs, self.config)
@@ -103,8 +106,9 @@ class RemoteAccounts:
     async def exchange(self, requests: list[LeaseRequest]) -> list[Grant]:
         return await self._call(lambda a: a.exchange.remote(requests))
 
-    async def add_usage(self, deltas: list[UsageDelta]) -> dict[str, int]:
-        return await self._call(lambda a: a.add_usage.remote(deltas))
+    async def add_usage(self, deltas: list[UsageDelta], flush: FlushId | None = None) -> dict[str, int]:
+        # Retried below on a dead actor, and by the meter on any failure: safe, since the ledger knows `flush`.
+        return await self._call(lambda a: a.add_usage.remote(deltas, flush))
 
     async def spent(self, subjects: list[str]) -> dict[str, int]:
         return await self._call(lambda a: a.spent.remote(subjects))

@@ -15,6 +15,7 @@ store; a shard that finds another set named in the store's fence stops serving (
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import hashlib
 import logging
@@ -27,7 +28,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from classifiers.api import ClassifierSummary
-from classifiers.errors import ServiceUnavailable, StaleWriter
+from classifiers.errors import IdempotencyKeyInUse, ServiceUnavailable, StaleWriter
 from classifiers.limits import Limits
 from classifiers.registry import ModelSpec
 from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome, id_for_create
@@ -67,7 +68,8 @@ def new_id_on_shard(shard: int, num_shards: int, owner: str, update_id: str) -> 
         attempt += 1
 
 
-@ray.remote(max_restarts=-1, max_concurrency=1000)
+# Ray's typed overloads of ray.remote(...) list task options only, not actor ones such as max_concurrency.
+@ray.remote(max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class ClassifierShard:
     """Thin actor around a ClassifierTable: lifecycle, settings, the periodic usage flush and fence check."""
 
@@ -200,7 +202,8 @@ class ShardedRepo:
 
     def _handle(self, i: int, fresh: bool = False):
         if fresh or i not in self._handles:
-            actor = ClassifierShard.options(name=self.actor_name(i), **self._options).remote(
+            # an ActorClass (ray.remote above): mypy keeps a decorated class's type (python/mypy#3135)
+            actor = ClassifierShard.options(name=self.actor_name(i), **self._options).remote(  # type: ignore[attr-defined]
                 i, self.num_shards, self.blobs, self.writer, self.limits, self.settings
             )
             actor.configure.remote(self.limits, self.settings)  # an existing actor keeps its old constructor args
@@ -240,9 +243,13 @@ class ShardedRepo:
     async def train(self, classifier_id: str, caller: str, batch: TrainBatch) -> TrainOutcome:
         return await self._write(shard_of(classifier_id, self.num_shards), lambda a: a.train.remote(classifier_id, caller, batch))
 
+    OWN_RETRY_WAIT_S = 10.0  # how long a retried write waits for its own first attempt, still running on the shard
+
     async def _write(self, shard: int, method) -> TrainOutcome:
         """A create or update; ``replayed`` only when a *client's* earlier request applied it, not when this call's
-        own first attempt did (the actor died after applying it and this call retried)."""
+        own first attempt did (the actor died after applying it and this call retried). A retry that finds its
+        own first attempt still running there (the actor was unreachable, not dead: IdempotencyKeyInUse) waits
+        for it instead of answering the client 409 for its own request."""
         attempts = 0
 
         def counted(actor):
@@ -250,7 +257,15 @@ class ShardedRepo:
             attempts += 1
             return method(actor)
 
-        outcome = await self._call(shard, counted)
+        deadline = time.monotonic() + self.OWN_RETRY_WAIT_S
+        while True:
+            try:
+                outcome = await self._call(shard, counted)
+                break
+            except IdempotencyKeyInUse:
+                if attempts <= 1 or time.monotonic() > deadline:
+                    raise  # another request's key in use (or ours, for too long): the client decides
+                await asyncio.sleep(0.2)
         if outcome.replayed and attempts > 1:
             outcome = dataclasses.replace(outcome, replayed=False)
         return outcome
@@ -269,5 +284,5 @@ class ShardedRepo:
     async def delete(self, classifier_id: str, caller: str) -> None:
         await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.delete.remote(classifier_id, caller))
 
-    async def stats(self) -> list[dict]:
+    async def stats(self) -> builtins.list[dict]:  # builtins: `list` here is the method above
         return list(await asyncio.gather(*(self._call(i, lambda a: a.stats.remote()) for i in range(self.num_shards))))

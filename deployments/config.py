@@ -33,8 +33,12 @@ class DeploymentConfig(BaseModel):
         description="Requests allowed to wait for a replica of this deployment; beyond it callers get a quick "
         "overload error (a 503 to HTTP clients) instead of an unbounded queue. None: Serve's default (no bound).",
     )
-    graceful_shutdown_timeout_s: float = Field(
-        default=20.0, gt=0, description="How long a stopping replica lets in-flight requests finish (drain)."
+    graceful_shutdown_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="How long a stopping replica (an update, a scale-down, a shutdown) lets the requests it holds "
+        "finish before Serve kills it. None (default): the ingress's request_timeout_s plus a margin, so a "
+        "request admitted before an update of either deployment can always finish on the replica it reached "
+        "(a drained replica exits as soon as its last request is done, so this is a bound, not a wait).",
     )
 
     def serve_options(self) -> dict[str, Any]:
@@ -42,8 +46,9 @@ class DeploymentConfig(BaseModel):
             "ray_actor_options": dict(self.ray_actor_options),
             "max_ongoing_requests": self.max_ongoing_requests,
             "logging_config": {"enable_access_log": self.access_log, "encoding": self.log_encoding},
-            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
+        if self.graceful_shutdown_timeout_s is not None:
+            opts["graceful_shutdown_timeout_s"] = self.graceful_shutdown_timeout_s
         if self.max_queued_requests is not None:
             opts["max_queued_requests"] = self.max_queued_requests
         if self.autoscaling_config:

@@ -21,7 +21,12 @@ from ray import serve
 from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.engines import Encoder, load_encoder
 from classifiers.images import (
-    DEFAULT_SHORT_SIDE, fetch_failure_counts, ImageFetchConfig, embed_images, image_memory_stats, image_tokens,
+    DEFAULT_SHORT_SIDE,
+    ImageFetchConfig,
+    embed_images,
+    fetch_failure_counts,
+    image_memory_stats,
+    image_tokens,
 )
 from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
@@ -104,7 +109,8 @@ class ImageEmbedder(TextSide):
             self.encoder.set_threads(self.threads.large)  # images are compute-bound
             return embed_image_batch(self.encoder, batch)
 
-    async def stats(self) -> dict:
+    # Serve callers await handle.stats.remote() whether a method is sync or async: the override is safe.
+    async def stats(self) -> dict:  # type: ignore[override]
         # async: runs on the replica's event loop, where the image pixel budgets live.
         return {
             **super().stats(), "image_batches": self._image_stats.snapshot(), "image_memory": image_memory_stats(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import cast
 
 logger = logging.getLogger("ray.serve")
 
@@ -24,9 +25,15 @@ def best_effort(method):
 
     return wrapper
 
-LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
-BATCH = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-WAIT_MS = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000]
+
+def tag_keys_of(*keys: str) -> tuple[str]:
+    """``tag_keys`` for ``ray.serve.metrics``, which annotates them ``Tuple[str]`` (one key) but takes any number."""
+    return cast("tuple[str]", keys)
+
+
+LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+BATCH: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+WAIT_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000]
 
 
 class IngressMetrics:
@@ -37,14 +44,14 @@ class IngressMetrics:
 
         self.requests = Counter(
             "classifier_requests_total", description="HTTP requests by route, method, status and model.",
-            tag_keys=("route", "method", "status", "model"),
+            tag_keys=tag_keys_of("route", "method", "status", "model"),
         )
         self.latency = Histogram(
             "classifier_request_latency_ms", description="HTTP request latency at the ingress (ms).",
-            boundaries=LATENCY_MS, tag_keys=("route", "status"),
+            boundaries=LATENCY_MS, tag_keys=tag_keys_of("route", "status"),
         )
-        self.inputs = Counter("classifier_inputs_total", description="Inputs of successful requests.", tag_keys=("mode", "model"))
-        self.tokens = Counter("classifier_tokens_total", description="Tokens charged (usage).", tag_keys=("mode", "model"))
+        self.inputs = Counter("classifier_inputs_total", description="Inputs of successful requests.", tag_keys=tag_keys_of("mode", "model"))
+        self.tokens = Counter("classifier_tokens_total", description="Tokens charged (usage).", tag_keys=tag_keys_of("mode", "model"))
         self.refusals = Counter(
             "classifier_refusals_total",
             description="Requests refused before any work: rate limits, balance, load shedding, per-client concurrency.",
@@ -95,11 +102,11 @@ class EmbedderMetrics:
         self.model = model
         self.batch_requests = Histogram(
             "classifier_embedder_batch_requests", description="Requests coalesced into one model call.",
-            boundaries=BATCH, tag_keys=("model", "kind"),
+            boundaries=BATCH, tag_keys=tag_keys_of("model", "kind"),
         )
         self.batch_items = Histogram(
             "classifier_embedder_batch_items", description="Texts or images in one model call.", boundaries=BATCH,
-            tag_keys=("model", "kind"),
+            tag_keys=tag_keys_of("model", "kind"),
         )
         self.queue_wait = Histogram(
             "classifier_embedder_queue_wait_ms", description="Time a request waited for its batch to start (ms).",
@@ -107,7 +114,7 @@ class EmbedderMetrics:
         )
         self.fetch_failures = Counter(
             "classifier_image_fetch_failures_total", description="Image URLs that could not be fetched, by reason.",
-            tag_keys=("model", "reason"),
+            tag_keys=tag_keys_of("model", "reason"),
         )
 
     @best_effort

@@ -1,11 +1,17 @@
 """Application builders: ``build_app(args)`` for `serve run` / `serve deploy`, ``bind_app(AppConfig)`` from Python."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
+from pydantic import BaseModel
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from classifiers.registry import ModelSpec, Registry
+from deployments.config import DeploymentConfig
 from deployments.image_embedder import ImageEmbedder
 from deployments.text_embedder import TextEmbedder
 from serve_app.config import AppConfig, load_config
@@ -49,23 +55,64 @@ def model_cards(registry: Registry, context_length: int) -> dict[str, dict]:
     return {name: model_card(name, registry.get(name), context_length) for name in names}
 
 
+# The packages whose code runs inside an embedder replica: a change to any of them is a new embedder version.
+_EMBEDDER_CODE = [Path(__file__).resolve().parents[1] / pkg for pkg in ("classifiers", "deployments")]
+
+
+def code_fingerprint(roots: list[Path] = _EMBEDDER_CODE) -> str:
+    """A digest of the source files under ``roots`` (paths and contents), so new code is a new version."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def embedder_version(kind: str, *init_args: BaseModel, code: str) -> str:
+    """The version of one embedder deployment: its class, the typed configs its constructor gets, and its code.
+
+    Ray Serve's ``serve.run`` gives every deployment it is not told a version of a new random one, so any
+    update of the app (an ingress-only setting, say) replaced every model replica. Options Serve applies
+    itself (replicas, autoscaling, resources, queue bounds) are left out: Serve compares those on its own,
+    changing them in place or restarting replicas only when it must (e.g. new ``ray_actor_options``)."""
+    serve_applied = set(DeploymentConfig.model_fields)
+    parts = [kind, code] + [
+        json.dumps(a.model_dump(mode="json", exclude=serve_applied if isinstance(a, DeploymentConfig) else None),
+                   sort_keys=True)
+        for a in init_args
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _versioned(deployment: Deployment, version: str) -> Deployment:
+    # Serve keeps ``version`` for its own callers only (``_internal``); it is what tells Serve that an unchanged
+    # embedder needs no new replicas.
+    return deployment.options(version=version, _internal=True)
+
+
 def bind_app(cfg: AppConfig, *, generation: int | None = None) -> Application:
     """Bind the ingress to one embedder deployment per served model, each configured on its own.
 
     Text models get a TextEmbedder-<model>; multimodal models an ImageEmbedder-<model>, which embeds both
-    their texts and their images so the two share one space. ``generation`` orders deploys over one store
+    their texts and their images so the two share one space. Each embedder's version comes from its own
+    config and code (:func:`embedder_version`), so an update leaves unchanged model replicas running; the
+    ingress gets a new version on every deploy (it carries the deploy's ``generation``). ``generation`` orders deploys over one store
     (default: now): the newest deploy's shard set owns the few-shot state."""
     registry = cfg.registry()
+    code = code_fingerprint()
     embedders = {}
+    # `.options` below: mypy keeps a class's type under a class decorator (python/mypy#3135); these are Deployments.
     for name in cfg.models:
         spec, ecfg = registry.get(name), cfg.embedder_config(name)
         if "image" in spec.modalities:
-            embedders[name] = ImageEmbedder.options(name=f"ImageEmbedder-{name}", **ecfg.serve_options()).bind(
+            image = ImageEmbedder.options(name=f"ImageEmbedder-{name}", **ecfg.serve_options())  # type: ignore[attr-defined]
+            embedders[name] = _versioned(image, embedder_version("image", spec, ecfg, cfg.images, code=code)).bind(
                 spec, ecfg, cfg.images
             )
         else:
-            embedders[name] = TextEmbedder.options(name=f"TextEmbedder-{name}", **ecfg.serve_options()).bind(spec, ecfg)
+            text = TextEmbedder.options(name=f"TextEmbedder-{name}", **ecfg.serve_options())  # type: ignore[attr-defined]
+            embedders[name] = _versioned(text, embedder_version("text", spec, ecfg, code=code)).bind(spec, ecfg)
     cards = model_cards(registry, cfg.limits.max_input_tokens)
-    return Ingress.options(**cfg.ingress.serve_options()).bind(
+    return Ingress.options(**cfg.ingress.serve_options()).bind(  # type: ignore[attr-defined]
         embedders, cfg, cards, time.time_ns() if generation is None else generation
     )

@@ -156,7 +156,7 @@ def classify_table(inputs: Sequence[Any], response) -> str:
         text = clip(input_label(inputs[d.index]) if d.index < len(inputs) else f"#{d.index}", INPUT_WIDTH)
         groups = list(d.prediction) if isinstance(d.prediction, dict) else [None]
         for g in groups:
-            pick = (lambda v: v.get(g) if isinstance(v, dict) else v) if g is not None else (lambda v: v)
+            pick = (lambda v, g=g: v.get(g) if isinstance(v, dict) else v) if g is not None else (lambda v: v)
             row = [text, *([g] if grouped else []), pick(d.prediction), fmt_score(pick(d.score))]
             if abstain:
                 oos = pick(d.out_of_scope)
@@ -299,17 +299,18 @@ def run(opts: argparse.Namespace, client: Client, stdin: TextIO, out: TextIO, er
         table, usage = classify_table(inputs, r), r.usage.total_tokens
     elif opts.command == "train":
         examples = read_examples(opts, stdin)
-        r = client.train(examples, model=default_model(opts), classifier_id=opts.classifier, access=opts.access,
-                         num_iters=opts.num_iters, labels=split_labels(opts.labels) if opts.labels else None,
-                         idempotency_key=opts.idempotency_key)
-        table = format_table(["CLASSIFIER_ID", "NUM_SAMPLES", "TOKENS"], [[r.classifier_id, r.num_samples, r.usage.total_tokens]], right=[1, 2])
+        trained = client.train(examples, model=default_model(opts), classifier_id=opts.classifier, access=opts.access,
+                               num_iters=opts.num_iters, labels=split_labels(opts.labels) if opts.labels else None,
+                               idempotency_key=opts.idempotency_key)
+        table = format_table(["CLASSIFIER_ID", "NUM_SAMPLES", "TOKENS"],
+                             [[trained.classifier_id, trained.num_samples, trained.usage.total_tokens]], right=[1, 2])
     elif opts.command == "list":
         rows = [[s.classifier_id, s.model, s.access, "-" if s.num_samples is None else s.num_samples,
                  clip(", ".join(s.labels), 40), s.updated_at] for s in client.list()]
         table = format_table(["CLASSIFIER_ID", "MODEL", "ACCESS", "SAMPLES", "LABELS", "UPDATED_AT"], rows, right=[3])
     elif opts.command == "delete":
-        r = client.delete(opts.classifier_id)
-        table = f"deleted {r.classifier_id}" if r.deleted else f"not deleted: {r.classifier_id}"
+        deleted = client.delete(opts.classifier_id)
+        table = f"deleted {deleted.classifier_id}" if deleted.deleted else f"not deleted: {deleted.classifier_id}"
     elif opts.command == "models":
         cards = client.models().get("data", [])
         rows = [[m.get("id", "?"), m.get("alias_of") or "-", ",".join(m.get("input_modalities") or []) or "-",
@@ -323,10 +324,12 @@ def run(opts: argparse.Namespace, client: Client, stdin: TextIO, out: TextIO, er
             table += f"\nbalance: {u.balance} tokens, {u.balance_left} left"
     elif opts.command == "embed":
         inputs = read_inputs(opts.texts, opts.image, stdin)
-        r = client.embeddings(inputs, model=default_model(opts), dimensions=opts.dimensions, embedding_type=opts.embedding_type, task=opts.task)
+        model = default_model(opts)
+        assert model is not None  # embed has no --classifier: default_model falls back to DEFAULT_MODEL
+        emb = client.embeddings(inputs, model=model, dimensions=opts.dimensions, embedding_type=opts.embedding_type, task=opts.task)
         rows = [[d.index, clip(input_label(inputs[d.index]), 40) if d.index < len(inputs) else "-",
-                 embedding_dim(d.embedding), preview_embedding(d.embedding)] for d in r.data]
-        table, usage = format_table(["INDEX", "INPUT", "DIM", "EMBEDDING"], rows, right=[0, 2]), r.usage.total_tokens
+                 embedding_dim(d.embedding), preview_embedding(d.embedding)] for d in emb.data]
+        table, usage = format_table(["INDEX", "INPUT", "DIM", "EMBEDDING"], rows, right=[0, 2]), emb.usage.total_tokens
     if opts.json:
         print(client.last_response.text if client.last_response is not None else "null", file=out)
         return

@@ -31,11 +31,13 @@ exponential backoff from ``backoff`` seconds); a ``Retry-After`` over ``max_retr
 error is raised at once, with ``retry_after`` set. Connection failures (nothing was sent) are retried for every
 call; read timeouts and dropped connections only where resending is safe: GETs and ``train``, which sends an
 ``Idempotency-Key`` (a fresh one per call, the same one on each retry of that call), so the service applies a
-retried train once and answers the first response.
+retried train once and answers the first response. A train also retries 409 ``CONFLICT_RESOURCE_BUSY``: its own
+earlier attempt (say, one whose answer timed out) is still being applied, and the retry then gets its answer.
 """
 from __future__ import annotations
 
 import asyncio
+import builtins  # for annotations in classes whose `list` method shadows the builtin
 import email.utils
 import math
 import os
@@ -49,7 +51,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from classifiers.api import (
-    Abstain, ClassificationResponse, ClassifierSummary, DeleteResponse, EmbeddingsResponse, TrainingResponse,
+    Abstain,
+    ClassificationResponse,
+    ClassifierSummary,
+    DeleteResponse,
+    EmbeddingsResponse,
+    TrainingResponse,
     UsageReport,
 )
 
@@ -62,6 +69,8 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 ENV_API_KEY = "CLASSIFIER_API_KEY"
 ENV_URL = "CLASSIFIER_URL"
 RETRY_STATUSES = frozenset({429, 503, 504})
+# + 409 for a call with an Idempotency-Key: the key's first request is still running, a retry gets its answer
+IDEMPOTENT_RETRY_STATUSES = RETRY_STATUSES | {409}
 USER_AGENT = f"ray-classifier-client/0.1 httpx/{httpx.__version__}"
 
 
@@ -125,7 +134,7 @@ class ApiError(Exception):
         )
 
 
-def _rebuild_api_error(cls: type, state: dict) -> ApiError:
+def _rebuild_api_error(cls: type[ApiError], state: dict) -> ApiError:
     err = ApiError.__new__(cls)
     err.__dict__.update(state)
     Exception.__init__(err, str(err))
@@ -167,16 +176,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 def retry_wait(
     attempt: int, *, status: int | None = None, retry_after: float | None = None, max_retries: int = 3,
     max_retry_wait: float = 30.0, backoff: float = 0.5, max_backoff: float = 8.0,
+    statuses: frozenset[int] = RETRY_STATUSES,
 ) -> float | None:
     """How long to wait before retry number ``attempt + 1`` of a failed attempt ``attempt`` (0-based), or None to
     give up. ``status`` is the HTTP status (None for a connection failure the caller deemed safe to resend).
 
-    Retried: 429/503/504 and connection failures, at most ``max_retries`` times. The wait is ``retry_after`` when
-    the server gave one (refused as None if over ``max_retry_wait``: waiting less would only fail again), else
-    ``backoff * 2**attempt`` capped at ``min(max_backoff, max_retry_wait)``."""
+    Retried: ``statuses`` (429/503/504; a train adds 409) and connection failures, at most ``max_retries`` times.
+    The wait is ``retry_after`` when the server gave one (refused as None if over ``max_retry_wait``: waiting less
+    would only fail again), else ``backoff * 2**attempt`` capped at ``min(max_backoff, max_retry_wait)``."""
     if attempt >= max_retries:
         return None
-    if status is not None and status not in RETRY_STATUSES:
+    if status is not None and status not in statuses:
         return None
     if retry_after is not None:
         return retry_after if retry_after <= max_retry_wait else None
@@ -203,7 +213,7 @@ def _labels(labels: Any) -> list[str] | dict[str, list[str]]:
     if isinstance(labels, str):
         raise TypeError("labels is a list of strings or a dict of label groups, not one string")
     if isinstance(labels, Mapping):
-        return {str(k): _labels(v) for k, v in labels.items()}  # type: ignore[misc]
+        return {str(k): _labels(v) for k, v in labels.items()}  # type: ignore[misc]  # a group's labels are a list
     return [str(x) for x in labels]
 
 
@@ -271,7 +281,7 @@ def embeddings_body(inputs: Any, *, model: str, **options: Any) -> dict:
 class _HostedClassifierSummary(ClassifierSummary):
     """A listing entry from a service without our ``num_samples`` (Jina's hosted API): None there."""
 
-    num_samples: int | None = None  # type: ignore[assignment]
+    num_samples: int | None = None  # type: ignore[assignment]  # deliberately wider than the base model's int
 
 
 def _parse_summary(d: Any) -> ClassifierSummary:
@@ -301,6 +311,7 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     parse: Callable[[Any], Any] = lambda body: body
     resend_safe: bool = False  # a request that may have reached the server may be sent again
+    retry_statuses: frozenset[int] = RETRY_STATUSES
 
 
 class _Base:
@@ -333,7 +344,8 @@ class _Base:
     def _train_call(self, examples, model, classifier_id, access, num_iters, labels, idempotency_key) -> _Call:
         body = train_body(examples, model=model, classifier_id=classifier_id, access=access, num_iters=num_iters, labels=labels)
         key = idempotency_key or uuid.uuid4().hex
-        return _Call("POST", "/v1/train", body, {"Idempotency-Key": key}, parse=_parse_train, resend_safe=True)
+        return _Call("POST", "/v1/train", body, {"Idempotency-Key": key}, parse=_parse_train, resend_safe=True,
+                     retry_statuses=IDEMPOTENT_RETRY_STATUSES)
 
     def _list_call(self) -> _Call:
         return _Call("GET", "/v1/classifiers", parse=_parse_list, resend_safe=True)
@@ -354,10 +366,11 @@ class _Base:
         return _Call("POST", "/v1/embeddings", embeddings_body(inputs, model=model, **options),
                      parse=EmbeddingsResponse.model_validate)
 
-    def _wait_after_response(self, attempt: int, response: httpx.Response) -> float | None:
+    def _wait_after_response(self, attempt: int, call: _Call, response: httpx.Response) -> float | None:
         return retry_wait(
             attempt, status=response.status_code, retry_after=parse_retry_after(response.headers.get("retry-after")),
             max_retries=self.max_retries, max_retry_wait=self.max_retry_wait, backoff=self.backoff,
+            statuses=call.retry_statuses,
         )
 
     def _wait_after_exception(self, attempt: int, call: _Call, exc: httpx.TransportError) -> float | None:
@@ -420,7 +433,7 @@ class Client(_Base):
                 if wait is None:
                     raise self._connection_error(call, exc) from exc
             else:
-                wait = self._wait_after_response(attempt, response) if not response.is_success else None
+                wait = self._wait_after_response(attempt, call, response) if not response.is_success else None
                 if wait is None:
                     return self._result(call, response)
                 response.close()
@@ -467,7 +480,7 @@ class Client(_Base):
 
     def embeddings(
         self, inputs: Any, model: str, *, task: str | None = None, dimensions: int | None = None,
-        embedding_type: str | list[str] | None = None, normalized: bool | None = None, truncate: bool | None = None,
+        embedding_type: str | builtins.list[str] | None = None, normalized: bool | None = None, truncate: bool | None = None,
         **extra: Any,
     ) -> EmbeddingsResponse:
         """``POST /v1/embeddings`` in Jina's format; options left None are not sent (the service's defaults apply)."""
@@ -508,7 +521,7 @@ class AsyncClient(_Base):
                 if wait is None:
                     raise self._connection_error(call, exc) from exc
             else:
-                wait = self._wait_after_response(attempt, response) if not response.is_success else None
+                wait = self._wait_after_response(attempt, call, response) if not response.is_success else None
                 if wait is None:
                     return self._result(call, response)
                 await response.aclose()
@@ -550,7 +563,7 @@ class AsyncClient(_Base):
 
     async def embeddings(
         self, inputs: Any, model: str, *, task: str | None = None, dimensions: int | None = None,
-        embedding_type: str | list[str] | None = None, normalized: bool | None = None, truncate: bool | None = None,
+        embedding_type: str | builtins.list[str] | None = None, normalized: bool | None = None, truncate: bool | None = None,
         **extra: Any,
     ) -> EmbeddingsResponse:
         """See :meth:`Client.embeddings`."""

@@ -20,6 +20,9 @@ from classifiers.registry import ModelSpec, Registry, build_registry
 from deployments.config import DeploymentConfig, EmbedderConfig, StateConfig
 
 ENV_PREFIX = "CLASSIFIER__"
+# Added to the ingress's request timeout for a stopping replica's drain bound: the time between the ingress
+# giving up on a request (504) and Serve killing a replica that still holds it.
+DRAIN_MARGIN_S = 10.0
 DEFAULT_MODELS = ["multilingual-e5-small", "all-MiniLM-L6-v2"]
 
 
@@ -85,6 +88,16 @@ class AppConfig(BaseModel):
     images: ImageFetchConfig = Field(
         default_factory=ImageFetchConfig, description="How image inputs are fetched and decoded (docs/images.md)."
     )
+
+    @model_validator(mode="after")
+    def _drain_covers_the_request_timeout(self):
+        """Fill unset drain bounds: a replica being replaced keeps the requests it holds until they can no longer
+        succeed (the ingress's timeout), instead of Serve's fixed 20 s, which cut long requests off mid-update."""
+        drain = self.ingress.request_timeout_s + DRAIN_MARGIN_S
+        for component in (self.ingress, self.embedder):
+            if component.graceful_shutdown_timeout_s is None:
+                component.graceful_shutdown_timeout_s = drain
+        return self
 
     @model_validator(mode="after")
     def _models_known(self):

@@ -6,7 +6,9 @@ call): it decides who the caller is and admits the request under its limits (the
 few-shot service (``classifiers/``), charges the usage of a successful one, and maps the services' typed errors
 to Jina's body ``{"code", "detail", "request_id"}`` (plus ``errors`` for schema failures). The request id is
 decided once per request: the ``X-Request-ID`` header the proxy passes in (the client's, else the one Ray Serve
-assigned, which the proxy also returns as the response's ``X-Request-ID``), else a new one.
+assigned, which the proxy also returns as the response's ``X-Request-ID``), else a new one. It is for tracing only
+(echoed, logged): clients and proxies set it with no promise of one id per operation, so it never deduplicates
+anything. ``/train``'s retry key is the ``Idempotency-Key`` header alone.
 
 Python callers (a ``DeploymentHandle``) call the methods without the ``http_`` prefix and say who they are
 explicitly: ``api_key=`` (verified like a header) or ``account_id=`` (a trusted in-cluster caller acting as that
@@ -33,15 +35,31 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from classifiers.accounts import AccountStore, Authenticator, Principal
 from classifiers.api import (
-    ClassificationResponse, ClassifierSummary, ClassifyRequest, DeleteResponse, EmbeddingsRequest, EmbeddingsResponse,
-    ErrorResponse, TrainingResponse, TrainRequest, UsageReport,
+    ClassificationResponse,
+    ClassifierSummary,
+    ClassifyRequest,
+    DeleteResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    TrainingResponse,
+    TrainRequest,
+    UsageReport,
 )
 from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
+from classifiers.embeddings_service import EmbeddingsService
 from classifiers.errors import (
-    REQUEST_LIMIT, AuthError, InvalidInput, MissingApiKey, RateLimited, RequestValidationFailed, ServiceError, ServiceTimeout,
+    REQUEST_LIMIT,
+    AuthError,
+    IdempotencyKeyInUse,
+    InvalidInput,
+    MissingApiKey,
+    RateLimited,
+    RequestValidationFailed,
+    ServiceError,
+    ServiceTimeout,
     ServiceUnavailable,
 )
-from classifiers.embeddings_service import EmbeddingsService
 from classifiers.fewshot_service import FewShotService
 from classifiers.gate import AccountsGate, Ticket
 from classifiers.ratelimit import LeaseLimiter, Mode
@@ -80,6 +98,8 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif isinstance(exc, IdempotencyKeyInUse):
+        headers = {"Retry-After": "1"}  # the first request with the key is being applied: about a second
     elif exc.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(request, exc.status, exc.code, exc.detail, headers=headers, **extra)
@@ -161,7 +181,9 @@ ERROR_STATUSES = {
     403: "Classifier limit, spent balance, or admin route without an admin key (AUTHZ_*).",
     404: "Unknown route, or a classifier that does not exist or is not the caller's (RESOURCE_NOT_FOUND).",
     413: "Body over the size limit (INPUT_TOO_LARGE).",
-    422: "Wrong types or shape (INPUT_VALIDATION_FAILED, with `errors`).",
+    409: "/train: a request with this Idempotency-Key is still being applied; retry shortly (CONFLICT_RESOURCE_BUSY).",
+    422: "Wrong types or shape (INPUT_VALIDATION_FAILED, with `errors`); /train: the Idempotency-Key was used with "
+    "another body (INPUT_IDEMPOTENCY_KEY_REUSED).",
     429: "Over a rate limit or the per-client concurrency (RATE_*; Retry-After says when).",
     503: "Overloaded, restarting or store unreachable: retry (SERVICE_UNAVAILABLE).",
     504: "Took longer than the request timeout (SERVICE_TIMEOUT).",
@@ -180,9 +202,10 @@ def make_api(max_request_bytes: int = 64 * 1024 * 1024, max_inflight_body_bytes:
     )
     api.state.max_request_bytes = max_request_bytes  # the Ingress sets its configured limits at start
     api.state.max_inflight_body_bytes = max_inflight_body_bytes or 4 * max_request_bytes
-    api.add_exception_handler(ServiceError, _service_error)
-    api.add_exception_handler(RequestValidationError, _validation_error)
-    api.add_exception_handler(StarletteHTTPException, _http_error)
+    # Starlette types every handler as taking any Exception; each of these is registered for its own class only.
+    api.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    api.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     api.add_exception_handler(BackPressureError, _unavailable)
     api.add_exception_handler(RayActorError, _unavailable)
     api.add_exception_handler(Exception, _unhandled)
@@ -239,7 +262,8 @@ class HandleEmbedder:
 
 
 def update_id_of(principal: Principal, idempotency_key: str | None) -> str | None:
-    """A client's retry key, scoped to its account: a retried /train with the same key is applied once."""
+    """A client's retry key, scoped to its account: a retried /train with the same key is applied once (bound to
+    its first body by the few-shot service's fingerprint, so a different body under it is refused, not replayed)."""
     if not idempotency_key:
         return None
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
@@ -406,15 +430,15 @@ class Ingress:
 
     # -- the operations, for HTTP routes and Python handle callers alike ---------------------------------------
     async def _classify(self, body: ClassifyRequest, principal: Principal, request: Request | None) -> ClassificationResponse:
-        meta = {"model": self._model_tag(body.model, request), "inputs": _count(body.input)}
+        model, inputs = self._model_tag(body.model, request), _count(body.input)
         if body.classifier_id is not None:
             return await self._admitted(
                 principal, "fewshot", lambda t: self.fewshot.classify(body, principal.account_id, max_tokens=t.token_budget),
-                lambda r: r.usage.total_tokens, request, op="classify", **meta,
+                lambda r: r.usage.total_tokens, request, op="classify", model=model, inputs=inputs,
             )
         return await self._admitted(
             principal, "zeroshot", lambda t: self.zeroshot.classify(body, max_tokens=t.token_budget),
-            lambda r: r.usage.total_tokens, request, **meta,
+            lambda r: r.usage.total_tokens, request, model=model, inputs=inputs,
         )
 
     async def _train(
@@ -425,7 +449,8 @@ class Ingress:
             principal, "train",
             # Charged when the update is submitted to the state shard, not when it returns: an update the client
             # abandons (disconnects) after submitting is applied by the shard and paid for, so a retry with the same
-            # key (a free replay) gets nothing for free. Failed requests (4xx/5xx) and replays are refunded.
+            # key (a free replay) gets nothing for free. Failed requests (4xx/5xx, the 409 and 422 of a key in use or
+            # reused with another body included: they applied nothing) and replays are refunded.
             lambda t: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=t.token_budget,
                                          on_submit=t.done),
             lambda r: None if r.replayed() else r.usage.total_tokens, request, model=self._model_tag(body.model, request), inputs=_count(body.input),
@@ -490,8 +515,9 @@ class Ingress:
 
         Learning is one-pass online: examples update the classifier's statistics and are dropped. New labels
         may be added in any update. `num_iters` (default 10) weights this batch: weight = num_iters / 10.
-        A retry with the same `Idempotency-Key` header (else the same `X-Request-ID`) is applied once and
-        answers the first response.
+        A retry with the same `Idempotency-Key` header is applied once and answers the first response; the same
+        key with a different body is refused (422 `INPUT_IDEMPOTENCY_KEY_REUSED`), and while the first request with
+        it is still running, 409 `CONFLICT_RESOURCE_BUSY` (retry). `X-Request-ID` is for tracing only.
 
             curl -s http://127.0.0.1:8000/v1/train -H 'Content-Type: application/json' -d '{
               "model": "multilingual-e5-small", "access": "private", "num_iters": 10,
@@ -499,8 +525,8 @@ class Ingress:
                         {"text": "The striker scored twice", "label": "sport"}]}'
         """
         principal = await self._http_principal(request)
-        key = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
-        return await self._train(body, principal, key, request)
+        # Only Idempotency-Key: X-Request-ID is a tracing id, reused by clients and proxies across operations.
+        return await self._train(body, principal, request.headers.get("idempotency-key"), request)
 
     @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
     async def http_embeddings(self, body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
@@ -587,7 +613,7 @@ class Ingress:
         results = await asyncio.gather(
             *(asyncio.wait_for(self._embedders[n].ready.remote(), timeout=5) for n in names), return_exceptions=True
         )
-        missing = [n for n, r in zip(names, results) if r is not True]
+        missing = [n for n, r in zip(names, results, strict=True) if r is not True]
         if missing:
             raise ServiceUnavailable(f"models not ready: {missing}")
         return {"status": "ready", "models": names}
@@ -599,7 +625,7 @@ class Ingress:
         names = list(self._embedders)
         embedders = await asyncio.gather(*(self._embedders[n].stats.remote() for n in names))
         return {
-            "embedders": dict(zip(names, embedders)),
+            "embedders": dict(zip(names, embedders, strict=True)),
             "label_cache": self.vectors.label_cache.stats(),
             "classifier_shards": await self.repo.stats(),
             "rate_limit_refusals": dict(self.gate.limiter.refused),

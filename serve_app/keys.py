@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 
@@ -19,6 +20,14 @@ from serve_app.config import load_config
 
 def _when(t: float | None) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def shown_location(store_url: str, cwd: str | None = None) -> str:
+    """A local store under the current directory as the user wrote it (./data/classifiers), else as is."""
+    if "://" in store_url:
+        return store_url
+    rel = os.path.relpath(store_url, cwd or os.getcwd())
+    return store_url if rel.startswith("..") else f"./{rel}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         rec, key = store.create_key(opts.name, tier=opts.tier, balance=opts.balance, admin=opts.admin, account_id=opts.account)
         print(f"created key {rec.key_id} for account {rec.account_id} (name {rec.name!r}, tier {rec.tier}"
               f"{', admin' if rec.admin else ''}{f', balance {rec.balance} tokens' if rec.balance is not None else ''}) "
-              f"in {cfg.state.store_url}", file=sys.stderr)
+              f"in {shown_location(cfg.state.store_url)}", file=sys.stderr)
         print("store it now: it is shown only once.", file=sys.stderr)
         print(key)
     elif opts.command == "list":
@@ -58,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.key_id:<13} {r.account_id:<37} {r.name[:20]:<20} {r.tier:<10} {'yes' if r.admin else 'no':<5} "
                   f"{'-' if r.balance is None else r.balance:>10} {_when(r.created_at):<19} {_when(r.revoked_at)}")
     elif opts.command == "revoke":
-        rec = store.revoke(opts.key_id)
-        if rec is None:
+        revoked = store.revoke(opts.key_id)
+        if revoked is None:
             print(f"no key {opts.key_id!r}", file=sys.stderr)
             return 1
-        print(f"revoked key {rec.key_id} (account {rec.account_id}) at {_when(rec.revoked_at)}; services stop "
+        print(f"revoked key {revoked.key_id} (account {revoked.account_id}) at {_when(revoked.revoked_at)}; services stop "
               f"accepting it within {cfg.accounts.key_cache_ttl_s:g}s")
     elif opts.command == "usage":
         entries = [store.read_ledger(opts.key_id) or {}] if opts.key_id else store.list_ledger()

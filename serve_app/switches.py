@@ -30,6 +30,8 @@ import shutil
 import socket
 from typing import Mapping, MutableMapping
 
+from serve_app.proxy_errors import proxy_env
+
 
 def haproxy_available(env: Mapping[str, str]) -> bool:
     """Whether Ray Serve would find a usable HAProxy binary (its own order: explicit path, bundled, PATH)."""
@@ -61,6 +63,8 @@ def default_switches(env: Mapping[str, str]) -> dict[str, str]:
         # Direct ingress lets a stopping replica drain for this long first; Serve's default (tens of seconds) would
         # make every Ctrl-C slow. In-flight requests still finish within graceful_shutdown_timeout_s.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        # Ray's Python proxy answers a request whose replica died with plain text: Jina bodies instead.
+        **proxy_env(),
     }
     if haproxy_available(env):
         defaults["RAY_SERVE_ENABLE_HA_PROXY"] = "1"

@@ -26,12 +26,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def encoders():
-    """The two embedded models, loaded in-process through the real loading code (cached per session)."""
+    """The two embedded models, loaded in-process through the real loading code (cached per session).
+
+    ``CLASSIFIER_TEST_ENGINE_THREADS`` (default 2) sets their CPU threads: running the suite with 1 and again
+    with every core shows any test that assumes bit-identical engine output across thread counts."""
     from classifiers.engines import load_encoder
     from classifiers.registry import build_registry
 
+    threads = int(os.environ.get("CLASSIFIER_TEST_ENGINE_THREADS", "2"))
     reg = build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"])
-    return {name: load_encoder(reg.get(name), num_threads=2) for name in reg.names()}
+    return {name: load_encoder(reg.get(name), num_threads=threads) for name in reg.names()}
 
 
 METRICS_PORT = free_port()
@@ -41,6 +45,9 @@ METRICS_PORT = free_port()
 def ray_cluster(tmp_path_factory):
     import ray
 
+    from serve_app.proxy_errors import proxy_env
+
+    os.environ.update(proxy_env())  # read by Ray's proxy process, which inherits this environment
     ray.init(
         num_cpus=4,  # logical: replicas take fractions; the machine has 2 real cores
         include_dashboard=False,

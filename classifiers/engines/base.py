@@ -31,7 +31,7 @@ class Encoder(ABC):
     def encode_images(self, images: list) -> np.ndarray:  # overridden by multimodal encoders
         raise NotImplementedError(f"model {self.spec.name!r} does not embed images")
 
-    def set_threads(self, n: int) -> None:
+    def set_threads(self, n: int) -> None:  # noqa: B027 - a deliberate no-op default, not an abstract method
         """CPU threads for the next calls, where the engine can change them between calls (torch can, at no cost);
         engines that cannot keep the count they were loaded with."""
 

@@ -23,19 +23,20 @@ special tokens included; one BOS/EOS pair per window for ``clip``).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from classifiers.engines.base import (
     Encoder,
     Role,
+    TorchThreads,
     l2_normalize,
     pool_windows,
     special_wrapping,
     split_windows,
-    windowed_token_counts,
     torch_dtype,
-    TorchThreads,
+    windowed_token_counts,
 )
 from classifiers.registry import ModelSpec
 
@@ -109,7 +110,8 @@ class CLIPEncoder(TorchThreads, Encoder):
         self.processor = load_pil_image_processor(path)
         self.batch_size = batch_size
         self.image_batch_size = image_batch_size
-        text_cfg = self.model.config.text_config
+        config: Any = self.model.config  # a CLIPConfig; transformers types its parts loosely (dict | None)
+        text_cfg = config.text_config
         self.window = min(spec.max_tokens, int(text_cfg.max_position_embeddings))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves
         self._head, self._tail = special_wrapping(self.tokenizer)
@@ -125,7 +127,7 @@ class CLIPEncoder(TorchThreads, Encoder):
             )
         self._drop = set(self.tokenizer.all_special_ids)  # a special token inside content would move the pooling
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self._tail or [0])[-1]
-        self.dim = int(self.model.config.projection_dim)
+        self.dim = int(config.projection_dim)
         if spec.dim is not None and spec.dim != self.dim:
             raise ValueError(f"model {spec.name!r}: registry says dim={spec.dim}, the checkpoint has {self.dim}")
 
@@ -212,7 +214,7 @@ class JinaCLIPEncoder(TorchThreads, Encoder):
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
         pfx = self.prefix(role)
-        kwargs = {"batch_size": self.batch_size, "convert_to_numpy": True, "normalize_embeddings": True}
+        kwargs: dict[str, Any] = {"batch_size": self.batch_size, "convert_to_numpy": True, "normalize_embeddings": True}
         if self.spec.task:
             kwargs["task"] = self.spec.task  # jina-clip-v2 only (e.g. "retrieval.query")
         kwargs["max_length"] = self.window  # a tokenizer argument: the code's own default is shorter (512)

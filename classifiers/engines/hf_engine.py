@@ -14,13 +14,13 @@ import numpy as np
 from classifiers.engines.base import (
     Encoder,
     Role,
+    TorchThreads,
     l2_normalize,
     pool_windows,
     special_wrapping,
     split_windows,
-    windowed_token_counts,
     torch_dtype,
-    TorchThreads,
+    windowed_token_counts,
 )
 from classifiers.registry import ModelSpec
 

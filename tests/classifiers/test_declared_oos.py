@@ -235,7 +235,7 @@ def test_prequential_record_calibrates_the_false_alarm_rate():
         s_in, s_out = pred.oos_score(Xq), pred.oos_score(far)
         assert 0.01 <= np.mean(s_in > t) <= 0.10
 
-        def raw(Z):
+        def raw(Z, raw_mean=raw_mean, raw_std=raw_std):
             k = Z.argmax(1)
             return (raw_mean[k] - Z[np.arange(len(k)), k]) / raw_std[k]
 

@@ -5,8 +5,8 @@ import pytest
 
 from classifiers.api import ClassifyRequest, TrainRequest
 from classifiers.embedding import LocalEmbedder
-from classifiers.errors import InvalidInput, LabelLimitExceeded, ResourceNotFound
-from classifiers.fewshot_service import FewShotService
+from classifiers.errors import IdempotencyKeyReused, InvalidInput, LabelLimitExceeded, ResourceNotFound
+from classifiers.fewshot_service import FewShotService, train_fingerprint
 from classifiers.limits import Limits
 from classifiers.registry import build_registry
 from classifiers.state import ClassifierTable
@@ -100,3 +100,38 @@ def test_bad_requests_fail_before_model_work(service):
     with pytest.raises(ResourceNotFound):
         run(service.classify(ClassifyRequest(classifier_id="../etc/passwd", input="x"), "alice"))
     assert service.repo.calls == []
+
+
+def test_the_fingerprint_is_the_request_as_parsed_not_its_bytes():
+    one = TrainRequest.model_validate_json('{"model": "m", "input": [{"text": "Rain", "label": "weather"}]}')
+    same = [
+        TrainRequest.model_validate_json('{ "input" : [ {"label":"weather","text":"Rain"} ],\n "model":"m" }'),  # order, spaces
+        TrainRequest.model_validate_json('{"model": "m", "input": {"text": "Rain", "label": "weather"}}'),  # one item
+        TrainRequest.model_validate_json('{"model": "m", "num_iters": 10, "access": "public", "extra": 1,'
+                                         ' "input": [{"text": "Rain", "label": "weather"}]}'),  # defaults, unknown field
+    ]
+    assert {train_fingerprint("alice", r) for r in same} == {train_fingerprint("alice", one)}
+    other = [
+        TrainRequest(model="m", input=[{"text": "Rain", "label": "finance"}]),
+        TrainRequest(model="m", input=[{"text": "Rain", "label": "weather"}], num_iters=3),
+        TrainRequest(model="m", access="private", input=[{"text": "Rain", "label": "weather"}]),
+        TrainRequest(classifier_id="c1", input=[{"text": "Rain", "label": "weather"}]),
+    ]
+    prints = {train_fingerprint("alice", r) for r in other} | {train_fingerprint("bob", one), train_fingerprint("alice", one)}
+    assert len(prints) == len(other) + 2
+
+
+def test_an_update_id_with_another_body_is_refused_and_with_the_same_body_replayed(service):
+    weather = TrainRequest(model=MODEL, input=TRAIN)
+    first = run(service.train(weather, "alice", update_id="k-123"))
+    other = TrainRequest(model=MODEL, input=[{"text": "Stocks fell sharply today", "label": "finance"},
+                                              {"text": "The derby ended in a draw", "label": "sports"}])
+    with pytest.raises(IdempotencyKeyReused):
+        run(service.train(other, "alice", update_id="k-123"))
+    again = run(service.train(weather, "alice", update_id="k-123"))
+    assert again.replayed() and again.model_dump() == first.model_dump()
+    (summary,) = run(service.list("alice"))
+    assert summary.labels == ["weather", "sport"] and summary.num_samples == 4
+    # the same id from another account names another classifier (and the ingress scopes ids by account anyway)
+    theirs = run(service.train(other, "bob", update_id="k-123"))
+    assert not theirs.replayed() and theirs.classifier_id != first.classifier_id

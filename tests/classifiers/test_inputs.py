@@ -2,7 +2,12 @@ import pytest
 
 from classifiers.api import ImageDoc, TextDoc
 from classifiers.errors import (
-    InputLimitExceeded, InputTooLong, InvalidInput, InvalidLabels, RequestValidationFailed, UnsupportedModality,
+    InputLimitExceeded,
+    InputTooLong,
+    InvalidInput,
+    InvalidLabels,
+    RequestValidationFailed,
+    UnsupportedModality,
 )
 from classifiers.inputs import Item, check_modalities, clean_text, parse_inputs, parse_training_items
 from classifiers.registry import BUILTIN_MODELS

@@ -21,7 +21,10 @@ class Clock:
         return self.t
 
 
-def admitted(limiter, n, subject="acct", mode="fewshot", limits=RateLimit(rpm=20, tpm=10**9)):
+DEFAULT_LIMITS = RateLimit(rpm=20, tpm=10**9)
+
+
+def admitted(limiter, n, subject="acct", mode="fewshot", limits=DEFAULT_LIMITS):
     ok = 0
     for _ in range(n):
         try:

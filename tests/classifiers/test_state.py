@@ -1,5 +1,6 @@
 """ClassifierTable: the in-process ClassifierRepo (access rules, no partial update, persistence, fencing)."""
 import asyncio
+import dataclasses
 import io
 import json
 import time
@@ -7,11 +8,24 @@ import time
 import numpy as np
 import pytest
 
-from classifiers.errors import LabelLimitExceeded, ResourceLimitExceeded, ResourceNotFound, StaleWriter
+from classifiers.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    LabelLimitExceeded,
+    ResourceLimitExceeded,
+    ResourceNotFound,
+    StaleWriter,
+)
 from classifiers.limits import Limits
-from classifiers.repository import ClassifierRepo, NewClassifier, TrainBatch
+from classifiers.repository import ClassifierRepo, NewClassifier, TrainBatch, id_for_create
 from classifiers.state import (
-    ANONYMOUS_OWNER, FORMAT_VERSION, ClassifierRecord, ClassifierTable, UnsupportedStateFormat, migrate_legacy_owners,
+    ANONYMOUS_OWNER,
+    FORMAT_VERSION,
+    RECENT_UPDATES,
+    ClassifierRecord,
+    ClassifierTable,
+    UnsupportedStateFormat,
+    migrate_legacy_owners,
 )
 from classifiers.store import LocalDirStore, StateStore
 from tests.slow_store import SwitchableSlowStore
@@ -287,3 +301,88 @@ def test_a_slow_store_never_delays_classify_of_a_loaded_classifier(tmp_path):
 
     unloaded, loaded = run(scenario())
     assert loaded < unloaded + 0.1, (unloaded, loaded)  # never the 0.5 s of a store call
+
+
+# -- idempotency keys: same request replays, another request is refused, one in flight is busy -------------------
+def keyed(labels, update_id, fingerprint, seed=1):
+    """A batch as the few-shot service builds it for a client's Idempotency-Key: its id and its request's print."""
+    return dataclasses.replace(batch(labels, seed=seed, update_id=update_id), fingerprint=fingerprint)
+
+
+def snapshot(table, cid="c1"):
+    Xq, _ = queries("abcd")
+    (s,) = [s for s in run(table.list("alice")) if s.classifier_id == cid]
+    blob = LocalDirStore(table.store.url).read(f"classifiers/{cid}.npz")
+    return s.num_samples, s.labels, s.updated_number, run(table.classify(cid, "alice", Xq)).probs.tobytes(), blob
+
+
+def test_a_key_reused_with_another_request_is_refused_and_changes_nothing(table, tmp_path):
+    create(table)
+    first = run(table.train("c1", "alice", keyed("c", "k-123", "print-1")))
+    before = snapshot(table)
+    with pytest.raises(IdempotencyKeyReused) as err:
+        run(table.train("c1", "alice", keyed("d", "k-123", "print-2", seed=5)))
+    assert (err.value.status, err.value.code) == (422, "INPUT_IDEMPOTENCY_KEY_REUSED")
+    after = snapshot(table)
+    assert after[:3] == before[:3] and after[3] == before[3] and after[4] == before[4]  # memory and store alike
+    again = run(table.train("c1", "alice", keyed("c", "k-123", "print-1")))
+    assert again.replayed and (again.num_samples, again.total_samples) == (first.num_samples, first.total_samples)
+    # remembered in the stored record: a fresh table (a restarted shard) refuses and replays the same way
+    fresh = ClassifierTable(StateStore(LocalDirStore(tmp_path)), table.limits)
+    with pytest.raises(IdempotencyKeyReused):
+        run(fresh.train("c1", "alice", keyed("d", "k-123", "print-2", seed=5)))
+    assert run(fresh.train("c1", "alice", keyed("c", "k-123", "print-1"))).replayed
+    assert snapshot(fresh)[:3] == before[:3]
+
+
+def test_a_create_retried_with_another_body_is_refused_and_creates_nothing(table):
+    first = run(table.create(new(), keyed("ab", "k-create", "print-1")))
+    assert first.classifier_id == id_for_create("alice", "k-create")
+    before = snapshot(table, first.classifier_id)
+    with pytest.raises(IdempotencyKeyReused):
+        run(table.create(new(), keyed("cd", "k-create", "print-2")))
+    assert run(table.store.owned("alice")) == [first.classifier_id] and snapshot(table, first.classifier_id) == before
+    assert run(table.create(new(), keyed("ab", "k-create", "print-1"))).replayed
+    # the create's key outlives the last RECENT_UPDATES update ids: still a replay, or still a refusal
+    for i in range(RECENT_UPDATES + 1):
+        run(table.train(first.classifier_id, "alice", keyed("a", f"u{i}", f"p{i}", seed=10 + i)))
+    assert "k-create" not in table._loaded[first.classifier_id].recent_updates
+    late = run(table.create(new(), keyed("ab", "k-create", "print-1")))
+    assert late.replayed and late.num_samples == first.num_samples
+    with pytest.raises(IdempotencyKeyReused):
+        run(table.create(new(), keyed("cd", "k-create", "print-2")))
+    with pytest.raises(IdempotencyKeyReused):  # the create's key on an update of the classifier it made
+        run(table.train(first.classifier_id, "alice", keyed("a", "k-create", "print-3")))
+
+
+def test_a_key_whose_first_request_is_still_running_is_busy(tmp_path):
+    flag = tmp_path / "slow"
+    table = ClassifierTable(StateStore(SwitchableSlowStore(tmp_path / "store", flag, delay_s=0.4)), Limits())
+    create(table)
+
+    async def scenario(first, second):
+        flag.touch()  # every store call takes 0.4 s: the first request is mid-write when the second arrives
+        task = asyncio.ensure_future(first())
+        await asyncio.sleep(0.1)
+        try:
+            with pytest.raises(IdempotencyKeyInUse) as err:
+                await second()
+        finally:
+            flag.unlink()
+        await task
+        return err.value
+
+    err = run(scenario(lambda: table.train("c1", "alice", keyed("c", "k", "p")),
+                       lambda: table.train("c1", "alice", keyed("c", "k", "p"))))
+    assert (err.status, err.code) == (409, "CONFLICT_RESOURCE_BUSY")
+    assert run(table.train("c1", "alice", keyed("c", "k", "p"))).replayed  # once it finished: the replay
+    assert snapshot(table)[0] == 9  # applied once
+    run(scenario(lambda: table.create(new(), keyed("ab", "k2", "p")), lambda: table.create(new(), keyed("cd", "k2", "q"))))
+    assert len(run(table.store.owned("alice"))) == 2
+    assert not table._inflight  # every mark released
+
+
+def test_a_batch_without_a_fingerprint_replays_by_id_as_before(table):
+    create(table)
+    first = run(table.train("c1", "alice", keyed("c", "k", "print-1")))
+    assert run(table.train("c1", "alice", batch("c", update_id="k"))).total_samples == first.total_samples

@@ -217,7 +217,7 @@ def test_a_store_failure_during_train_is_a_503_and_the_classifier_is_unchanged(t
 
     def batch(labels, update_id):
         X = rng.normal(size=(2 * len(labels), 8))
-        return TrainBatch(X / np.linalg.norm(X, axis=1, keepdims=True), [l for l in labels for _ in range(2)], 1.0,
+        return TrainBatch(X / np.linalg.norm(X, axis=1, keepdims=True), [lab for lab in labels for _ in range(2)], 1.0,
                           update_id=update_id)
 
     root = tmp_path / "s"

@@ -1,10 +1,9 @@
 """Vectors: the label cache's bounds (entries and bytes), and large requests embedded in interleavable chunks."""
 from __future__ import annotations
 
-import numpy as np
-
 import asyncio
 
+import numpy as np
 import pytest
 
 from classifiers.embedding import LocalEmbedder

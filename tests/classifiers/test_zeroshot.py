@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from classifiers.errors import InvalidLabels, LabelLimitExceeded
 from classifiers.api import Abstain
-from classifiers.errors import InvalidInput
+from classifiers.errors import InvalidInput, InvalidLabels, LabelLimitExceeded
 from classifiers.limits import Limits
 from classifiers.registry import build_registry
 from classifiers.zeroshot import parse_labels, predictions, score, softmax

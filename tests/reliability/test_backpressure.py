@@ -12,7 +12,15 @@ from ray import serve
 
 from classifiers.accounts import AccountStore
 from classifiers.store import LocalDirStore
-from tests.reliability.helpers import BIG, MODEL, deploy_variant, is_error_body, replica_actors
+from tests.reliability.helpers import (
+    BIG,
+    MODEL,
+    deploy_variant,
+    is_error_body,
+    kill_replica,
+    replica_actors,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.e2e
 APP = "pressure"
@@ -85,35 +93,85 @@ def test_a_request_over_the_timeout_is_a_504_with_the_error_body(app, reliabilit
     reliability.add("5xx seen", 1)
 
 
-def test_a_redeploy_drains_requests_in_flight(app, reliability):
-    """A rolling update replaces the ingress replica; requests in flight on the old one finish there (graceful
-    shutdown waits for them), none is dropped."""
+EMBEDDER = f"TextEmbedder-{MODEL}"
+
+
+def update_under_requests(app, *, keys_prefix: str, deployment: str, **update) -> tuple[list[httpx.Response], set, set]:
+    """Two long requests in flight, then a non-blocking update; returns their answers and the replicas of
+    ``deployment`` before and after. Fails at once if the requests could not still be running when the
+    replacement appeared (then the run would show nothing)."""
     url, keys, store, accounts = app
-    patient = {**INGRESS, "request_timeout_s": 120.0}
-    deploy_variant(APP, store, ingress=patient, accounts=accounts)
-    old = set(replica_actors(APP, "Ingress"))
-    h = [key(keys, f"d{i}") for i in range(2)]
-    results = []
-    with httpx.Client(base_url=url, timeout=120) as c:
+    old = set(replica_actors(APP, deployment))
+    h = [key(keys, f"{keys_prefix}{i}") for i in range(2)]
+    results: list[httpx.Response] = []
+    with httpx.Client(base_url=url, timeout=180) as c:
         threads = [threading.Thread(target=lambda hh=hh: results.append(c.post("/v1/classify", json=heavy(400), headers=hh)))
                    for hh in h]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # both in flight on the current ingress replica
-        deploy_variant(APP, store, ingress={**patient, "access_log": False}, accounts=accounts, blocking=False)
+        time.sleep(0.5)  # both in flight
+        deploy_variant(APP, store, accounts=accounts, blocking=False, **update)
         deadline = time.time() + 60
-        while time.time() < deadline and not set(replica_actors(APP, "Ingress")) - old:
+        while time.time() < deadline and not set(replica_actors(APP, deployment)) - old and len(results) < 2:
             time.sleep(0.05)
         # Serve stops the outdated replica as it rolls (with one replica: first), so once the new replica exists
         # the old one has been told to stop: requests still running now are finishing on a draining replica.
-        switched_while_in_flight = len(results) < 2
+        assert len(results) < 2, "the requests finished before the update: this run shows nothing; make them longer"
+        assert set(replica_actors(APP, deployment)) - old, f"no new {deployment} replica within 60 s"
         for t in threads:
             t.join()
+    return results, old, set(replica_actors(APP, deployment))
+
+
+def test_a_redeploy_drains_requests_in_flight(app, reliability):
+    """A rolling update replaces the ingress replica; requests in flight on the old one finish there (graceful
+    shutdown waits for them), none is dropped, and the embedder (whose config did not change) is not replaced."""
+    url, keys, store, accounts = app
+    patient = {**INGRESS, "request_timeout_s": 120.0}
+    deploy_variant(APP, store, ingress=patient, accounts=accounts)
+    embedders = set(replica_actors(APP, EMBEDDER))
+    results, old, _ = update_under_requests(app, keys_prefix="d", deployment="Ingress",
+                                            ingress={**patient, "access_log": False})
     reliability.add("requests sent", len(results))
-    assert switched_while_in_flight, "the requests finished before the update: this run shows nothing; make them longer"
     assert [r.status_code for r in results] == [200, 200], [r.text[:200] for r in results]
+    assert set(replica_actors(APP, EMBEDDER)) == embedders, "an ingress-only update must not replace the model replicas"
     deadline = time.time() + 30
     while old & set(replica_actors(APP, "Ingress")) and time.time() < deadline:
         time.sleep(0.2)
     assert not old & set(replica_actors(APP, "Ingress"))  # and the old replica exits once drained
     deploy_variant(APP, store, ingress=INGRESS, accounts=accounts)
+
+
+def test_an_embedder_update_drains_its_requests_in_flight(app, reliability):
+    """An update of the embedder's own config replaces its replica; the work queued on the old one finishes there
+    (its drain bound covers the ingress's request timeout), so the requests in flight answer 200."""
+    url, keys, store, accounts = app
+    patient = {**INGRESS, "request_timeout_s": 120.0}
+    deploy_variant(APP, store, ingress=patient, accounts=accounts)
+    results, old, new = update_under_requests(app, keys_prefix="e", deployment=EMBEDDER, ingress=patient,
+                                              embedder={"max_batch_size": 16})
+    reliability.add("requests sent", len(results))
+    assert [r.status_code for r in results] == [200, 200], [r.text[:200] for r in results]
+    assert new - old
+    deploy_variant(APP, store, ingress=INGRESS, accounts=accounts)
+
+
+def test_a_request_on_an_ingress_replica_that_dies_gets_a_jina_body(app, reliability):
+    """Ray's proxy ends a request whose replica died without answering; the client still gets Jina's error body
+    (serve_app.proxy_errors runs inside the proxy), never the plain-text 500."""
+    url, keys, store, accounts = app
+    results: list[httpx.Response] = []
+    with httpx.Client(base_url=url, timeout=180) as c:
+        t = threading.Thread(target=lambda: results.append(c.post("/v1/classify", json=heavy(400), headers=key(keys, "k"))))
+        t.start()
+        time.sleep(1.0)
+        assert not results, "the request finished before the replica was killed: this run shows nothing"
+        kill_replica(APP, "Ingress")
+        t.join()
+        (r,) = results
+        reliability.add("requests sent", 1)
+        reliability.add("faults injected", 1)
+        reliability.add("5xx seen", 1)
+        assert r.status_code == 503 and is_error_body(r), (r.status_code, r.text[:200])
+        assert r.json()["code"] == "SERVICE_UNAVAILABLE" and r.json()["request_id"] == r.headers["x-request-id"]
+        wait_healthy(c, heavy(1), timeout_s=60, headers=key(keys, "k2"))

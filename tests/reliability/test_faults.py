@@ -18,7 +18,14 @@ from ray import serve
 
 from deployments.classifier_shards import store_digest
 from tests.reliability.helpers import (
-    MODEL, deploy_variant, is_error_body, kill_named, kill_replica, replica_actors, shard_actors, wait_healthy,
+    MODEL,
+    deploy_variant,
+    is_error_body,
+    kill_named,
+    kill_replica,
+    replica_actors,
+    shard_actors,
+    wait_healthy,
 )
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +57,6 @@ class Load:
         self.stop = threading.Event()
         self.statuses: Counter = Counter()
         self.bad: list[str] = []  # wrong answers, or errors without Jina's body
-        self.plain_500s = 0
         self.acknowledged = Counter()  # classifier -> examples acknowledged
         self.attempted = Counter()
         self.sent = 0
@@ -62,14 +68,11 @@ class Load:
     def _record(self, r: httpx.Response) -> None:
         self.sent += 1
         self.statuses[r.status_code] += 1
-        if r.status_code in (503, 504) and not is_error_body(r):
+        if r.status_code >= 500 and not is_error_body(r):  # a killed ingress's requests included (Ray's proxy)
             self.bad.append(f"{r.status_code} without the error body: {r.text[:120]}")
         elif r.status_code == 500:
-            if r.text == "Internal Server Error":
-                self.plain_500s += 1  # Ray's proxy, for a request in flight on a killed ingress replica
-            else:
-                self.bad.append(f"500 from the service: {r.text[:200]}")
-        elif r.status_code not in (200, 503, 504):
+            self.bad.append(f"500 from the service: {r.text[:200]}")
+        elif r.status_code not in (200, 409, 503, 504):  # 409: a retried /train whose first try is still running
             self.bad.append(f"unexpected {r.status_code}: {r.text[:200]}")
 
     def _post(self, client, path, body, headers=None):
@@ -158,7 +161,7 @@ def test_killing_an_embedder_an_ingress_and_a_shard_under_load_loses_nothing(app
     reliability.add("requests sent", load.sent)
     reliability.add("5xx seen", sum(n for s, n in load.statuses.items() if isinstance(s, int) and s >= 500))
     assert not load.bad, load.bad[:5]
-    assert load.plain_500s <= len(load.threads)  # at most one in-flight request per client on the killed ingress
+    # a request in flight on the killed ingress answers 503 with the Jina body (serve_app.proxy_errors), never plain text
     assert load.statuses[200] > 50, load.statuses
     for cid in cids:
         assert after[cid] == before[cid] + load.acknowledged[cid], (cid, before[cid], load.acknowledged[cid], after[cid])

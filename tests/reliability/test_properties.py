@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import string
 import unicodedata
+from itertools import pairwise
 
 import numpy as np
 import pydantic
@@ -31,7 +32,13 @@ from classifiers import api
 from classifiers.errors import InvalidLabels, LabelLimitExceeded, RequestValidationFailed, ServiceError
 from classifiers.fewshot import FewShotLearner, LearnerConfig
 from classifiers.inputs import (
-    LABEL_PREVIEW_CHARS, Item, checked_label, clean_text, normalize_label, parse_declared_labels, parse_inputs,
+    LABEL_PREVIEW_CHARS,
+    Item,
+    checked_label,
+    clean_text,
+    normalize_label,
+    parse_declared_labels,
+    parse_inputs,
     parse_training_items,
 )
 from classifiers.limits import Limits
@@ -442,7 +449,7 @@ def test_updates_split_and_reordered_give_the_same_classifier(data, cuts, perm_s
     perm = np.random.default_rng(perm_seed).permutation(len(y))
     Xp, yp = X[perm], [y[i] for i in perm]
     bounds = sorted({0, len(y), *[c for c in cuts if c < len(y)]})
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in pairwise(bounds):
         split.update(Xp[lo:hi], yp[lo:hi], weight=weight, label_vectors=lv)
     assert split.counts == pytest.approx(one.counts, rel=1e-12)
     assert_same_predictions(one, split, Q, oos=not near_zero_dof(one))

@@ -227,11 +227,12 @@ def test_idempotency_key_applies_a_retried_update_once(acct, client):
     r1 = client.post("/v1/train", headers={**h, "Idempotency-Key": "upd-1"}, json=update)
     r2 = client.post("/v1/train", headers={**h, "Idempotency-Key": "upd-1"}, json=update)
     assert r1.json() == r2.json() and r1.status_code == 200
+    # X-Request-ID is a tracing id, never a retry key: both are applied (and echoed)
     r3 = client.post("/v1/train", headers={**h, "X-Request-ID": "client-rid-7"}, json=update)
     r4 = client.post("/v1/train", headers={**h, "X-Request-ID": "client-rid-7"}, json=update)
-    assert r3.json() == r4.json()
+    assert r3.status_code == r4.status_code == 200 and r3.headers["x-request-id"] == r4.headers["x-request-id"] == "client-rid-7"
     (listed,) = client.get("/v1/classifiers", headers=h).json()
-    assert listed["classifier_id"] == cid and listed["num_samples"] == len(EXAMPLES) + 2 and listed["updated_number"] == 2
+    assert listed["classifier_id"] == cid and listed["num_samples"] == len(EXAMPLES) + 3 and listed["updated_number"] == 3
     assert client.delete(f"/v1/classifiers/{cid}", headers=h).status_code == 200
 
 
@@ -354,3 +355,54 @@ def test_handle_callers_say_who_they_are(acct):
     assert handle.classify.remote(req, api_key=key).result(timeout_s=60).data[0].prediction == "cooking"
     assert handle.classify.remote(req, account_id=rec.account_id).result(timeout_s=60).data[0].prediction == "cooking"
     assert handle.list_classifiers.remote(api_key=key).result(timeout_s=60) == []
+
+
+def test_a_ledger_answer_lost_mid_flush_is_resent_and_counted_once(serve_url, tmp_path_factory):
+    """The ledger applies a flush whose answer never reaches the replica: the accounts actor's process is frozen
+    (SIGSTOP, as a long GC pause or an overloaded node would), so the replica's send times out
+    (``RemoteAccounts.CALL_TIMEOUT_S``) and is sent again next round, while the first send waits in the actor's
+    queue. Thawed, the actor runs both: the totals must equal the responses' ``usage`` exactly, not twice."""
+    import os
+    import signal
+
+    from deployments.accounts_actor import RemoteAccounts
+    from deployments.classifier_shards import NAMESPACE, store_digest
+    from tests.reliability.helpers import deploy_variant
+
+    app = "ledger-lost-answer"
+    store = str(tmp_path_factory.mktemp("ledger-lost-answer"))
+    # rate limits off: while the actor is frozen, requests need nothing from it (no leases), so they all succeed
+    deploy_variant(app, store, accounts={"rate_limits": False, "usage_flush_s": 0.3, "ledger_flush_s": 0.3})
+    ledger = AccountStore(LocalDirStore(store))
+    try:
+        with httpx.Client(base_url=f"{serve_url}/{app}", timeout=120) as c:
+            r = c.post("/v1/train", json={"model": MODEL, "input": EXAMPLES})
+            assert r.status_code == 200, r.text
+            cid, charged, served = r.json()["classifier_id"], r.json()["usage"]["total_tokens"], 1
+            actor = ray.get_actor(f"accounts-{store_digest(store)}", namespace=NAMESPACE)
+            deadline = time.time() + 20
+            while (ledger.read_ledger("anonymous") or {}).get("tokens") != charged and time.time() < deadline:
+                time.sleep(0.2)  # the replica has flushed to the actor, and the actor to the store
+            pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                for i in range(4):
+                    r = c.post("/v1/classify", json={"model": MODEL, "input": [f"Is it raining in town {i}?"], "labels": ["weather", "sport"]})
+                    assert r.status_code == 200, r.text
+                    charged, served = charged + r.json()["usage"]["total_tokens"], served + 1
+                r = c.post("/v1/train", json={"classifier_id": cid, "input": [{"text": "Hail by the evening.", "label": "weather"}]})
+                assert r.status_code == 200, r.text
+                charged, served = charged + r.json()["usage"]["total_tokens"], served + 1
+                time.sleep(RemoteAccounts.CALL_TIMEOUT_S + 2.5)  # one send timed out, its resend is queued behind it
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            deadline = time.time() + 30
+            while (ledger.read_ledger("anonymous") or {}).get("tokens", 0) < charged and time.time() < deadline:
+                time.sleep(0.3)
+            time.sleep(2.0)  # any duplicate would land by now
+            ray.get(actor.flush.remote())
+            entry = ledger.read_ledger("anonymous")
+            assert (entry["tokens"], entry["requests"]) == (charged, served), entry
+            assert entry["by_mode"]["zeroshot"]["requests"] == 4 and entry["by_mode"]["train"]["requests"] == 2
+    finally:
+        serve.delete(app)

@@ -15,8 +15,16 @@ import pytest
 from classifiers.api import Abstain, ClassificationResponse, ClassifierSummary, TextDoc, TrainingResponse
 from serve_app import cli
 from serve_app.client import (
-    ApiConnectionError, ApiError, Client, _parse_list, _parse_train, classify_body, embeddings_body, parse_retry_after,
-    retry_wait, train_body,
+    ApiConnectionError,
+    ApiError,
+    Client,
+    _parse_list,
+    _parse_train,
+    classify_body,
+    embeddings_body,
+    parse_retry_after,
+    retry_wait,
+    train_body,
 )
 
 
@@ -116,6 +124,21 @@ def test_train_calls_carry_a_fresh_idempotency_key_unless_given():
     k2 = c._train_call([("a", "x")], None, None, "private", 10, None, None).headers["Idempotency-Key"]
     assert k1 != k2 and len(k1) == 32
     assert c._train_call([("a", "x")], None, None, "private", 10, None, "mine").headers == {"Idempotency-Key": "mine"}
+    c.close()
+
+
+def test_only_calls_with_an_idempotency_key_retry_a_409():
+    """409 CONFLICT_RESOURCE_BUSY: the key's first request is still running; a train (which resends its own key)
+    waits and retries to get that answer. Without a key a 409 is not the client's to retry."""
+    from serve_app.client import IDEMPOTENT_RETRY_STATUSES
+
+    c = Client("http://example.invalid", api_key="")
+    train = c._train_call([("a", "x")], None, None, "private", 10, None, None)
+    classify = c._classify_call(["a"], ["x", "y"], "m", None, None)
+    assert train.retry_statuses == IDEMPOTENT_RETRY_STATUSES and 409 not in classify.retry_statuses
+    assert retry_wait(0, status=409, retry_after=1.0, statuses=train.retry_statuses) == 1.0
+    assert retry_wait(0, status=409, retry_after=1.0, statuses=classify.retry_statuses) is None
+    assert retry_wait(0, status=422, retry_after=1.0, statuses=train.retry_statuses) is None  # a reused key: final
     c.close()
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import httpx
 import pytest
@@ -348,5 +349,5 @@ def test_real_429_is_retried_after_retry_after(keyed):
     assert any(len(h) > 1 for h in history), history  # at least one call met a 429 and was retried
     for h in history:
         assert h[-1][0] == 200 and all(status == 429 for status, _, _ in h[:-1]), h
-        for (_, t, retry_after), (_, t_next, _) in zip(h, h[1:]):
+        for (_, t, retry_after), (_, t_next, _) in pairwise(h):
             assert t_next - t >= float(retry_after) - 0.05, h

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
 from ray.serve import Application
 
 from serve_app.app import bind_app, build_app

@@ -46,7 +46,7 @@ def test_a_classifier_with_only_declared_labels_answers_like_zero_shot(http):
     assert r.status_code == 200 and r.json()["num_samples"] == 0, r.text
     few = http.post("/v1/classify", json={"classifier_id": r.json()["classifier_id"], "input": list(CLEAR.values())}).json()
     zero = http.post("/v1/classify", json={"model": MODEL, "labels": labels, "input": list(CLEAR.values())}).json()
-    for f, z in zip(few["data"], zero["data"]):
+    for f, z in zip(few["data"], zero["data"], strict=True):
         assert f["prediction"] == z["prediction"]
         assert [p["score"] for p in f["predictions"]] == pytest.approx([p["score"] for p in z["predictions"]], abs=1e-5)
     r = http.post("/v1/train", json={"model": MODEL, "labels": ["only-one"], "input": []})

@@ -30,5 +30,5 @@ def test_real_clip_classifies_flowers_far_above_chance():
     X = enc.encode_images([Image.open(p).convert("RGB") for p in paths])
     L = enc.encode([spec.label_template.replace("{label}", c) for c in classes], "label")
     pred = [classes[i] for i in score(X, L, spec.score_scale).argmax(1)]
-    accuracy = sum(p == t for p, t in zip(pred, truth)) / len(truth)
+    accuracy = sum(p == t for p, t in zip(pred, truth, strict=True)) / len(truth)
     assert accuracy > 0.6, accuracy  # chance is 0.2

@@ -51,7 +51,9 @@ def test_half_precision_weights_keep_the_vectors(encoders):
     from classifiers.registry import build_registry
 
     spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
-    half = load_encoder(spec, num_threads=1, dtype="bfloat16")
+    # No num_threads: torch's thread count is per process, and setting it here would change the `encoders`
+    # fixture's MiniLM for every later test (CLASSIFIER_TEST_ENGINE_THREADS, tests/conftest.py).
+    half = load_encoder(spec, dtype="bfloat16")
     assert next(half.model.parameters()).dtype.__repr__() == "torch.bfloat16"
     texts = ["will it rain in paris tomorrow", "play some jazz music", "transfer money to my savings account"]
     full, low = encoders["all-MiniLM-L6-v2"].encode(texts, "input"), half.encode(texts, "input")
