@@ -58,8 +58,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from classifiers.accounts import AccountStore
-    from classifiers.store import LocalDirStore
+    from classifiers.accounts.keys import AccountStore
+    from classifiers.storage.store import LocalDirStore
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})

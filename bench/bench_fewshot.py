@@ -37,11 +37,11 @@ def clinc(n_per_label: int = 6, labels: int = 16) -> tuple[list[str], list[str]]
 
 
 async def state_scale(counts: list[int], shards: int) -> list[tuple]:
-    from classifiers.engines import load_encoder
-    from classifiers.limits import Limits
-    from classifiers.registry import build_registry
-    from classifiers.repository import NewClassifier, TrainBatch
-    from classifiers.store import LocalDirStore
+    from classifiers.catalog.registry import build_registry
+    from classifiers.embedding.engines import load_encoder
+    from classifiers.fewshot.repository import NewClassifier, TrainBatch
+    from classifiers.request.limits import Limits
+    from classifiers.storage.store import LocalDirStore
     from deployments.classifier_shards import ShardedRepo
     from deployments.config import StateConfig
 

@@ -29,7 +29,7 @@ FLOWERS = ROOT.parent / "shared" / "data" / "images"
 def main() -> None:
     from PIL import Image
 
-    from classifiers.engines import load_encoder
+    from classifiers.embedding.engines import load_encoder
     from tests.clip_fixture import make_tiny_clip, tiny_clip_spec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,11 +3,11 @@
     PYTHONPATH=. .venv/bin/python bench/eval_fewshot.py --data ../shared/data/text --out docs/eval
 
 What it measures, on the SAME cached embeddings (computed once through the real encoder code path,
-``classifiers.engines.load_encoder(spec).encode``, under .cache/eval/):
+``classifiers.embedding.engines.load_encoder(spec).encode``, under .cache/eval/):
 
 * zero-shot prompts: label templates and (e5) label prefixes, the NLL-fitted score_scale, NLL / ECE;
 * learning curves on a stream (a random permutation of the training split per seed) at 8, 16, ... and all
-  examples: zero-shot (label names as words), our few-shot learner (classifiers/fewshot.py; also without
+  examples: zero-shot (label names as words), our few-shot learner (classifiers/fewshot/learner.py; also without
   label prior and with opaque `cNN` label ids), full-batch logistic regression on all examples seen so far
   (C tuned by 5-fold CV on full training data), nearest class mean, and online passive-aggressive (PA-I)
   fed the same stream in batches of --batch-size with --num-iters passes per batch (Jina's learner);
@@ -196,7 +196,7 @@ def weight_sensitivity(tasks: list[Task], seeds: list[int], checkpoints: list[in
 
 def learner_cost(dim: int, score_scale: float, config, classes: int = 16) -> dict:
     """Update / predict cost and state size of one learner (random unit vectors; timing only)."""
-    from classifiers.fewshot import FewShotLearner
+    from classifiers.fewshot.learner import FewShotLearner
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1024, dim))
@@ -252,7 +252,7 @@ def _collect_oos(scores_at: dict, oos: dict, pooled: dict | None) -> None:
     """Append one run's OOS metrics per checkpoint and score to ``oos``: AUROC, OOS recall at 95% in-scope
     recall and, for the served scores, the in-scope false-alarm rate and OOS recall of the served rule at a 5%
     target; keep the raw scores in ``pooled`` (ROC plots)."""
-    from classifiers.oos import auroc, recall_at_inscope_recall, threshold
+    from classifiers.zeroshot.oos import auroc, recall_at_inscope_recall, threshold
 
     t = threshold(0.05)
     for k, scores in scores_at.items():
@@ -298,7 +298,7 @@ def recipe_study(model: str, train, test, domains: dict[str, list[str]] | None) 
     template ensemble chosen by greedy forward selection on the TRAINING split (accuracy 150-way + per domain),
     all scored on the test split. A recipe is adopted in the registry only where it beats the single template
     on both test tasks."""
-    from classifiers.registry import pool_label_vectors
+    from classifiers.catalog.registry import pool_label_vectors
 
     spec = get_spec(model)
     X = embed(model, train.texts + test.texts, "input")
@@ -371,7 +371,7 @@ RECIPE_POOL = ("{label}", "This is about {label}.", "This text is about {label}.
 def class_scaling(dim: int, score_scale: float) -> list[dict]:
     """State and served-predictor size, update and refit time at 16, 64, 150 and 256 classes (random unit
     vectors; sizes are exact, times indicative)."""
-    from classifiers.fewshot import FewShotLearner, LearnerConfig
+    from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
 
     rows = []
     rng = np.random.default_rng(0)
@@ -509,7 +509,7 @@ def plot_roc(model: str, run: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from classifiers.oos import roc_curve
+    from classifiers.zeroshot.oos import roc_curve
 
     ks = list(run["roc"])
     fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 4.2), squeeze=False)
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the all-classes protocol (declared labels) and the out-of-scope evaluation")
     args = ap.parse_args(argv)
 
-    from classifiers.fewshot import LearnerConfig
+    from classifiers.fewshot.learner import LearnerConfig
 
     t0 = time.time()
     out = Path(args.out)
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             task.C = C_domains if domains else tune_logreg_C(task.Xtr, task.ytr, folds=3)
             K = len(all_names)
             max_classes = args.max_classes or max(K, 16)
-            from classifiers.fewshot import _state_bytes
+            from classifiers.fewshot.learner import _state_bytes
 
             cfg = LearnerConfig(max_classes=max_classes,
                                 max_state_bytes=max(1_000_000, _state_bytes(task.Xtr.shape[1], max_classes, True)))
@@ -821,7 +821,7 @@ def _oos_table(oos: dict) -> list[str]:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from classifiers.fewshot import LearnerConfig
+    from classifiers.fewshot.learner import LearnerConfig
 
     a = report["args"]
     L: list[str] = []
@@ -840,7 +840,7 @@ def write_report(report: dict, out: Path) -> None:
           "`coverage` below say how many classes are known and what share of the test set they cover.",
           "* **zero-shot**: softmax(score_scale x cosine) against the label names turned into words "
           "(`book_flight` -> `book flight`) in the registry's label template/prefix.",
-          "* **ours**: `classifiers.fewshot.FewShotLearner` (docs/fewshot.md), fed the stream in batches of "
+          "* **ours**: `classifiers.fewshot.learner.FewShotLearner` (docs/fewshot.md), fed the stream in batches of "
           f"{a['batch_size']} with weight num_iters/10 = {a['num_iters'] / 10:g} and label vectors for new labels "
           "(as the service does). **ours, no prior**: no label vectors. **ours, opaque ids**: labels renamed "
           "`c00`, `c01`, ... (embedded in the same template) — the label-name prior must switch itself off.",

@@ -1,7 +1,7 @@
 """Building blocks of the few-shot quality evaluation (bench/eval_fewshot.py).
 
 * data: CSVs with ``text,label`` columns, CLINC150 label domains;
-* embeddings through the real code path (``classifiers.engines.load_encoder(spec).encode``), cached as .npy
+* embeddings through the real code path (``classifiers.embedding.engines.load_encoder(spec).encode``), cached as .npy
   under ``.cache/eval/`` keyed by model, role, prefix and a hash of the texts;
 * baselines on the same embeddings: zero-shot, nearest class mean, full-batch multinomial logistic
   regression (tuned C), online passive-aggressive (PA-I, ``num_iters`` passes per batch, as Jina's
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers.zeroshot import score, softmax
+from classifiers.zeroshot.scoring import score, softmax
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache" / "eval"
@@ -76,14 +76,14 @@ _ENCODERS: dict[tuple, object] = {}
 
 
 def get_spec(model: str, **overrides):
-    from classifiers.registry import BUILTIN_MODELS
+    from classifiers.catalog.registry import BUILTIN_MODELS
 
     spec = next(s for s in BUILTIN_MODELS if s.name == model)
     return spec.model_copy(update=overrides) if overrides else spec
 
 
 def _encoder(spec):
-    from classifiers.engines import load_encoder
+    from classifiers.embedding.engines import load_encoder
 
     key = (spec.name, spec.input_prefix, spec.label_prefix)
     if key not in _ENCODERS:
@@ -175,7 +175,7 @@ def fit_scale(cos: np.ndarray, y: np.ndarray, lo: float = 1.0, hi: float = 300.0
 
 # ---------------------------------------------------------------------------------------- baselines
 def zero_shot_probs(X: np.ndarray, L: np.ndarray, scale: float) -> np.ndarray:
-    """The service's own zero-shot scoring (classifiers.zeroshot.score)."""
+    """The service's own zero-shot scoring (classifiers.zeroshot.scoring.score)."""
     return score(X, L, scale)
 
 
@@ -287,7 +287,7 @@ def accuracy_only(config=None):
     """The learner config for runs that measure accuracy only: without the prequential out-of-scope record,
     whose extra fit per batch does not change any prediction (tests/classifiers/test_declared_oos.py) and
     would only slow the evaluation down. Runs that score out-of-scope inputs keep the served default."""
-    from classifiers.fewshot import LearnerConfig
+    from classifiers.fewshot.learner import LearnerConfig
 
     return (config or LearnerConfig()).model_copy(update={"oos_record": False})
 
@@ -313,7 +313,7 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
     Returns {metric: {method: array over checkpoints}} for metrics acc, f1, nll, ece, plus ``classes`` and
     ``coverage`` (fraction of the task's test examples whose class is known at k).
     """
-    from classifiers.fewshot import FewShotLearner
+    from classifiers.fewshot.learner import FewShotLearner
 
     dim = task.Xtr.shape[1]
     weight = num_iters / 10.0
@@ -373,7 +373,7 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
 def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, weight: float, batch_size: int = 8,
                      learner_config=None, prior: bool = True) -> np.ndarray:
     """Accuracy of the few-shot learner alone at each checkpoint (same protocol as :func:`run_stream`)."""
-    from classifiers.fewshot import FewShotLearner
+    from classifiers.fewshot.learner import FewShotLearner
 
     lrn = FewShotLearner(task.Xtr.shape[1], score_scale=1.0, config=accuracy_only(learner_config))
     acc = np.zeros(len(checkpoints))
@@ -395,8 +395,8 @@ def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, we
 def embed_labels(model: str, names: list[str], templates: tuple[str, ...] | None = None) -> np.ndarray:
     """(K, D) label vectors through the registry's zero-shot recipe: each label name (as words) in every
     template of ``spec.label_texts`` (or ``templates``), embedded with role "label" and pooled by
-    ``classifiers.registry.pool_label_vectors`` — what the service computes for zero-shot and the label prior."""
-    from classifiers.registry import pool_label_vectors
+    ``classifiers.catalog.registry.pool_label_vectors`` — what the service computes for zero-shot and the label prior."""
+    from classifiers.catalog.registry import pool_label_vectors
 
     spec = get_spec(model) if templates is None else get_spec(model, label_templates=tuple(templates))
     texts = [spec.label_texts(label_words(n)) for n in names]
@@ -415,9 +415,9 @@ OOS_SCORES_FS = ("max softmax", "ours (calibrated max logit)", "Mahalanobis (ful
 def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
     """Out-of-scope scores (larger = more out of scope) of a learner with examples: the baselines (max softmax,
     full Mahalanobis distance with the learner's own covariance and class means, cosine to class means,
-    energy = -logsumexp of the logits) and the served score (classifiers.oos.fewshot_oos_score, which the
+    energy = -logsumexp of the logits) and the served score (classifiers.zeroshot.oos.fewshot_oos_score, which the
     service calls: LinearPredictor.oos_score, with the zero-shot rule for a winning class without examples)."""
-    from classifiers.oos import fewshot_oos_score
+    from classifiers.zeroshot.oos import fewshot_oos_score
 
     pred = lrn.compile()
     z = pred.decision_function(X)
@@ -442,7 +442,7 @@ def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
 
 
 def _oos_scores_zero_shot(X: np.ndarray, L: np.ndarray, spec) -> dict[str, np.ndarray]:
-    from classifiers.oos import zero_shot_oos_score
+    from classifiers.zeroshot.oos import zero_shot_oos_score
 
     cos = X @ L.T
     z = spec.score_scale * cos
@@ -464,7 +464,7 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
 
     Returns {"acc": {method: array over checkpoints}, "oos": {k: {score: (in_scores, out_scores)}}}.
     """
-    from classifiers.fewshot import FewShotLearner
+    from classifiers.fewshot.learner import FewShotLearner
 
     dim = task.Xtr.shape[1]
     weight = num_iters / 10.0
@@ -509,7 +509,7 @@ def run_stream_oos(task: Task, perm: np.ndarray, oos_at: tuple[int, ...], *, spe
     intents), fed the stream ``perm`` in batches: at each k in ``oos_at`` (0 = zero-shot on all labels) the
     OOS scores of the task's in-scope test set and of ``Xoos``. Only the declared-labels learner runs (no
     baselines to refit), so the 150-way task stays cheap. Returns {k: {score: (in_scores, out_scores)}}."""
-    from classifiers.fewshot import FewShotLearner
+    from classifiers.fewshot.learner import FewShotLearner
 
     lrn = FewShotLearner(task.Xtr.shape[1], score_scale=spec.score_scale, config=learner_config)
     lrn.declare({n: task.L[j] for j, n in enumerate(task.names)})

@@ -3,7 +3,7 @@
 A minimal FastAPI/uvicorn server that computes the same zero-shot answer as the service for each request on
 its own: the inputs are embedded (role ``input``), the labels are embedded in the model's label templates (role
 ``label``, pooled as the service pools them: ``ModelSpec.label_texts`` + ``pool_label_vectors``), and every
-input gets ``softmax(score_scale * cos)`` over the labels (classifiers/zeroshot.py). The handlers are
+input gets ``softmax(score_scale * cos)`` over the labels (classifiers/zeroshot/scoring.py). The handlers are
 ``async def`` that call the model directly, so requests are served strictly one after another, each at its
 own batch size. Label vectors are kept in a dict (a naive server would do that too, and the service has a
 label cache); ``--no-label-cache`` embeds the labels on every request.
@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from classifiers.engines import load_encoder  # noqa: E402
-from classifiers.registry import build_registry, pool_label_vectors  # noqa: E402
-from classifiers.zeroshot import softmax  # noqa: E402
+from classifiers.catalog.registry import build_registry, pool_label_vectors  # noqa: E402
+from classifiers.embedding.engines import load_encoder  # noqa: E402
+from classifiers.zeroshot.scoring import softmax  # noqa: E402
 
 
 def make_app(model: str, label_cache: bool = True) -> FastAPI:

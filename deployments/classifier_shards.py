@@ -1,8 +1,8 @@
 """Classifier state in Ray actors keyed by classifier_id: one set of named state-shard actors per store.
 
 ``classifier_id`` is hashed (stable, sha256) onto ``num_shards`` named actors; each shard is a thin actor
-around a :class:`~classifiers.state.ClassifierTable` (loaded lazily from the store, LRU-bounded).
-:class:`ShardedRepo` is the Ray implementation of :class:`~classifiers.repository.ClassifierRepo`: every
+around a :class:`~classifiers.fewshot.table.ClassifierTable` (loaded lazily from the store, LRU-bounded).
+:class:`ShardedRepo` is the Ray implementation of :class:`~classifiers.fewshot.repository.ClassifierRepo`: every
 operation is one direct actor method call on the shard that owns the id (a new classifier's id is chosen to
 live on its owner's shard, so the owner's quota check and the write are one call, atomic under the owner's
 lock). Why shards and not one actor per classifier: ``docs/state.md``.
@@ -27,13 +27,20 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from classifiers.api import ClassifierSummary
-from classifiers.errors import IdempotencyKeyInUse, ServiceUnavailable, StaleWriter
-from classifiers.limits import Limits
-from classifiers.registry import ModelSpec
-from classifiers.repository import ClassifierInfo, NewClassifier, Scores, TrainBatch, TrainOutcome, id_for_create
-from classifiers.state import ClassifierTable, migrate_legacy_owners
-from classifiers.store import BlobStore, StateStore
+from classifiers.catalog.registry import ModelSpec
+from classifiers.fewshot.repository import (
+    ClassifierInfo,
+    NewClassifier,
+    Scores,
+    TrainBatch,
+    TrainOutcome,
+    id_for_create,
+)
+from classifiers.fewshot.table import ClassifierTable, migrate_legacy_owners
+from classifiers.protocol.errors import IdempotencyKeyInUse, ServiceUnavailable, StaleWriter
+from classifiers.protocol.wire import ClassifierSummary
+from classifiers.request.limits import Limits
+from classifiers.storage.store import BlobStore, StateStore
 from deployments.config import StateConfig
 from deployments.metrics import ShardMetrics
 from deployments.process import memory

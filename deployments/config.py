@@ -69,7 +69,7 @@ class EmbedderConfig(DeploymentConfig):
         default=0.0, ge=0,
         description="How long a batch waits to fill after its first request. 0 (default): continuous batching, "
         "requests that arrive while the model runs wait and join the next batch together "
-        "(classifiers.embedding.ModelTurns), so batches grow with load without a timer; on 2 cores a 5 ms wait lost "
+        "(classifiers.embedding.batch.ModelTurns), so batches grow with load without a timer; on 2 cores a 5 ms wait lost "
         "at 1, 16 and 64 clients (docs/benchmarks.md). Above 0: Serve's own timer instead, without continuous batching.",
     )
     num_threads: int | None = Field(

@@ -2,8 +2,8 @@
 
 Texts and images of one model go through the same replica and the same loaded encoder, so their vectors
 share one space. Texts: ``embed`` has exactly TextEmbedder's contract (``@serve.batch``, token-limit rejection
-per request in :func:`classifiers.embedding.embed_batch`). Images: ``embed_images`` fetches and decodes the
-request's images concurrently and outside the model's batch loop (:func:`classifiers.images.embed_images`: a
+per request in :func:`classifiers.embedding.batch.embed_batch`). Images: ``embed_images`` fetches and decodes the
+request's images concurrently and outside the model's batch loop (:func:`classifiers.images.stream.embed_images`: a
 bad image fails only its own request with ``InvalidImage``), downscales each right after decoding to twice the
 model's input size, and streams them in chunks to a second ``@serve.batch`` method that coalesces the images of
 concurrent requests into model calls. Decoded pixels are budgeted per request and per replica
@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 from ray import serve
 
-from classifiers.embedding import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
-from classifiers.engines import Encoder, load_encoder
-from classifiers.images import (
+from classifiers.catalog.registry import ModelSpec
+from classifiers.embedding.batch import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
+from classifiers.embedding.engines import Encoder, load_encoder
+from classifiers.images.stream import (
     DEFAULT_SHORT_SIDE,
     ImageFetchConfig,
     embed_images,
@@ -28,7 +29,6 @@ from classifiers.images import (
     image_memory_stats,
     image_tokens,
 )
-from classifiers.registry import ModelSpec
 from deployments.config import EmbedderConfig
 from deployments.text_embedder import TextSide
 

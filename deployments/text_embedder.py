@@ -12,9 +12,9 @@ from typing import Callable
 
 from ray import serve
 
-from classifiers.embedding import BatchStats, EmbedRequest, EmbedResult, ModelTurns, embed_batch
-from classifiers.engines import Encoder, load_encoder
-from classifiers.registry import ModelSpec
+from classifiers.catalog.registry import ModelSpec
+from classifiers.embedding.batch import BatchStats, EmbedRequest, EmbedResult, ModelTurns, embed_batch
+from classifiers.embedding.engines import Encoder, load_encoder
 from deployments.config import EmbedderConfig
 from deployments.metrics import EmbedderMetrics
 from deployments.process import memory

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from classifiers.registry import ModelSpec, Registry
+from classifiers.catalog.registry import ModelSpec, Registry
 from deployments.config import DeploymentConfig
 from deployments.image_embedder import ImageEmbedder
 from deployments.text_embedder import TextEmbedder

@@ -1,7 +1,7 @@
 """Python client for the classification service's HTTP API (Jina's Classifier API plus our extensions).
 
 ``Client`` (sync) and ``AsyncClient`` (async) wrap httpx and return the typed pydantic models of
-``classifiers/api.py``, the same ones the service builds its responses from::
+``classifiers/protocol/wire.py``, the same ones the service builds its responses from::
 
     from serve_app.client import ApiError, Client
 
@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from classifiers.api import (
+from classifiers.protocol.wire import (
     Abstain,
     ClassificationResponse,
     ClassifierSummary,
@@ -231,7 +231,7 @@ def classify_body(
     inputs: Any, *, labels: Any = None, model: str | None = None, classifier_id: str | None = None, abstain: Any = None,
 ) -> dict:
     """The JSON body of ``POST /v1/classify``: only the fields given (``abstain`` is ours, sent only when set).
-    ``abstain`` is an :class:`~classifiers.api.Abstain`, a dict like ``{"false_alarm_rate": 0.05}``, or a float
+    ``abstain`` is an :class:`~classifiers.protocol.wire.Abstain`, a dict like ``{"false_alarm_rate": 0.05}``, or a float
     (taken as the false-alarm rate)."""
     body: dict[str, Any] = {}
     if model is not None:

@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from classifiers.gate import AccountsConfig
-from classifiers.images import ImageFetchConfig
-from classifiers.limits import Limits
-from classifiers.registry import ModelSpec, Registry, build_registry
+from classifiers.accounts.gate import AccountsConfig
+from classifiers.catalog.registry import ModelSpec, Registry, build_registry
+from classifiers.images.stream import ImageFetchConfig
+from classifiers.request.limits import Limits
 from deployments.config import DeploymentConfig, EmbedderConfig, StateConfig
 
 ENV_PREFIX = "CLASSIFIER__"

@@ -2,7 +2,7 @@
 
 ``Ingress`` is the Serve deployment that receives every HTTP request (and every Python ``DeploymentHandle``
 call): it decides who the caller is and admits the request under its limits (the accounts gate,
-``classifiers/gate.py``), validates the request (pydantic, Jina's wire models), hands it to the zero-shot or
+``classifiers/accounts/gate.py``), validates the request (pydantic, Jina's wire models), hands it to the zero-shot or
 few-shot service (``classifiers/``), charges the usage of a successful one, and maps the services' typed errors
 to Jina's body ``{"code", "detail", "request_id"}`` (plus ``errors`` for schema failures). The request id is
 decided once per request: the ``X-Request-ID`` header the proxy passes in (the client's, else the one Ray Serve
@@ -33,22 +33,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from classifiers.accounts import AccountStore, Authenticator, Principal
-from classifiers.api import (
-    ClassificationResponse,
-    ClassifierSummary,
-    ClassifyRequest,
-    DeleteResponse,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    ErrorResponse,
-    TrainingResponse,
-    TrainRequest,
-    UsageReport,
-)
-from classifiers.embedding import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
-from classifiers.embeddings_service import EmbeddingsService
-from classifiers.errors import (
+from classifiers.accounts.gate import AccountsGate, Ticket
+from classifiers.accounts.keys import AccountStore, Authenticator, Principal
+from classifiers.accounts.ratelimit import LeaseLimiter, Mode
+from classifiers.accounts.usage import UsageMeter
+from classifiers.embedding.batch import EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
+from classifiers.embedding.service import EmbeddingsService
+from classifiers.embedding.vectors import LabelCache, Vectors
+from classifiers.fewshot.service import FewShotService
+from classifiers.protocol.errors import (
     REQUEST_LIMIT,
     AuthError,
     IdempotencyKeyInUse,
@@ -60,13 +53,20 @@ from classifiers.errors import (
     ServiceTimeout,
     ServiceUnavailable,
 )
-from classifiers.fewshot_service import FewShotService
-from classifiers.gate import AccountsGate, Ticket
-from classifiers.ratelimit import LeaseLimiter, Mode
-from classifiers.store import open_blob_store
-from classifiers.usage import UsageMeter
-from classifiers.vectors import LabelCache, Vectors
-from classifiers.zeroshot_service import ZeroShotService
+from classifiers.protocol.wire import (
+    ClassificationResponse,
+    ClassifierSummary,
+    ClassifyRequest,
+    DeleteResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    TrainingResponse,
+    TrainRequest,
+    UsageReport,
+)
+from classifiers.storage.store import open_blob_store
+from classifiers.zeroshot.service import ZeroShotService
 from deployments.accounts_actor import RemoteAccounts
 from deployments.classifier_shards import ShardedRepo
 from deployments.metrics import IngressMetrics

@@ -13,8 +13,8 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from classifiers.accounts import AccountStore
-from classifiers.store import open_blob_store
+from classifiers.accounts.keys import AccountStore
+from classifiers.storage.store import open_blob_store
 from serve_app.config import load_config
 
 

@@ -18,7 +18,7 @@ import threading
 import ray
 from ray import serve
 
-from classifiers.accounts import is_loopback
+from classifiers.accounts.keys import is_loopback
 from serve_app.app import bind_app
 from serve_app.config import load_config
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def flush_ledger(cfg) -> None:
     """Persist the accounts actor's ledger now, so a clean stop loses no usage."""
-    from classifiers.store import open_blob_store
+    from classifiers.storage.store import open_blob_store
     from deployments.accounts_actor import RemoteAccounts
 
     accounts = RemoteAccounts(open_blob_store(cfg.state.store_url), cfg.accounts)

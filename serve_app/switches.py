@@ -14,7 +14,7 @@ where they work:
 
 HAProxy listens on the configured host; its stats and Prometheus ports (free ports chosen at start, logged) on all
 interfaces. Anonymous mode is for one machine: without keys the ingress answers loopback clients only
-(``classifiers.accounts.Authenticator``, ``local_only``) unless ``--allow-anonymous`` is given. HAProxy forwards
+(``classifiers.accounts.keys.Authenticator``, ``local_only``) unless ``--allow-anonymous`` is given. HAProxy forwards
 without X-Forwarded-For, so behind it every client shares one address: anonymous per-IP rate limits then act as
 one bucket (use keys, or ``RAY_SERVE_ENABLE_HA_PROXY=0``, for a public anonymous service).
 

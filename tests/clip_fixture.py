@@ -86,7 +86,7 @@ def make_tiny_clip(path: str | os.PathLike, *, seed: int = 0, size: str = "tiny"
 
 def tiny_clip_spec(source: str, **overrides):
     """A registry entry for the tiny checkpoint (backend ``clip``, text and image)."""
-    from classifiers.registry import ModelSpec
+    from classifiers.catalog.registry import ModelSpec
 
     fields = dict(
         name="tiny-clip",

@@ -30,8 +30,8 @@ def encoders():
 
     ``CLASSIFIER_TEST_ENGINE_THREADS`` (default 2) sets their CPU threads: running the suite with 1 and again
     with every core shows any test that assumes bit-identical engine output across thread counts."""
-    from classifiers.engines import load_encoder
-    from classifiers.registry import build_registry
+    from classifiers.catalog.registry import build_registry
+    from classifiers.embedding.engines import load_encoder
 
     threads = int(os.environ.get("CLASSIFIER_TEST_ENGINE_THREADS", "2"))
     reg = build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from classifiers.store import LocalDirStore
+from classifiers.storage.store import LocalDirStore
 
 
 class SwitchableSlowStore(LocalDirStore):

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from ray import serve
 
-from classifiers.accounts import AccountStore
-from classifiers.store import LocalDirStore
+from classifiers.accounts.keys import AccountStore
+from classifiers.storage.store import LocalDirStore
 from serve_app.app import build_app
 from tests.conftest import ROOT
 from tests.reliability.helpers import replica_actors

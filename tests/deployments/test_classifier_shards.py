@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import ray
 
-from classifiers.errors import ServiceUnavailable
-from classifiers.limits import Limits
-from classifiers.repository import ClassifierRepo, NewClassifier, TrainBatch
-from classifiers.store import LocalDirStore
+from classifiers.fewshot.repository import ClassifierRepo, NewClassifier, TrainBatch
+from classifiers.protocol.errors import ServiceUnavailable
+from classifiers.request.limits import Limits
+from classifiers.storage.store import LocalDirStore
 from deployments.classifier_shards import NAMESPACE, ShardedRepo, new_id_on_shard, shard_of, shard_set_name
 from deployments.config import StateConfig
 from tests.slow_store import SwitchableSlowStore

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import torch
 
-from classifiers.registry import build_registry
+from classifiers.catalog.registry import build_registry
 from deployments.text_embedder import ThreadPolicy, thread_policy
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from ray import serve
 
-from classifiers.accounts import AccountStore
-from classifiers.store import LocalDirStore
+from classifiers.accounts.keys import AccountStore
+from classifiers.storage.store import LocalDirStore
 from tests.reliability.helpers import BIG, MODEL, deploy_variant
 
 pytestmark = pytest.mark.e2e

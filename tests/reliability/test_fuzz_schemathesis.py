@@ -143,9 +143,9 @@ class Fuzz:
 
 
 def known_codes() -> set[str]:
-    """Every error code the service documents: its typed errors' codes (classifiers/errors.py) and the ingress's own
+    """Every error code the service documents: its typed errors' codes (classifiers/protocol/errors.py) and the ingress's own
     (README, "Errors")."""
-    from classifiers import errors
+    from classifiers.protocol import errors
 
     codes = {cls.code for cls in vars(errors).values()
              if isinstance(cls, type) and issubclass(cls, errors.ServiceError)}
@@ -298,8 +298,8 @@ def keys_app(serve_url, tmp_path_factory):
     admin's account owns one public and one private classifier."""
     from ray import serve
 
-    from classifiers.accounts import AccountStore
-    from classifiers.store import LocalDirStore
+    from classifiers.accounts.keys import AccountStore
+    from classifiers.storage.store import LocalDirStore
     from serve_app.app import bind_app
     from serve_app.config import load_config
 
@@ -370,8 +370,8 @@ AUTH_VALUES = st.one_of(
 def expected_auth_code(value: str | None) -> str:
     """What the service must answer for this header (no valid key can be generated): the code `parse_bearer` gives,
     else AUTH_INVALID_API_KEY."""
-    from classifiers.accounts import parse_bearer
-    from classifiers.errors import AuthError
+    from classifiers.accounts.keys import parse_bearer
+    from classifiers.protocol.errors import AuthError
 
     try:
         parse_bearer(value.strip() if value is not None else None)

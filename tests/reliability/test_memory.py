@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from classifiers.limits import Limits
-from classifiers.zeroshot import LabelSet
-from classifiers.zeroshot_service import check_response_size
+from classifiers.request.limits import Limits
+from classifiers.zeroshot.scoring import LabelSet
+from classifiers.zeroshot.service import check_response_size
 
 pytestmark = pytest.mark.e2e
 MiB = 2**20

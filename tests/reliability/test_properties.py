@@ -1,14 +1,14 @@
 """Hypothesis property tests of the pure cores (no Ray, no models; the whole file runs in seconds).
 
-* Label normalisation (`classifiers.inputs.normalize_label`, `checked_label`, `zeroshot.parse_labels`): total on
+* Label normalisation (`classifiers.request.inputs.normalize_label`, `checked_label`, `zeroshot.parse_labels`): total on
   every str (lone surrogates, NUL, any Unicode), idempotent, NFC, trimmed, case kept; the length limit applied
   before and after normalising; duplicates collapse keeping the first position; the count rules; over-long labels
   and group names refused with InvalidLabels, never echoing more than 40 of their characters.
-* Request parsing (the pydantic wire models of `classifiers.api` on arbitrary JSON-like values, then
+* Request parsing (the pydantic wire models of `classifiers.protocol.wire` on arbitrary JSON-like values, then
   `parse_inputs`, `parse_training_items`, `parse_declared_labels`, `parse_labels`): nothing but a pydantic
-  ValidationError (a 422) or a `classifiers.errors.ServiceError` (its own 4xx) ever escapes, so no request shape
+  ValidationError (a 422) or a `classifiers.protocol.errors.ServiceError` (its own 4xx) ever escapes, so no request shape
   can become a 500; what is accepted is clean (no NUL, no lone surrogate, nothing blank, within the limits).
-* The few-shot learner (`classifiers.fewshot.FewShotLearner`): the result does not depend on the order of the
+* The few-shot learner (`classifiers.fewshot.learner.FewShotLearner`): the result does not depend on the order of the
   examples or how they are split over calls; weights add (weight 2 is exactly the batch twice, counts are the sum
   of weights: num_iters / 10 per example); the state survives a JSON round trip with identical predictions; the
   compiled predictor scores like the learner; probabilities are finite, in [0, 1], and sum to 1 for any input.
@@ -28,10 +28,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from classifiers import api
-from classifiers.errors import InvalidLabels, LabelLimitExceeded, RequestValidationFailed, ServiceError
-from classifiers.fewshot import FewShotLearner, LearnerConfig
-from classifiers.inputs import (
+from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
+from classifiers.protocol import wire as api
+from classifiers.protocol.errors import InvalidLabels, LabelLimitExceeded, RequestValidationFailed, ServiceError
+from classifiers.request.inputs import (
     LABEL_PREVIEW_CHARS,
     Item,
     checked_label,
@@ -41,8 +41,8 @@ from classifiers.inputs import (
     parse_inputs,
     parse_training_items,
 )
-from classifiers.limits import Limits
-from classifiers.zeroshot import parse_labels
+from classifiers.request.limits import Limits
+from classifiers.zeroshot.scoring import parse_labels
 
 
 def props(n: int = 200):

@@ -19,9 +19,9 @@ import pytest
 import ray
 from ray import serve
 
-from classifiers.accounts import AccountStore
-from classifiers.state import ClassifierRecord
-from classifiers.store import LocalDirStore, owner_key
+from classifiers.accounts.keys import AccountStore
+from classifiers.fewshot.table import ClassifierRecord
+from classifiers.storage.store import LocalDirStore, owner_key
 from serve_app.app import bind_app
 from serve_app.config import load_config
 from tests.conftest import ROOT
@@ -142,7 +142,7 @@ def test_ownership_private_public_and_lists(acct, client):
 
 
 def test_usage_is_the_tokenizers_count_and_only_successes_are_charged(acct, client):
-    from classifiers.engines import load_encoder
+    from classifiers.embedding.engines import load_encoder
 
     spec = acct[2].registry().get(MODEL)
     enc = load_encoder(spec, num_threads=1)
@@ -343,8 +343,8 @@ def test_keys_cli_creates_and_revokes_keys_a_running_service_honours(acct, clien
 
 
 def test_handle_callers_say_who_they_are(acct):
-    from classifiers.api import ClassifyRequest
-    from classifiers.errors import MissingApiKey
+    from classifiers.protocol.errors import MissingApiKey
+    from classifiers.protocol.wire import ClassifyRequest
 
     rec, h = new_key(acct, "py")
     handle = serve.get_app_handle(APP)

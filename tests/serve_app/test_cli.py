@@ -12,7 +12,7 @@ import socket
 import httpx
 import pytest
 
-from classifiers.api import Abstain, ClassificationResponse, ClassifierSummary, TextDoc, TrainingResponse
+from classifiers.protocol.wire import Abstain, ClassificationResponse, ClassifierSummary, TextDoc, TrainingResponse
 from serve_app import cli
 from serve_app.client import (
     ApiConnectionError,

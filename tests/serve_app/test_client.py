@@ -16,9 +16,9 @@ import httpx
 import pytest
 from ray import serve
 
-from classifiers.accounts import AccountStore
-from classifiers.api import ClassificationResponse, ClassifierSummary, DeleteResponse, TrainingResponse
-from classifiers.store import LocalDirStore
+from classifiers.accounts.keys import AccountStore
+from classifiers.protocol.wire import ClassificationResponse, ClassifierSummary, DeleteResponse, TrainingResponse
+from classifiers.storage.store import LocalDirStore
 from serve_app.app import bind_app
 from serve_app.client import ApiError, AsyncClient, Client
 from serve_app.config import load_config

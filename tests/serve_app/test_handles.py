@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from ray import serve
 
-from classifiers.api import ClassificationResponse, ClassifyRequest
-from classifiers.errors import InvalidLabels
+from classifiers.protocol.errors import InvalidLabels
+from classifiers.protocol.wire import ClassificationResponse, ClassifyRequest
 
 pytestmark = pytest.mark.e2e
 

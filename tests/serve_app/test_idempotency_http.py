@@ -11,8 +11,8 @@ import pytest
 import ray
 from ray import serve
 
-from classifiers.api import TrainRequest
-from classifiers.errors import IdempotencyKeyReused
+from classifiers.protocol.errors import IdempotencyKeyReused
+from classifiers.protocol.wire import TrainRequest
 from tests.serve_app.test_jina_spec import check, load_spec
 
 pytestmark = pytest.mark.e2e

@@ -4,7 +4,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from classifiers.errors import InvalidLabels
+from classifiers.protocol.errors import InvalidLabels
 from serve_app.ingress import make_api
 
 

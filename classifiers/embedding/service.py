@@ -1,0 +1,72 @@
+"""/v1/embeddings: the served models as plain embedders, in Jina's wire format. No Ray imports.
+
+The same embedder deployments and the same ``@serve.batch`` batches as classify serve these requests (through
+:class:`~classifiers.embedding.vectors.Vectors`), so an embeddings call and a classify call to one model share model
+calls. Usage counts input tokens (images by their documented rule), like classify's inputs.
+"""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from classifiers.catalog.registry import Registry
+from classifiers.embedding.vectors import Vectors, over_token_budget
+from classifiers.protocol.errors import InvalidInput
+from classifiers.protocol.wire import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, EmbeddingUsage
+from classifiers.request.inputs import check_modalities, parse_inputs
+from classifiers.request.limits import Limits
+
+
+def encode_embedding(vector: np.ndarray, kind: str):
+    """One vector in one of Jina's encodings."""
+    if kind == "float":
+        return vector.astype(np.float32).tolist()
+    if kind == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    bits = np.packbits(vector > 0)
+    return (bits.view(np.int8) if kind == "binary" else bits).astype(int).tolist()
+
+
+def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Keep the first `dimensions` components and re-normalise (Matryoshka truncation)."""
+    out = vectors[:, :dimensions]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
+class EmbeddingsService:
+    def __init__(self, *, registry: Registry, limits: Limits, vectors: Vectors):
+        self.registry = registry
+        self.limits = limits
+        self.vectors = vectors
+
+    async def embed(self, req: EmbeddingsRequest, *, max_tokens: int | None = None) -> EmbeddingsResponse:
+        spec = self.registry.get(req.model)
+        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
+        check_modalities(items, spec, self.registry.with_image_support())
+        kinds = req.embedding_type if isinstance(req.embedding_type, list) else [req.embedding_type or "float"]
+        if not kinds:
+            raise InvalidInput("embedding_type is an empty list")
+        vectors, tokens = await self.vectors.inputs(spec, items, max_total_tokens=max_tokens)
+        if max_tokens is not None and tokens > max_tokens:
+            raise over_token_budget(tokens, max_tokens)
+        dim = vectors.shape[1]
+        if req.dimensions is not None and req.dimensions != dim:
+            if req.dimensions > dim:
+                raise InvalidInput(f"dimensions={req.dimensions} is over {spec.name}'s {dim}")
+            if not spec.matryoshka:
+                raise InvalidInput(
+                    f"{spec.name} was not trained for truncated embeddings (not Matryoshka): omit `dimensions` or "
+                    f"send {dim}"
+                )
+            vectors = truncate(vectors, req.dimensions)
+        many = isinstance(req.embedding_type, list)
+        data = [
+            EmbeddingData(
+                index=i,
+                embedding={k: encode_embedding(v, k) for k in kinds} if many else encode_embedding(v, kinds[0]),
+            )
+            for i, v in enumerate(vectors)
+        ]
+        return EmbeddingsResponse(model=req.model, data=data, usage=EmbeddingUsage(total_tokens=tokens, prompt_tokens=tokens))

@@ -1,0 +1,188 @@
+"""Few-shot classification: /train (create, update), /classify by classifier_id, list, delete. No Ray imports.
+
+Everything a client can get wrong is checked here before any model work; what a concurrent request could change
+(the class limit, the owner's quota) is checked again, authoritatively, by the repository under its locks.
+
+Remote calls: a classifier's model, owner and access never change after its create, so they are cached here by
+id; with a warm cache a classify or an update is one repository call (one actor call in the Ray repo).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import uuid
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+
+from classifiers.catalog.registry import Registry
+from classifiers.embedding.vectors import Vectors, over_token_budget
+from classifiers.fewshot.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
+from classifiers.protocol.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, classifier_not_found
+from classifiers.protocol.wire import (
+    ClassificationResponse,
+    ClassifierSummary,
+    ClassifyRequest,
+    DeleteResponse,
+    TrainingResponse,
+    TrainRequest,
+    Usage,
+)
+from classifiers.request.inputs import Item, check_modalities, parse_declared_labels, parse_inputs, parse_training_items
+from classifiers.request.limits import Limits
+from classifiers.zeroshot.scoring import GroupScores, build_predictions
+
+DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
+# Ids this service issues are UUIDs; anything outside this shape cannot exist and never reaches a store path.
+CLASSIFIER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+INFO_CACHE_SIZE = 100_000  # ~200 bytes each
+
+
+def checked_id(cid: str) -> str:
+    if not CLASSIFIER_ID.fullmatch(cid):
+        raise classifier_not_found(cid)
+    return cid
+
+
+TRAIN_ROUTE = "POST /v1/train"  # the operation an Idempotency-Key of /train is bound to (HTTP and handle alike)
+
+
+def train_fingerprint(caller: str, req: TrainRequest) -> str:
+    """What a /train under an Idempotency-Key is bound to (IETF draft-ietf-httpapi-idempotency-key-header; Stripe
+    does the same): sha256 of the route, the account and the request *as parsed*, as canonical JSON (sorted keys,
+    defaults filled in, unknown fields dropped, one item as a list of one). So whitespace, key order or spelling
+    out a default never make a genuine retry look different, and any change to what would be applied does."""
+    body = req.model_dump(mode="json")
+    if not isinstance(body["input"], list):
+        body["input"] = [body["input"]]
+    canonical = json.dumps({"route": TRAIN_ROUTE, "account": caller, "body": body}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def humanize(label: str) -> str:
+    """`book_flight` -> `book flight`: the label-name prior embeds words, not identifiers."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split()) or label
+
+
+class FewShotService:
+    def __init__(self, *, registry: Registry, limits: Limits, vectors: Vectors, repo: ClassifierRepo):
+        self.registry = registry
+        self.limits = limits
+        self.vectors = vectors
+        self.repo = repo
+        self._infos: OrderedDict[str, ClassifierInfo] = OrderedDict()
+
+    async def _info(self, cid: str, caller: str, *, write: bool) -> ClassifierInfo:
+        """The classifier's immutable facts, from the cache or the repository (which checks visibility)."""
+        info = self._infos.get(checked_id(cid))
+        if info is None:
+            info = await self.repo.info(cid, caller, write=write)
+            self._infos[cid] = info
+            while len(self._infos) > INFO_CACHE_SIZE:
+                self._infos.popitem(last=False)
+        elif not info.visible_to(caller, write=write):
+            raise classifier_not_found(cid)
+        return info
+
+    def _check_model(self, req_model: str | None, info: ClassifierInfo) -> None:
+        if req_model is not None and self.registry.canonical(req_model) != info.model:
+            raise InvalidInput(f"classifier {info.classifier_id} uses model {info.model!r}, not {req_model!r}")
+
+    async def train(
+        self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None,
+        on_submit: Callable[[int], None] | None = None,
+    ) -> TrainingResponse:
+        """``update_id``: the client's retry key, bound to this request's :func:`train_fingerprint` (a retry of the
+        same request is applied once and answers as the first time; the key with another request is refused,
+        IdempotencyKeyReused; while the first is still being applied, IdempotencyKeyInUse);
+        ``max_tokens``: the caller's token budget, counted as input tokens x num_iters; ``on_submit(tokens)`` is
+        called right before the update goes to the repository (where it may be applied even if this call is then
+        cancelled): the moment the caller is charged."""
+        if not 1 <= req.num_iters <= self.limits.max_num_iters:
+            raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
+        declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
+        if req.input == [] and declared:
+            items: list[Item] = []  # declared classes only: a classifier that starts as zero-shot
+            labels: list[str] = []
+        else:
+            items, labels = parse_training_items(
+                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
+                max_label_chars=self.limits.max_label_chars,
+            )
+        distinct = list(dict.fromkeys(labels + declared))
+        if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
+            raise LabelLimitExceeded(
+                f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
+            )
+        if req.classifier_id is None:
+            if req.model is None:
+                raise InvalidInput("/train needs `model` (to create a classifier) or `classifier_id` (to update one)")
+            spec = self.registry.get(req.model)
+            if len(distinct) < self.limits.min_train_labels:
+                raise InvalidLabels(
+                    f"Invalid training labels. At least {self.limits.min_train_labels} unique labels are required "
+                    f"for training, got {len(distinct)}"
+                )
+        else:
+            info = await self._info(req.classifier_id, caller, write=True)
+            self._check_model(req.model, info)
+            spec = self.registry.get(info.model)
+        check_modalities(items, spec, self.registry.with_image_support())
+        # Label-name vectors (the learner's prior, and what a declared class is predicted from) by the model's
+        # label recipe; the label cache makes known ones free, and they are not charged.
+        label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct])
+        budget = None if max_tokens is None else max_tokens // req.num_iters
+        if items:
+            (prior, _), (X, tokens) = await asyncio.gather(label_job, self.vectors.inputs(spec, items, max_total_tokens=budget))
+            if budget is not None and tokens > budget:  # images are counted only once fetched
+                raise over_token_budget(tokens * req.num_iters, max_tokens)
+        else:
+            prior, _ = await label_job
+            X, tokens = np.zeros((0, len(next(iter(prior.values())))), np.float32), 0
+        batch = TrainBatch(
+            X=X, y=labels, weight=req.num_iters / DEFAULT_NUM_ITERS, update_id=update_id or uuid.uuid4().hex,
+            fingerprint=train_fingerprint(caller, req) if update_id else "",
+            label_vectors={lab: prior[humanize(lab)] for lab in distinct},
+            declared={lab: prior[humanize(lab)] for lab in declared},
+        )
+        if on_submit is not None:
+            on_submit(tokens * req.num_iters)
+        if req.classifier_id is None:
+            new = NewClassifier(owner=caller, model=spec.name, access=req.access, dim=int(X.shape[1]), score_scale=spec.score_scale)
+            outcome = await self.repo.create(new, batch)
+        else:
+            outcome = await self.repo.train(req.classifier_id, caller, batch)
+        response = TrainingResponse(
+            classifier_id=outcome.classifier_id, num_samples=outcome.num_samples,
+            usage=Usage(total_tokens=tokens * req.num_iters),
+        )
+        response._replayed = outcome.replayed
+        return response
+
+    async def classify(self, req: ClassifyRequest, caller: str, *, max_tokens: int | None = None) -> ClassificationResponse:
+        if req.labels is not None:
+            raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
+        assert req.classifier_id is not None  # the ingress sends only few-shot requests here
+        items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
+        info = await self._info(req.classifier_id, caller, write=False)
+        self._check_model(req.model, info)
+        spec = self.registry.get(info.model)
+        check_modalities(items, spec, self.registry.with_image_support())
+        X, tokens = await self.vectors.inputs(spec, items, max_total_tokens=max_tokens)
+        if max_tokens is not None and tokens > max_tokens:  # images are counted only once fetched
+            raise over_token_budget(tokens, max_tokens)
+        scores = await self.repo.classify(req.classifier_id, caller, X, oos_spec=spec if req.abstain else None)
+        data = build_predictions({None: GroupScores(scores.labels, scores.probs, scores.oos)}, grouped=False, abstain=req.abstain)
+        return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))
+
+    async def list(self, caller: str) -> list[ClassifierSummary]:
+        return await self.repo.list(caller)
+
+    async def delete(self, classifier_id: str, caller: str) -> DeleteResponse:
+        await self.repo.delete(checked_id(classifier_id), caller)
+        self._infos.pop(classifier_id, None)
+        return DeleteResponse(classifier_id=classifier_id)

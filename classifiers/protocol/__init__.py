@@ -1,0 +1,1 @@
+"""Jina's wire format (pydantic request/response models) and the typed errors of the core; imports only pydantic."""

@@ -1,0 +1,1 @@
+"""Durable bytes: blob store backends (local directory, any fsspec URL) and the fenced state store over them."""

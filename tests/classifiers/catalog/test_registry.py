@@ -1,0 +1,38 @@
+import pytest
+from pydantic import ValidationError
+
+from classifiers.catalog.registry import BUILTIN_MODELS, ModelSpec, build_registry
+from classifiers.protocol.errors import ModelNotFound
+
+
+def test_aliases_resolve_and_unknown_models_list_what_exists():
+    reg = build_registry(["multilingual-e5-small"])
+    assert reg.get("jina-embeddings-v3").name == "multilingual-e5-small"
+    with pytest.raises(ModelNotFound, match="Available models: jina-embeddings-v3, multilingual-e5-small"):
+        reg.get("gpt")
+
+
+def test_operator_adds_models_and_aliases_by_config():
+    extra = ModelSpec(name="my-bge", backend="hf", source="/models/bge", max_tokens=512, score_scale=40)
+    reg = build_registry(["my-bge"], [extra], {"jina-embeddings-v2-base-en": "my-bge"})
+    assert reg.get("jina-embeddings-v2-base-en").source == "/models/bge"
+    with pytest.raises(ValueError, match="not in the model table"):
+        build_registry(["missing"])
+
+
+def test_capabilities_are_data_and_validated():
+    with pytest.raises(ValidationError, match="needs modalities"):
+        ModelSpec(name="x", backend="clip", source="s", max_tokens=77, score_scale=1)
+    with pytest.raises(ValidationError, match="must contain"):
+        ModelSpec(name="x", backend="hf", source="s", max_tokens=77, score_scale=1, label_template="no slot")
+    clip = next(s for s in BUILTIN_MODELS if s.name == "jina-clip-v2")
+    assert clip.modalities == {"text", "image"}
+
+
+def test_package_sources_resolve_to_installed_weights():
+    spec = next(s for s in BUILTIN_MODELS if s.name == "all-MiniLM-L6-v2")
+    path = spec.resolve_source()
+    assert path.endswith("model")
+    missing = ModelSpec(name="x", backend="hf", source="package:not_a_package_xyz", max_tokens=8, score_scale=1)
+    with pytest.raises(ModelNotFound, match="not installed"):
+        missing.resolve_source()
