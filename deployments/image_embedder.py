@@ -12,6 +12,7 @@ concurrent requests into model calls. Decoded pixels are budgeted per request an
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Callable
 
@@ -21,14 +22,10 @@ from ray import serve
 from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.batch import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
 from classifiers.embedding.engines import Encoder, load_encoder
-from classifiers.images.stream import (
-    DEFAULT_SHORT_SIDE,
-    ImageFetchConfig,
-    embed_images,
-    fetch_failure_counts,
-    image_memory_stats,
-    image_tokens,
-)
+from classifiers.images.budget import fetch_failure_counts, image_memory_stats
+from classifiers.images.config import ImageFetchConfig
+from classifiers.images.decode import DEFAULT_SHORT_SIDE
+from classifiers.images.stream import embed_images, image_tokens
 from deployments.config import EmbedderConfig
 from deployments.text_embedder import TextSide
 
@@ -86,7 +83,7 @@ class ImageEmbedder(TextSide):
             return ImageEmbedResult(vectors=np.zeros((0, self.encoder.dim), np.float32), tokens=[])
         vectors = np.stack(rows).astype(np.float32, copy=False)
         # image_tokens is the same for every image of a model (docs/images.md), so no image is kept for it.
-        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(None, self.spec)] * len(rows))
+        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(self.spec)] * len(rows))
 
     def _export_fetch_failures(self) -> None:
         for kind, n in fetch_failure_counts().items():
@@ -107,7 +104,11 @@ class ImageEmbedder(TextSide):
     def _embed_images(self, batch: list[list]) -> list:
         with self._model_lock:
             self.encoder.set_threads(self.threads.large)  # images are compute-bound
-            return embed_image_batch(self.encoder, batch)
+            started = time.process_time()
+            try:
+                return embed_image_batch(self.encoder, batch)
+            finally:
+                self._image_stats.add_model_cpu(time.process_time() - started)
 
     # Serve callers await handle.stats.remote() whether a method is sync or async: the override is safe.
     async def stats(self) -> dict:  # type: ignore[override]

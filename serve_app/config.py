@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifiers.accounts.gate import AccountsConfig
 from classifiers.catalog.registry import ModelSpec, Registry, build_registry
-from classifiers.images.stream import ImageFetchConfig
+from classifiers.images.config import ImageFetchConfig
 from classifiers.request.limits import Limits
 from deployments.config import DeploymentConfig, EmbedderConfig, StateConfig
 

@@ -45,6 +45,96 @@ PNG = _png()
 JPEG = _encode("JPEG")
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """The routes of a :class:`_Server` (its ``httpd.owner``), recording each request there."""
+
+    server: _HTTPServer
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body=b"", headers=None, length=True):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def do_GET(self):
+        server = self.server.owner
+        with server._lock:
+            server.hits.append(self.path)
+            server.hosts.append(self.headers.get("Host", ""))
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+        finally:
+            with server._lock:
+                server.in_flight -= 1
+
+    def _route(self):
+        u = urlparse(self.path)
+        q = parse_qs(u.query)
+        p = u.path
+        files = self.server.owner.files
+        if p == "/img.png":
+            self._send(200, PNG, {"Content-Type": "image/png"})
+        elif p == "/img.jpg":
+            self._send(200, JPEG, {"Content-Type": "image/jpeg"})
+        elif p == "/rgba.png":
+            self._send(200, _png((8, 8), "RGBA", (255, 0, 0, 0)))
+        elif p == "/img.tiff":
+            self._send(200, _encode("TIFF"))
+        elif p == "/redirect":
+            self._send(int(q.get("code", ["302"])[0]), b"", {"Location": q["to"][0]})
+        elif p.startswith("/loop/"):
+            n = int(p.rsplit("/", 1)[1])
+            self._send(302, b"", {"Location": f"/loop/{n + 1}"})
+        elif p == "/big":  # declares more than any test limit, sends little
+            self._send(200, b"\x00" * 10, {"Content-Length": str(100 * 1024 * 1024)}, length=False)
+        elif p == "/big-stream":  # no Content-Length: close-delimited body of 200 KB
+            self._send(200, b"", length=False)
+            for _ in range(50):
+                self.wfile.write(b"\x00" * 4096)
+        elif p == "/gzip-bomb":
+            body = gzip.compress(b"\x00" * (4 * 1024 * 1024))
+            self._send(200, body, {"Content-Encoding": "gzip"})
+        elif p == "/gzip.png":
+            self._send(200, gzip.compress(PNG), {"Content-Encoding": "gzip"})
+        elif p == "/text":
+            self._send(200, b"<html>this is not an image</html>", {"Content-Type": "text/html"})
+        elif p == "/bomb.png":
+            self._send(200, _png_declaring(30000, 30000))
+        elif p == "/slow":  # trickles a body: every read is quick, the whole is slow
+            self._send(200, b"", {"Content-Length": "1000"}, length=False)
+            for _ in range(40):
+                self.wfile.write(b"\x00")
+                self.wfile.flush()
+                time.sleep(0.05)
+        elif p == "/delay-ok":
+            time.sleep(float(q.get("s", ["0.15"])[0]))
+            self._send(200, PNG)
+        elif p == "/delay-404":
+            time.sleep(0.3)
+            self._send(404, b"gone")
+        elif p.startswith("/files/") and p[len("/files/") :] in files:
+            self._send(200, files[p[len("/files/") :]])
+        elif p.startswith("/status/"):
+            self._send(int(p.rsplit("/", 1)[1]), b"nope")
+        else:
+            self._send(404, b"unknown route")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    owner: _Server
+
+
 class _Server:
     """A threaded HTTP(S) server on 127.0.0.1 with the routes the tests need; records what it saw."""
 
@@ -56,88 +146,8 @@ class _Server:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, body=b"", headers=None, length=True):
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                if length:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(body)
-
-            def do_GET(self):
-                with server._lock:
-                    server.hits.append(self.path)
-                    server.hosts.append(self.headers.get("Host", ""))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self._route()
-                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                    pass
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
-
-            def _route(self):
-                u = urlparse(self.path)
-                q = parse_qs(u.query)
-                p = u.path
-                if p == "/img.png":
-                    self._send(200, PNG, {"Content-Type": "image/png"})
-                elif p == "/img.jpg":
-                    self._send(200, JPEG, {"Content-Type": "image/jpeg"})
-                elif p == "/rgba.png":
-                    self._send(200, _png((8, 8), "RGBA", (255, 0, 0, 0)))
-                elif p == "/img.tiff":
-                    self._send(200, _encode("TIFF"))
-                elif p == "/redirect":
-                    self._send(int(q.get("code", ["302"])[0]), b"", {"Location": q["to"][0]})
-                elif p.startswith("/loop/"):
-                    n = int(p.rsplit("/", 1)[1])
-                    self._send(302, b"", {"Location": f"/loop/{n + 1}"})
-                elif p == "/big":  # declares more than any test limit, sends little
-                    self._send(200, b"\x00" * 10, {"Content-Length": str(100 * 1024 * 1024)}, length=False)
-                elif p == "/big-stream":  # no Content-Length: close-delimited body of 200 KB
-                    self._send(200, b"", length=False)
-                    for _ in range(50):
-                        self.wfile.write(b"\x00" * 4096)
-                elif p == "/gzip-bomb":
-                    body = gzip.compress(b"\x00" * (4 * 1024 * 1024))
-                    self._send(200, body, {"Content-Encoding": "gzip"})
-                elif p == "/gzip.png":
-                    self._send(200, gzip.compress(PNG), {"Content-Encoding": "gzip"})
-                elif p == "/text":
-                    self._send(200, b"<html>this is not an image</html>", {"Content-Type": "text/html"})
-                elif p == "/bomb.png":
-                    self._send(200, _png_declaring(30000, 30000))
-                elif p == "/slow":  # trickles a body: every read is quick, the whole is slow
-                    self._send(200, b"", {"Content-Length": "1000"}, length=False)
-                    for _ in range(40):
-                        self.wfile.write(b"\x00")
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                elif p == "/delay-ok":
-                    time.sleep(float(q.get("s", ["0.15"])[0]))
-                    self._send(200, PNG)
-                elif p == "/delay-404":
-                    time.sleep(0.3)
-                    self._send(404, b"gone")
-                elif p.startswith("/files/") and p[len("/files/") :] in server.files:
-                    self._send(200, server.files[p[len("/files/") :]])
-                elif p.startswith("/status/"):
-                    self._send(int(p.rsplit("/", 1)[1]), b"nope")
-                else:
-                    self._send(404, b"unknown route")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
         self.httpd.daemon_threads = True
         if tls is not None:
             tls.sni_callback = lambda sock, name, ctx: self.sni.append(name)

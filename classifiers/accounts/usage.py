@@ -1,8 +1,8 @@
 """The usage ledger: tokens and requests charged per subject (key), durable, never in a request's way. No Ray.
 
 Token rules (the product's): zero-shot classify = input tokens + label tokens; few-shot classify = input
-tokens; train = input tokens x num_iters; an image counts ``classifiers.images.stream.image_tokens`` (its 224-pixel
-tiles at the model's per-tile rate). Only successful requests are charged: a request is recorded after its
+tokens; train = input tokens x num_iters; an image counts ``classifiers.images.stream.image_tokens`` (the model's fixed
+per-image count, `ModelSpec.image_tokens`). Only successful requests are charged: a request is recorded after its
 response is ready, never before, and a failed one never reaches the ledger.
 
 Two halves:

@@ -1,1 +1,2 @@
-"""The model catalogue: API model names -> specs and engine backends, as data (the one place that names a backend)."""
+"""The model catalogue, as data: API model names -> specs (registry.py) and the engines that run them (engines.py,
+the one place besides classifiers/embedding/engines/ that names a backend)."""

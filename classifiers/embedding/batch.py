@@ -15,7 +15,8 @@ import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.engines.base import Encoder, Role
-from classifiers.images.stream import ImageFetchConfig, image_tokens, load_images
+from classifiers.images.config import ImageFetchConfig
+from classifiers.images.stream import image_tokens, load_images
 
 
 @dataclass
@@ -105,6 +106,13 @@ class BatchStats:
         self.items = 0
         self.max_requests_in_batch = 0
         self.histogram: dict[int, int] = {}  # requests per batch -> number of batches
+        self.model_cpu_s = 0.0
+
+    def add_model_cpu(self, seconds: float) -> None:
+        """CPU the process spent during model calls (process time, so the engine's own threads count; the
+        replica's other threads meanwhile count too, a small overstatement). The bench splits a replica's CPU
+        into model calls and the rest with it (bench/cpu.py)."""
+        self.model_cpu_s += seconds
 
     def record(self, items_per_request: list[int]) -> None:
         n = len(items_per_request)
@@ -122,6 +130,7 @@ class BatchStats:
             "max_requests_in_batch": self.max_requests_in_batch,
             "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
             "requests_per_batch_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+            "model_cpu_s": self.model_cpu_s,
         }
 
 
@@ -154,7 +163,7 @@ def embed_image_batch(encoder: Encoder, batch: list[list]) -> list[np.ndarray]:
 
 
 class Embedder(Protocol):
-    """How the services reach a model: the Ray embedder deployments (``serve_app.ingress.HandleEmbedder``), or
+    """How the services reach a model: the Ray embedder deployments (``serve_app.embedders.HandleEmbedder``), or
     :class:`LocalEmbedder` in one process. Both run :func:`embed_batch` / :func:`embed_image_batch`."""
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult: ...
@@ -182,4 +191,4 @@ class LocalEmbedder:
     async def embed_images(self, model: str, request: ImageEmbedRequest) -> ImageEmbedResult:
         images = await load_images(request.values, request.positions, self.image_config or ImageFetchConfig())
         (vectors,) = await asyncio.to_thread(embed_image_batch, self.encoders[model], [images])
-        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(im, self.specs[model]) for im in images])
+        return ImageEmbedResult(vectors=vectors, tokens=[image_tokens(self.specs[model]) for _ in images])

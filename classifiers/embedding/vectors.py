@@ -3,7 +3,7 @@
 Both services (zero-shot and few-shot) need the same two things: a request's inputs embedded in request order
 (texts and images of one request concurrently, errors naming each item's position) and label names embedded
 in the model's label template, cached. This module is that one piece; the embedder behind it is the Ray
-deployments' handles in the service (``serve_app.ingress.HandleEmbedder``) or an in-process encoder
+deployments' handles in the service (``serve_app.embedders.HandleEmbedder``) or an in-process encoder
 (:class:`classifiers.embedding.batch.LocalEmbedder`) in tests, benchmarks and tools.
 """
 from __future__ import annotations

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from classifiers.fewshot.learner_config import LearnerConfig
+from classifiers.fewshot.predictor import LinearPredictor
 
 __all__ = ["FewShotLearner", "LearnerConfig", "LinearPredictor"]
 
@@ -31,166 +32,30 @@ READABLE_VERSIONS = (1, 2, 3)
 PREQUENTIAL_MIN_CHUNK = 8  # smallest chunk an update is scored in before it is learned (see FewShotLearner.update)
 
 
-OOS_RECENCY_DEFAULT = 1.0  # CLINC: 0 (keep all) 0.050-0.070 false alarms at a 5% target from 64 examples on, 1: 0.057-0.087, 2: 0.061-0.093; synthetic Gaussian classes: 0 gives 0.00, 1 gives 0.01-0.035
-OOS_PSEUDO_COUNT_DEFAULT = 1.0  # CLINC: 0-8 tried; small values are closest to the target at 16 examples, equal from 64 on
-
-
-class LearnerConfig(BaseModel):
-    """Hyper-parameters of :class:`FewShotLearner`. Defaults were chosen on CLINC150 (docs/eval/report.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prior_strength: float = Field(
-        default=4.0, ge=0.0,
-        description="Pseudo-examples per class behind the prior class mean (weighted-count units). A class mean "
-        "is (s_k + prior_strength * m0_k) / (n_k + prior_strength): the prior dominates a class's first examples "
-        "and data overrides it as the class's count grows.",
-    )
-    covariance_prior_dof: float | None = Field(
-        default=None, gt=0.0,
-        description="Pseudo degrees of freedom of the isotropic prior on the shared within-class covariance "
-        "(shrinkage toward nu*I, nu = average per-dimension total variance). None means `dim`. The shrinkage "
-        "weight is dof0 / (dof0 + N - K), so it fades as examples accumulate.",
-    )
-    gate_threshold: float = Field(
-        default=4.0, ge=0.0,
-        description="Label-prior gate: the prior's slope beta (how far class means move along their label "
-        "embeddings) is used with weight max(0, 1 - gate_threshold / t^2), t = beta / its standard error "
-        "(a positive-part James-Stein rule; 4 means the gate starts to open at t = 2, about 95% one-sided "
-        "significance). Random or opaque label names give t ~ 0 and switch the prior off.",
-    )
-    temperature: float = Field(
-        default=10.0, gt=0.0,
-        description="Softmax temperature: scores are softmax(LDA logits / temperature). The plug-in Gaussian "
-        "logits are over-confident by about 10x on sentence embeddings; 10 minimises test NLL on CLINC150 for "
-        "both embedded models at every training-set size from 8 to 495 examples (docs/eval/report.md).",
-    )
-    covariance: Literal["auto", "full", "diagonal"] = Field(
-        default="auto",
-        description="Shared covariance kind. `full` keeps the D x D scatter (state ~ 8*D*(D+1)/2 bytes: 591 KB "
-        "at D=384); `diagonal` keeps only its diagonal (8*D bytes, lower accuracy); `auto` picks `full` when "
-        "the scatter fits `max_state_bytes`, else `diagonal` (e.g. D=1024). Class rows (12.3 KB per class at "
-        "D=384) come on top in both kinds.",
-    )
-    max_state_bytes: int = Field(
-        default=1_000_000, gt=0, description="Budget for the shared scatter used by covariance='auto'."
-    )
-    max_classes: int = Field(
-        default=16, gt=1, le=256, description="The service's class limit (Jina's 16 by default, at most 256); informational for "
-        "the learner since covariance='auto' budgets the scatter only."
-    )
-    zero_shot_pseudo_count: float = Field(
-        default=4.0, ge=0.0,
-        description="For classifiers with declared labels: the zero-shot logits are blended into the few-shot "
-        "logits with weight N0 / (N + N0), N the weighted example count, so that a classifier with no examples "
-        "is exactly zero-shot and moves smoothly to the few-shot model as examples arrive. 4 keeps the first "
-        "few examples (when fewer than two classes have any, so the label-prior slope cannot be estimated) at "
-        "zero-shot accuracy; 0 (no blend) is 0.005 better from 8 examples on but collapses at 1-2 examples; "
-        "16 and more cost up to 0.02 at 8-32 examples (CLINC domains, docs/eval/report.md).",
-    )
-    oos_record: bool = Field(
-        default=True,
-        description="Keep the prequential out-of-scope record (test-then-train, see FewShotLearner.update). "
-        "False skips its extra fits (one per chunk of an update): predictions are identical, and the "
-        "out-of-scope calibration is the Gaussian one alone. For accuracy-only evaluations.",
-    )
-    oos_calibration_recency: float = Field(
-        default=OOS_RECENCY_DEFAULT, ge=0.0,
-        description="How fast the prequential record forgets: each chunk of new examples multiplies the record "
-        "by (N_before / N_after) ** recency, so a score recorded when the classifier had t examples weighs "
-        "(t / N) ** recency now. Early scores come from a much weaker model; 0 keeps them all.",
-    )
-    oos_calibration_pseudo_count: float = Field(
-        default=OOS_PSEUDO_COUNT_DEFAULT, ge=0.0,
-        description="Pseudo-samples of the N(0, 1) prior behind the prequential correction of the out-of-scope "
-        "score (see FewShotLearner.compile): the Gaussian in-scope model is trusted like this many out-of-sample "
-        "scores, so a classifier's first few scored examples cannot swing its false-alarm calibration.",
-    )
-
-
-@dataclass(frozen=True)
-class LinearPredictor:
-    """A compiled, read-only classifier: ``softmax(X @ W + b)``. What :meth:`FewShotLearner.compile` returns
-    for serving: no statistics, D x K + K floats (49 KB at D=384, 16 classes), identical scores.
-
-    ``oos_mean`` / ``oos_std`` (K floats each, optional) calibrate the out-of-scope score: the in-scope
-    distribution of each class's own logit, derived from the learner's statistics and corrected by its
-    prequential record (see :meth:`FewShotLearner.compile`). They are None for a classifier without examples
-    (declared labels only): there is nothing to calibrate on, and the caller uses the zero-shot rule
-    (``classifiers.zeroshot.oos``).
-
-    ``zs_classes`` / ``zs_L`` (optional): the columns of declared classes that have no example yet and their
-    label vectors (D x m, float32). Such a class's logit mean is only its label-name prior, so the Gaussian
-    calibration flags nearly all of its inputs; when it wins, :meth:`oos_score` uses the zero-shot rule on its
-    label cosine instead (given the model's zero-shot calibration). Only these m columns are kept: none once
-    every class has examples.
-    """
-
-    labels: tuple[str, ...]
-    W: np.ndarray  # (D, K), already divided by the temperature
-    b: np.ndarray  # (K,)
-    oos_mean: np.ndarray | None = None  # (K,) in-scope mean of class k's logit over inputs of class k
-    oos_std: np.ndarray | None = None  # (K,) its standard deviation
-    zs_classes: np.ndarray | None = None  # (m,) int: columns of classes without examples (label prior only)
-    zs_L: np.ndarray | None = None  # (D, m) their unit label vectors
-
-    @property
-    def nbytes(self) -> int:
-        extra = sum(a.nbytes for a in (self.oos_mean, self.oos_std, self.zs_classes, self.zs_L) if a is not None)
-        return int(self.W.nbytes + self.b.nbytes + extra)
-
-    @property
-    def oos_calibrated(self) -> bool:
-        """Whether :meth:`oos_score` is available (the classifier has seen examples)."""
-        return self.oos_mean is not None and self.oos_std is not None
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.W.shape[0]:
-            raise ValueError(f"X must have shape (n, {self.W.shape[0]}), got {X.shape}")
-        return X @ self.W + self.b
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return _softmax(self.decision_function(X))
-
-    def oos_score(self, X: np.ndarray, *, logits: np.ndarray | None = None,
-                  zero_shot: tuple[float, float] | None = None) -> np.ndarray:
-        """(n,) out-of-scope score: how many in-scope standard deviations the winning class's logit falls
-        short of its in-scope mean, ``(oos_mean[k] - z_k(x)) / oos_std[k]`` with ``k = argmax z(x)``. About
-        N(0, 1) or lower for in-scope inputs (``classifiers.zeroshot.oos.threshold(rate)`` turns a target false-alarm
-        rate into a threshold); large for inputs far from every class. O(n K) on top of the logits (pass
-        ``logits`` to reuse them).
-
-        ``zero_shot = (cos_mean, cos_std)`` (the model's zero-shot calibration, ``classifiers.zeroshot.oos``): where the
-        winner is a declared class without examples, the score is ``(cos_mean - cos(x, l_k)) / cos_std`` on
-        its label vector instead — the rule a zero-shot request uses, so such a class is judged like zero-shot
-        until its first example arrives. Without it those rows keep the Gaussian score."""
-        mean, std = self.oos_mean, self.oos_std
-        if mean is None or std is None:  # not oos_calibrated
-            raise ValueError("this predictor has no out-of-scope calibration (no examples yet)")
-        z = self.decision_function(X) if logits is None else np.asarray(logits, np.float64)
-        k = z.argmax(1)
-        s = (mean[k] - z[np.arange(len(k)), k]) / std[k]
-        if zero_shot is not None and self.zs_classes is not None and self.zs_L is not None and len(self.zs_classes):
-            col = np.full(z.shape[1], -1)
-            col[self.zs_classes] = np.arange(len(self.zs_classes))
-            rows = np.flatnonzero(col[k] >= 0)
-            if len(rows):
-                Xr = np.asarray(X, np.float64)[rows]
-                cos = np.einsum("nd,dn->n", Xr, self.zs_L[:, col[k[rows]]].astype(np.float64))
-                s[rows] = (float(zero_shot[0]) - cos) / float(zero_shot[1])
-        return s
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _state_bytes(dim: int, classes: int, full: bool) -> int:
     cov = 8 * dim * (dim + 1) // 2 if full else 8 * dim
     return cov + classes * (8 + 8 * dim + 4 * dim + 1)
+
+
+@dataclass(frozen=True)
+class _Covariance:
+    """The shared covariance of one fit (FewShotLearner._shrunk_covariance)."""
+
+    W: np.ndarray  # within-class scatter (D x D, or its diagonal)
+    Sigma: np.ndarray  # shrunk covariance (D x D, or its diagonal)
+    nu: float  # average per-dimension total variance: the shrinkage target is nu * I
+    sigma2: float  # average per-dimension variance of Sigma
+    dof: float  # degrees of freedom of the data, N - K_seen
+    dof0: float  # pseudo degrees of freedom of the prior
+    full: bool
+
+    def within(self) -> np.ndarray | None:
+        """The unshrunk within-class covariance, None without a degree of freedom."""
+        if self.dof > 1e-9:
+            # Weighted counts (num_iters / 10 per example) make N - K fractional, and rounding can leave it at 1e-16
+            # where it should be 0: never divide by less than one degree of freedom.
+            return (self.W if self.full else np.maximum(self.W, 0.0)) / max(self.dof, 1.0)
+        return None
 
 
 class FewShotLearner:
@@ -388,14 +253,11 @@ class FewShotLearner:
         """
         if self._cache is not None:
             return self._cache
-        cfg, D = self.config, self.dim
+        cfg = self.config
         n, s = self._n, self._s
         K = len(n)
         N = float(n.sum())
-        zs_A = None
-        if self._declared.any() and self._has_L.all():
-            Lz = self._L.astype(np.float64)
-            zs_A = self.score_scale * Lz.T  # zero-shot logits score_scale * cos(x, l_k) (unit label vectors)
+        zs_A = self._zero_shot_weights()
         if N <= 0:  # only declared classes: exactly zero-shot
             self._diag = {"zero_shot_weight": 1.0, "examples": 0.0}
             self._stats = None
@@ -403,8 +265,40 @@ class FewShotLearner:
             self._cache = (zs_A.copy(), np.zeros(K))
             return self._cache
         seen = n > 0
-        Ks = int(seen.sum())
         g = s.sum(0) / N
+        cov = self._shrunk_covariance(N, seen, g)
+        m0, beta, gate, t2 = self._prior_means(g, seen, cov.sigma2)
+        kappa = cfg.prior_strength
+        denom = n + kappa
+        mu = np.where((denom > 0)[:, None], (s + kappa * m0) / np.where(denom > 0, denom, 1.0)[:, None], m0)
+        A, b = self._discriminant(cov.Sigma, mu)
+        T = float(cfg.temperature)
+        A, b = A / T, b / T
+        lam = 0.0
+        if zs_A is not None and cfg.zero_shot_pseudo_count > 0:
+            lam = cfg.zero_shot_pseudo_count / (N + cfg.zero_shot_pseudo_count)
+            A = (1.0 - lam) * A + lam * zs_A
+            b = (1.0 - lam) * b
+        self._diag = {"beta": beta, "gate": gate, "t2": t2, "nu": cov.nu, "sigma2": cov.sigma2, "temperature": T,
+                      "shrinkage": cov.dof0 / (cov.dof + cov.dof0), "zero_shot_weight": lam, "examples": N}
+        self._stats = {"Sigma": cov.Sigma, "Sigma_w": cov.within(), "mu": mu, "lam": lam}
+        self._cache = (A, b)
+        return self._cache
+
+    def _zero_shot_weights(self) -> np.ndarray | None:
+        """(D, K) weights of the zero-shot logits ``score_scale * cos(x, l_k)`` (unit label vectors), where the
+        classifier has declared classes and every class has its label vector; else None."""
+        if self._declared.any() and self._has_L.all():
+            Lz = self._L.astype(np.float64)
+            return self.score_scale * Lz.T
+        return None
+
+    def _shrunk_covariance(self, N: float, seen: np.ndarray, g: np.ndarray) -> _Covariance:
+        """The shared within-class covariance, shrunk toward ``nu * I`` with ``dof0`` pseudo degrees of freedom
+        (``nu`` the average per-dimension total variance); ``g`` is the grand mean of the N examples."""
+        cfg, D = self.config, self.dim
+        n, s = self._n, self._s
+        Ks = int(seen.sum())
         full = self.covariance == "full"
         inv_n = np.divide(1.0, n, out=np.zeros_like(n), where=seen)
         # within-class scatter W = S - sum_k s_k s_k^T / n_k; total per-dimension variance nu for the prior
@@ -423,9 +317,17 @@ class FewShotLearner:
         else:
             Sigma = (np.maximum(W, 0.0) + dof0 * nu) / (dof + dof0)
             sigma2 = float(Sigma.mean())
-        # label prior: regress class means on label embeddings, m_k - g ~ beta (l_k - lbar), gated by t = beta/se.
-        # Weights n_k: classes without examples (declared) do not enter the regression, but get its prediction.
-        m0 = np.tile(g, (K, 1))
+        return _Covariance(W=W, Sigma=Sigma, nu=nu, sigma2=sigma2, dof=dof, dof0=dof0, full=full)
+
+    def _prior_means(self, g: np.ndarray, seen: np.ndarray, sigma2: float) -> tuple[np.ndarray, float, float, float]:
+        """Prior class means m0 (K, D) and the label prior's slope beta, gate and t^2.
+
+        The label prior regresses class means on label embeddings, ``m_k - g ~ beta (l_k - lbar)``, gated by
+        ``t = beta / se``. Weights n_k: classes without examples (declared) do not enter the regression, but get
+        its prediction. Without a usable prior every m0_k is the grand mean g."""
+        cfg = self.config
+        n, s = self._n, self._s
+        m0 = np.tile(g, (len(n), 1))
         beta = gate = t2 = 0.0
         P = self._has_L
         if (P & seen).sum() >= 2 and cfg.prior_strength > 0:
@@ -439,10 +341,11 @@ class FewShotLearner:
                 t2 = beta * beta * den / max(sigma2, 1e-12)
                 gate = max(0.0, 1.0 - cfg.gate_threshold / t2) if beta > 0 and t2 > 0 else 0.0
                 m0[P] = g + gate * beta * dl
-        kappa = cfg.prior_strength
-        denom = n + kappa
-        mu = np.where((denom > 0)[:, None], (s + kappa * m0) / np.where(denom > 0, denom, 1.0)[:, None], m0)
-        if full:
+        return m0, beta, gate, t2
+
+    def _discriminant(self, Sigma: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """LDA weights ``A = Sigma^-1 mu^T`` (D, K) and biases ``b_k = -mu_k . A_k / 2``, before the temperature."""
+        if Sigma.ndim == 2:
             try:
                 A = np.linalg.solve(Sigma, mu.T)
             except np.linalg.LinAlgError:  # cannot happen with nu > 0, but never fail a prediction
@@ -450,23 +353,7 @@ class FewShotLearner:
         else:
             A = (mu / Sigma).T
         b = -0.5 * np.einsum("kd,dk->k", mu, A)
-        T = float(cfg.temperature)
-        A, b = A / T, b / T
-        lam = 0.0
-        if zs_A is not None and cfg.zero_shot_pseudo_count > 0:
-            lam = cfg.zero_shot_pseudo_count / (N + cfg.zero_shot_pseudo_count)
-            A = (1.0 - lam) * A + lam * zs_A
-            b = (1.0 - lam) * b
-        self._diag = {"beta": beta, "gate": gate, "t2": t2, "nu": nu, "sigma2": sigma2, "temperature": T,
-                      "shrinkage": dof0 / (dof + dof0), "zero_shot_weight": lam, "examples": N}
-        Sigma_w = None
-        if dof > 1e-9:
-            # Weighted counts (num_iters / 10 per example) make N - K fractional, and rounding can leave it at 1e-16
-            # where it should be 0: never divide by less than one degree of freedom.
-            Sigma_w = (W if full else np.maximum(W, 0.0)) / max(dof, 1.0)
-        self._stats = {"Sigma": Sigma, "Sigma_w": Sigma_w, "mu": mu, "lam": lam}
-        self._cache = (A, b)
-        return self._cache
+        return A, b
 
     @property
     def diagnostics(self) -> dict:

@@ -40,7 +40,9 @@ from typing import Any, Callable
 import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.fewshot.learner import FewShotLearner, LearnerConfig, LinearPredictor
+from classifiers.fewshot.learner import FewShotLearner
+from classifiers.fewshot.learner_config import LearnerConfig
+from classifiers.fewshot.predictor import LinearPredictor
 from classifiers.fewshot.repository import (
     ClassifierInfo,
     NewClassifier,

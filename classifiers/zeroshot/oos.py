@@ -3,7 +3,7 @@
 Two scores, both "larger = more out of scope", both standardised so that a target false-alarm rate (the share
 of in-scope inputs wrongly flagged) maps to one threshold through the normal quantile (:func:`threshold`):
 
-* **few-shot** (a classifier with examples): :meth:`classifiers.fewshot.learner.LinearPredictor.oos_score` — how many
+* **few-shot** (a classifier with examples): :meth:`classifiers.fewshot.predictor.LinearPredictor.oos_score` — how many
   in-scope standard deviations the winning class's logit falls short of its in-scope mean; the mean and
   deviation per class come from the learner's own sufficient statistics (compile time, 2K floats), corrected
   by the learner's prequential record (the same score for training inputs scored before they were learned:

@@ -18,6 +18,7 @@ No Ray cluster is started (asserted). The negative tests break one thing in a co
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -36,7 +37,9 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 ENV_SH = ROOT / "scripts" / "_env.sh"
 
 EMBEDDER_PREFIXES = ("TextEmbedder-", "ImageEmbedder-")
-TORCH_BACKENDS = {"hf", "clip", "jina_clip", "open_clip"}  # engines that run on a GPU when there is one
+# The custom resource only CPU node types advertise (one per CPU), asked for by the CPU-only deployments: Serve
+# spreads replicas over every node they fit on, GPU workers included (shown on a real cluster in tests/cluster).
+CPU_NODE = "cpu_node"
 
 
 def _load(path: Path) -> dict:
@@ -87,7 +90,7 @@ def test_cluster_yaml_passes_rays_cluster_schema():
     for t in gpu_types:
         assert 0 <= t["min_workers"] <= t["max_workers"]
     assert any("ray start --head" in c and "--autoscaling-config" in c for c in prepared["head_start_ray_commands"])
-    assert any("ray-classifier @ git+" in c for c in prepared["setup_commands"]), "setup installs the project"
+    assert any("ray-classifier[server] @ git+" in c for c in prepared["setup_commands"]), "setup installs the service"
 
 
 def test_cluster_yaml_setup_installs_the_right_torch_and_never_torchvision():
@@ -227,15 +230,19 @@ def check_cluster_serve_rules(cfg: dict) -> None:
         for name, opts in effective.items():
             assert opts["autoscaling_config"], f"{name}: no autoscaling_config"
             gpus = opts["ray_actor_options"].get("num_gpus", 0)
+            cpu_node = (opts["ray_actor_options"].get("resources") or {}).get(CPU_NODE)
             if name == "Ingress":
                 assert not gpus, "the ingress runs on CPU"
+                assert cpu_node == opts["ray_actor_options"].get("num_cpus", 1), f"{name}: ask for {CPU_NODE} = num_cpus"
                 continue
             model = name.split("-", 1)[1]
-            on_gpu = registry.get(model).backend in TORCH_BACKENDS
+            on_gpu = registry.get(model).engine.gpu_capable  # engines that run on a GPU when there is one
             if on_gpu:
                 assert 0 < gpus < 1, f"{name}: a small torch model gets a fraction of a GPU, got num_gpus={gpus}"
+                assert not cpu_node, f"{name}: a GPU replica must not ask for {CPU_NODE}"
             else:
                 assert not gpus, f"{name}: its engine is CPU-only, a GPU would sit idle"
+                assert cpu_node == opts["ray_actor_options"].get("num_cpus", 1), f"{name}: ask for {CPU_NODE} = num_cpus"
             threads = app_cfg.embedder_config(model).num_threads
             cpus = opts["ray_actor_options"].get("num_cpus", 1)
             assert threads is not None and threads <= max(1, cpus), (
@@ -288,6 +295,8 @@ def test_serve_config_check_catches(breakage, match):
         (lambda c: _dep(c, "TextEmbedder-all-MiniLM-L6-v2")["ray_actor_options"].update(num_gpus=1), "fraction"),
         (lambda c: _dep(c, "Ingress")["ray_actor_options"].update(num_gpus=0.1), "ingress runs on CPU"),
         (lambda c: _dep(c, "Ingress").pop("autoscaling_config"), "no autoscaling_config"),
+        (lambda c: _dep(c, "Ingress")["ray_actor_options"].pop("resources"), "cpu_node"),
+        (lambda c: _dep(c, "TextEmbedder-multilingual-e5-small")["ray_actor_options"].pop("resources"), "cpu_node"),
         (lambda c: _app(c)["args"]["state"].update(store_url="/tmp/classifiers"), "shared object store"),
         (lambda c: _app(c)["args"]["embedder_overrides"].pop("multilingual-e5-small"), "num_threads"),
     ],
@@ -309,7 +318,7 @@ def _quantity(v) -> float:
 
 
 def launcher_nodes(cluster: dict) -> list[dict]:
-    """Node types of a cluster-launcher config: CPUs, GPUs and how many of them at most."""
+    """Node types of a cluster-launcher config: CPUs, GPUs, cpu_node and how many of them at most."""
     out = []
     for name, t in cluster["available_node_types"].items():
         head = name == cluster["head_node_type"]
@@ -317,6 +326,7 @@ def launcher_nodes(cluster: dict) -> list[dict]:
             "name": name,
             "cpu": t["resources"]["CPU"],
             "gpu": t["resources"].get("GPU", 0),
+            "cpu_node": t["resources"].get(CPU_NODE, 0),
             "max": 1 if head else t["max_workers"],
         })
     return out
@@ -326,19 +336,29 @@ def kuberay_nodes(svc: dict) -> list[dict]:
     """Pod groups of a RayService: CPUs and GPUs Ray advertises per pod (rayStartParams, else the container limits)."""
     spec = svc["spec"]["rayClusterConfig"]
 
-    def pod(group: dict) -> tuple[float, float]:
+    def pod(group: dict) -> tuple[float, float, float]:
         params = group.get("rayStartParams") or {}
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         cpu = _quantity(params.get("num-cpus", limits["cpu"]))
         gpu = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
-        return cpu, gpu
+        # KubeRay's format for custom resources: a JSON object inside a quoted string, '"{\"name\": n}"'
+        custom = json.loads(json.loads(params["resources"])) if "resources" in params else {}
+        return cpu, gpu, custom.get(CPU_NODE, 0)
 
-    cpu, gpu = pod(spec["headGroupSpec"])
-    out = [{"name": "head", "cpu": cpu, "gpu": gpu, "max": 1}]
+    cpu, gpu, cpu_node = pod(spec["headGroupSpec"])
+    out = [{"name": "head", "cpu": cpu, "gpu": gpu, "cpu_node": cpu_node, "max": 1}]
     for g in spec["workerGroupSpecs"]:
-        cpu, gpu = pod(g)
-        out.append({"name": g["groupName"], "cpu": cpu, "gpu": gpu, "max": g["maxReplicas"]})
+        cpu, gpu, cpu_node = pod(g)
+        out.append({"name": g["groupName"], "cpu": cpu, "gpu": gpu, "cpu_node": cpu_node, "max": g["maxReplicas"]})
     return out
+
+
+@pytest.mark.parametrize("which", ["cluster.yaml", "rayservice"])
+def test_only_cpu_node_types_advertise_cpu_node_one_per_cpu(which):
+    types = launcher_nodes(_load(CLUSTER_YAML)) if which == "cluster.yaml" else kuberay_nodes(_rayservice())
+    for t in types:
+        want = 0 if t["gpu"] else t["cpu"]
+        assert t["cpu_node"] == want, f"{t['name']}: {CPU_NODE}={t['cpu_node']}, want {want} (its CPUs on a CPU node, none on a GPU node)"
 
 
 def check_capacity(serve_cfg: dict, nodes: list[dict]) -> None:

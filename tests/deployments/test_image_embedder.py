@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifiers.images.stream import ImageFetchConfig
+from classifiers.images.config import ImageFetchConfig
 from deployments.config import EmbedderConfig
 from tests.clip_fixture import TINY_DIM, TINY_IMAGE_SIZE, make_tiny_clip, tiny_clip_spec
 
@@ -50,7 +50,8 @@ def test_a_large_request_is_embedded_in_chunks_under_its_pixel_budget(tiny_dir):
     replica, so the e2e tests cover it): each image is kept at 85x64, the request never holds more than its
     budget of 20,000 pixels (three images), and the vectors equal embedding each image alone, in request order."""
     from classifiers.embedding.batch import embed_image_batch
-    from classifiers.images.stream import embed_images, image_memory_stats
+    from classifiers.images.budget import image_memory_stats
+    from classifiers.images.stream import embed_images
 
     emb = embedder(tiny_dir, max_request_pixels=20_000)
     values = [b64((4000, 3000), (i * 6, 255 - i * 6, 128)) for i in range(40)]

@@ -28,7 +28,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
+from classifiers.fewshot.learner import FewShotLearner
+from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.protocol import wire as api
 from classifiers.protocol.errors import InvalidLabels, LabelLimitExceeded, RequestValidationFailed, ServiceError
 from classifiers.request.inputs import (

@@ -54,3 +54,15 @@ def test_serve_config_builder_takes_one_args_dict():
     with open(Path(__file__).resolve().parents[2] / "serve_app" / "serve_config.yaml") as f:
         args = yaml.safe_load(f)["applications"][0]["args"]
     assert isinstance(build_app(args), Application)
+
+
+def test_model_cards_report_the_engine_from_its_record():
+    """/v1/models' `quantization` and `served_by` come from the spec and its engine's record, not its name."""
+    from classifiers.catalog.registry import build_registry
+    from serve_app.app import model_cards
+
+    cards = model_cards(build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"]), context_length=512)
+    assert cards["multilingual-e5-small"]["quantization"] == "q4"
+    assert cards["jina-embeddings-v3"]["quantization"] == "q4"  # the alias shows what really serves it
+    assert cards["all-MiniLM-L6-v2"]["quantization"] == ""
+    assert cards["all-MiniLM-L6-v2"]["served_by"]["backend"] == "hf"

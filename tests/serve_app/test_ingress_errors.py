@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from classifiers.protocol.errors import InvalidLabels
-from serve_app.ingress import make_api
+from serve_app.http_api import make_api
 
 
 @pytest.fixture

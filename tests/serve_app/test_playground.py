@@ -160,12 +160,8 @@ def test_page_is_served_open_self_contained_and_packaged(http):
     assert '"*.html"' in (ROOT / "pyproject.toml").read_text()  # shipped as package data with the wheel
 
 
-def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http, tmp_path):
-    d = browser
-    d.get(serve_url + "/playground")
-    select_model(d, MODEL)
-
-    # zero-shot: two texts, a comma-separated label list -> one result with a bar per label for each input
+def click_zero_shot(d) -> None:
+    """Two texts, a comma-separated label list -> one result with a bar per label for each input."""
     set_text(d, "zs-texts", "Heavy rain and strong wind are forecast for tomorrow\nThe striker scored twice in the cup final")
     set_text(d, "zs-labels", "weather, sport, cooking")
     got = run_and_wait(d, "zs-run", "zs-results", 2)
@@ -177,13 +173,17 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
         assert top["top"] and top["label"] == g["prediction"]
         assert all(abs(b["filled"] - b["score"]) < 0.02 for b in g["bars"]), g
 
-    # label groups: one "group: a, b" line each -> a prediction per group
+
+def click_label_groups(d) -> None:
+    """One "group: a, b" line each -> a prediction per group."""
     set_text(d, "zs-labels", "topic: weather, sport, cooking\nmood: happy, sad")
     got = run_and_wait(d, "zs-run", "zs-results", 2)
     assert '"topic":"weather"' in got[0]["prediction"] and len(got[0]["bars"]) == 5, got
     assert "topic: weather" in got[0]["text"] and "mood:" in got[0]["text"]
 
-    # a refused request shows the error body: code, detail and request id
+
+def click_refused_request(d) -> None:
+    """A refused request shows the error body: code, detail and request id."""
     set_text(d, "zs-labels", "weather, weather")
     d.find_element("id", "zs-run").click()
     wait(d, lambda d: "INPUT_INVALID_LABELS" in by_id(d, "zs-error").text, "the error body")
@@ -191,7 +191,9 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
     assert "HTTP 400 INPUT_INVALID_LABELS" in err and "2 distinct labels" in err and re.search(r"request_id: \S+", err), err
     assert not d.find_elements("css selector", "#zs-results .result")
 
-    # an image for the CLIP model (the drop zone appears only for models that accept images)
+
+def click_image(d, tmp_path: Path) -> None:
+    """An image for the CLIP model (the drop zone appears only for models that accept images)."""
     assert not by_id(d, "zs-drop").is_displayed()
     from tests.image_server import _png
 
@@ -207,7 +209,9 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
     assert got[1]["images"] == 1 and "red.png" in got[1]["text"] and len(got[1]["bars"]) == 2, got
     assert not by_id(d, "zs-error").is_displayed()
 
-    # back to the text model: the final zero-shot state the screenshot shows
+
+def click_final_zero_shot(d) -> None:
+    """Back to the text model: the final zero-shot state the screenshot shows."""
     select_model(d, MODEL)
     assert not by_id(d, "zs-drop").is_displayed()
     set_text(d, "zs-texts", "Heavy rain and strong wind are forecast for tomorrow\nThe striker scored twice in the cup final\n"
@@ -216,7 +220,9 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
     got = run_and_wait(d, "zs-run", "zs-results", 3)
     assert [g["prediction"] for g in got] == ["weather", "sport", "cooking"], got
 
-    # few-shot: replace the table's sample rows with six examples of three labels, train, classify with it
+
+def train_from_the_table(d) -> str:
+    """Replace the table's sample rows with six examples of three labels and train; the new classifier's id."""
     for x in d.find_elements("css selector", "#fs-table tbody button"):
         x.click()
     examples = [
@@ -232,28 +238,45 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
     assert len(d.find_elements("css selector", "#fs-table tbody tr")) == 6
     by_id(d, "fs-train").click()
     wait(d, lambda d: by_id(d, "fs-status").get_attribute("data-classifier-id"), "the trained classifier's id")
-    cid = by_id(d, "fs-status").get_attribute("data-classifier-id")
+    return by_id(d, "fs-status").get_attribute("data-classifier-id")
+
+
+def use_the_trained_classifier(d, http, cid: str) -> None:
+    """Classify with the classifier just trained, save the screenshot, then provoke a few-shot error body."""
+    assert by_id(d, "fs-id").get_attribute("value") == cid
+    assert "6 examples" in by_id(d, "fs-status").text
+    summary = next(c for c in http.get("/v1/classifiers").json() if c["classifier_id"] == cid)
+    assert summary["model"] == MODEL and summary["num_samples"] == 6 and summary["access"] == "private"
+    assert sorted(summary["labels"]) == ["cooking", "sport", "weather"]
+
+    set_text(d, "fs-texts", "Snow is expected on the hills tonight\nThe home team lost the derby 3-1\nBake the bread for forty minutes")
+    got = run_and_wait(d, "fs-run", "fs-results", 3)
+    assert [g["prediction"] for g in got] == ["weather", "sport", "cooking"], got
+    assert all(len(g["bars"]) == 3 for g in got)
+
+    # a few-shot failure shows its error body too (an unknown classifier id)
+    d.execute_script("window.scrollTo(0, 0)")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert d.save_screenshot(str(SCREENSHOT))
+    assert_reasonable_png(SCREENSHOT)
+    set_text(d, "fs-id", "00000000-0000-0000-0000-000000000000")
+    d.find_element("id", "fs-run").click()
+    wait(d, lambda d: "HTTP 404" in by_id(d, "fs-error").text, "the few-shot error body")
+    assert "request_id:" in by_id(d, "fs-error").text
+
+
+def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http, tmp_path):
+    d = browser
+    d.get(serve_url + "/playground")
+    select_model(d, MODEL)
+    click_zero_shot(d)
+    click_label_groups(d)
+    click_refused_request(d)
+    click_image(d, tmp_path)
+    click_final_zero_shot(d)
+    cid = train_from_the_table(d)
     try:
-        assert by_id(d, "fs-id").get_attribute("value") == cid
-        assert "6 examples" in by_id(d, "fs-status").text
-        summary = next(c for c in http.get("/v1/classifiers").json() if c["classifier_id"] == cid)
-        assert summary["model"] == MODEL and summary["num_samples"] == 6 and summary["access"] == "private"
-        assert sorted(summary["labels"]) == ["cooking", "sport", "weather"]
-
-        set_text(d, "fs-texts", "Snow is expected on the hills tonight\nThe home team lost the derby 3-1\nBake the bread for forty minutes")
-        got = run_and_wait(d, "fs-run", "fs-results", 3)
-        assert [g["prediction"] for g in got] == ["weather", "sport", "cooking"], got
-        assert all(len(g["bars"]) == 3 for g in got)
-
-        # a few-shot failure shows its error body too (an unknown classifier id)
-        d.execute_script("window.scrollTo(0, 0)")
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        assert d.save_screenshot(str(SCREENSHOT))
-        assert_reasonable_png(SCREENSHOT)
-        set_text(d, "fs-id", "00000000-0000-0000-0000-000000000000")
-        d.find_element("id", "fs-run").click()
-        wait(d, lambda d: "HTTP 404" in by_id(d, "fs-error").text, "the few-shot error body")
-        assert "request_id:" in by_id(d, "fs-error").text
+        use_the_trained_classifier(d, http, cid)
     finally:
         http.delete(f"/v1/classifiers/{cid}")
 

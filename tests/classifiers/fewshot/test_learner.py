@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from classifiers.fewshot.learner import FewShotLearner, LearnerConfig
+from classifiers.fewshot.learner import FewShotLearner
+from classifiers.fewshot.learner_config import LearnerConfig
 
 D = 384
 

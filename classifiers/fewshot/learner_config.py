@@ -1,0 +1,84 @@
+"""The hyper-parameters of the few-shot learner (:class:`classifiers.fewshot.learner.FewShotLearner`)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["LearnerConfig"]
+
+OOS_RECENCY_DEFAULT = 1.0  # CLINC: 0 (keep all) 0.050-0.070 false alarms at a 5% target from 64 examples on, 1: 0.057-0.087, 2: 0.061-0.093; synthetic Gaussian classes: 0 gives 0.00, 1 gives 0.01-0.035
+OOS_PSEUDO_COUNT_DEFAULT = 1.0  # CLINC: 0-8 tried; small values are closest to the target at 16 examples, equal from 64 on
+
+
+class LearnerConfig(BaseModel):
+    """Hyper-parameters of :class:`FewShotLearner`. Defaults were chosen on CLINC150 (docs/eval/report.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prior_strength: float = Field(
+        default=4.0, ge=0.0,
+        description="Pseudo-examples per class behind the prior class mean (weighted-count units). A class mean "
+        "is (s_k + prior_strength * m0_k) / (n_k + prior_strength): the prior dominates a class's first examples "
+        "and data overrides it as the class's count grows.",
+    )
+    covariance_prior_dof: float | None = Field(
+        default=None, gt=0.0,
+        description="Pseudo degrees of freedom of the isotropic prior on the shared within-class covariance "
+        "(shrinkage toward nu*I, nu = average per-dimension total variance). None means `dim`. The shrinkage "
+        "weight is dof0 / (dof0 + N - K), so it fades as examples accumulate.",
+    )
+    gate_threshold: float = Field(
+        default=4.0, ge=0.0,
+        description="Label-prior gate: the prior's slope beta (how far class means move along their label "
+        "embeddings) is used with weight max(0, 1 - gate_threshold / t^2), t = beta / its standard error "
+        "(a positive-part James-Stein rule; 4 means the gate starts to open at t = 2, about 95% one-sided "
+        "significance). Random or opaque label names give t ~ 0 and switch the prior off.",
+    )
+    temperature: float = Field(
+        default=10.0, gt=0.0,
+        description="Softmax temperature: scores are softmax(LDA logits / temperature). The plug-in Gaussian "
+        "logits are over-confident by about 10x on sentence embeddings; 10 minimises test NLL on CLINC150 for "
+        "both embedded models at every training-set size from 8 to 495 examples (docs/eval/report.md).",
+    )
+    covariance: Literal["auto", "full", "diagonal"] = Field(
+        default="auto",
+        description="Shared covariance kind. `full` keeps the D x D scatter (state ~ 8*D*(D+1)/2 bytes: 591 KB "
+        "at D=384); `diagonal` keeps only its diagonal (8*D bytes, lower accuracy); `auto` picks `full` when "
+        "the scatter fits `max_state_bytes`, else `diagonal` (e.g. D=1024). Class rows (12.3 KB per class at "
+        "D=384) come on top in both kinds.",
+    )
+    max_state_bytes: int = Field(
+        default=1_000_000, gt=0, description="Budget for the shared scatter used by covariance='auto'."
+    )
+    max_classes: int = Field(
+        default=16, gt=1, le=256, description="The service's class limit (Jina's 16 by default, at most 256); informational for "
+        "the learner since covariance='auto' budgets the scatter only."
+    )
+    zero_shot_pseudo_count: float = Field(
+        default=4.0, ge=0.0,
+        description="For classifiers with declared labels: the zero-shot logits are blended into the few-shot "
+        "logits with weight N0 / (N + N0), N the weighted example count, so that a classifier with no examples "
+        "is exactly zero-shot and moves smoothly to the few-shot model as examples arrive. 4 keeps the first "
+        "few examples (when fewer than two classes have any, so the label-prior slope cannot be estimated) at "
+        "zero-shot accuracy; 0 (no blend) is 0.005 better from 8 examples on but collapses at 1-2 examples; "
+        "16 and more cost up to 0.02 at 8-32 examples (CLINC domains, docs/eval/report.md).",
+    )
+    oos_record: bool = Field(
+        default=True,
+        description="Keep the prequential out-of-scope record (test-then-train, see FewShotLearner.update). "
+        "False skips its extra fits (one per chunk of an update): predictions are identical, and the "
+        "out-of-scope calibration is the Gaussian one alone. For accuracy-only evaluations.",
+    )
+    oos_calibration_recency: float = Field(
+        default=OOS_RECENCY_DEFAULT, ge=0.0,
+        description="How fast the prequential record forgets: each chunk of new examples multiplies the record "
+        "by (N_before / N_after) ** recency, so a score recorded when the classifier had t examples weighs "
+        "(t / N) ** recency now. Early scores come from a much weaker model; 0 keeps them all.",
+    )
+    oos_calibration_pseudo_count: float = Field(
+        default=OOS_PSEUDO_COUNT_DEFAULT, ge=0.0,
+        description="Pseudo-samples of the N(0, 1) prior behind the prequential correction of the out-of-scope "
+        "score (see FewShotLearner.compile): the Gaussian in-scope model is trusted like this many out-of-sample "
+        "scores, so a classifier's first few scored examples cannot swing its false-alarm calibration.",
+    )

@@ -1,0 +1,233 @@
+"""HTTP plumbing of the ingress: the FastAPI app factory, request ids, body limits, typed errors -> status codes.
+
+:func:`make_api` builds one FastAPI app from explicit arguments (its body limits, the accounts gate that names the
+caller before a body is read, the metrics it records): each Ingress replica builds its own at start
+(``Ingress.__serve_build_asgi_app__``), so no app is shared or changed after it is built. Every failure leaves as
+Jina's body ``{"code", "detail", "request_id"}`` (plus ``errors`` for schema failures): the core's typed errors
+(``classifiers/protocol/errors.py``) keep their status and code, anything else is a 500 naming the request id.
+The request id is decided once per request: the ``X-Request-ID`` header the proxy passes in (the client's, else
+the one Ray Serve assigned), else a new one. It is for tracing only (echoed, logged), never a deduplication key.
+"""
+
+import logging
+import math
+import time
+import uuid
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+from classifiers.accounts.gate import AccountsGate
+from classifiers.protocol.errors import (
+    AuthError,
+    IdempotencyKeyInUse,
+    RateLimited,
+    RequestValidationFailed,
+    ServiceError,
+    ServiceUnavailable,
+)
+from classifiers.protocol.wire import ErrorResponse
+from deployments.metrics import IngressMetrics
+
+logger = logging.getLogger("ray.serve")
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+def request_id_of(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return rid
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def rate_header_sink(request: Request | None) -> Callable[[dict[str, str]], None] | None:
+    """Where a route leaves its rate-limit headers for the response (the guard adds them), or None for a handle call."""
+    if request is None:
+        return None
+
+    def put(headers: dict[str, str]) -> None:
+        request.state.rate_headers = headers
+
+    return put
+
+
+def error_response(request: Request, status: int, code: str, detail: str, *, headers=None, **extra) -> JSONResponse:
+    rid = request_id_of(request)
+    body = {"code": code, "detail": detail, "request_id": rid, **extra}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    if exc.status >= 500:
+        logger.error("request %s failed: %s", request_id_of(request), exc.detail, exc_info=exc)
+    extra = {"errors": exc.errors} if isinstance(exc, RequestValidationFailed) else {}
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif isinstance(exc, IdempotencyKeyInUse):
+        headers = {"Retry-After": "1"}  # the first request with the key is being applied: about a second
+    elif exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(request, exc.status, exc.code, exc.detail, headers=headers, **extra)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A replica or actor this request needed died or is overloaded: retryable, never a 500."""
+    logger.warning("request %s: a backend was unavailable (%s)", request_id_of(request), type(exc).__name__)
+    return await _service_error(request, ServiceUnavailable("A backend replica is unavailable or overloaded; retry shortly."))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(request, 400, "INPUT_INVALID_JSON", "The request body is not valid JSON.")
+    items = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "message": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors[:20]
+    ]
+    summary = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
+    return error_response(request, 422, "INPUT_VALIDATION_FAILED", f"Invalid request: {summary}", errors=items)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # 400 here is only FastAPI failing to read the body (e.g. not UTF-8): the same as invalid JSON to a client.
+    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE",
+             503: "SERVICE_UNAVAILABLE"}
+    details = {400: "The request body is not valid JSON (UTF-8).",
+               413: f"Request body over {request.app.state.max_request_bytes} bytes."}
+    detail = details.get(exc.status_code, str(exc.detail))
+    return error_response(request, exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), detail)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id_of(request)
+    logger.error("request %s failed with an internal error", rid, exc_info=exc)
+    return error_response(
+        request, 500, "INTERNAL_ERROR", f"An unexpected error occurred. If this persists, report request_id {rid}."
+    )
+
+
+class BodyLimit(RequestBodyLimitMiddleware):
+    """Starlette's body limit, counted as the body arrives (a chunked upload without Content-Length is bounded
+    too), at ``max_body_size``; and a budget for all bodies in flight on this replica together
+    (``max_inflight_bytes``): beyond it a request is refused with a retryable 503 while its body arrives, so
+    concurrent large requests cannot exhaust the replica."""
+
+    def __init__(self, app, max_body_size: int, max_inflight_bytes: int):
+        super().__init__(app, max_body_size=max_body_size)
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight_bytes = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        budget, mine = self.max_inflight_bytes, 0
+
+        async def counted():
+            nonlocal mine
+            message = await receive()
+            if message["type"] == "http.request":
+                n = len(message.get("body", b""))
+                if self.inflight_bytes + n > budget and mine + n <= self.max_body_size:
+                    raise StarletteHTTPException(503, "Too many large requests in flight on this replica; retry shortly.")
+                mine += n
+                self.inflight_bytes += n
+            return message
+
+        try:
+            await super().__call__(scope, counted, send)
+        finally:
+            self.inflight_bytes -= mine
+
+
+ERROR_STATUSES = {
+    400: "Invalid input (INPUT_*), e.g. unknown model, bad labels, too many inputs, invalid JSON.",
+    401: "Keys required and missing, malformed or unknown (AUTH_*).",
+    403: "Classifier limit, spent balance, or admin route without an admin key (AUTHZ_*).",
+    404: "Unknown route, or a classifier that does not exist or is not the caller's (RESOURCE_NOT_FOUND).",
+    413: "Body over the size limit (INPUT_TOO_LARGE).",
+    409: "/train: a request with this Idempotency-Key is still being applied; retry shortly (CONFLICT_RESOURCE_BUSY).",
+    422: "Wrong types or shape (INPUT_VALIDATION_FAILED, with `errors`); /train: the Idempotency-Key was used with "
+    "another body (INPUT_IDEMPOTENCY_KEY_REUSED).",
+    429: "Over a rate limit or the per-client concurrency (RATE_*; Retry-After says when).",
+    503: "Overloaded, restarting or store unreachable: retry (SERVICE_UNAVAILABLE).",
+    504: "Took longer than the request timeout (SERVICE_TIMEOUT).",
+}
+
+
+def make_api(
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_inflight_body_bytes: int | None = None,
+    *,
+    gate: AccountsGate | None = None,
+    metrics: IngressMetrics | None = None,
+) -> FastAPI:
+    """A new app with the error mapping and the guards, and no routes (the Ingress adds its own). With ``gate``,
+    every ``/v1/*`` caller is named (a 401 without a valid key) before its body is read; with ``metrics``, every
+    request is counted by route, status and model."""
+    api = FastAPI(
+        responses={status: {"model": ErrorResponse, "description": d} for status, d in ERROR_STATUSES.items()},
+        strict_content_type=False,  # `curl -d` without a JSON Content-Type still works
+        title="Classifier API (Jina-compatible, self-hosted)",
+        version="0.1.0",
+        description="Zero-shot and few-shot classification of text and images over embedding models, "
+        "served by Ray Serve. Wire-compatible with Jina AI's Classifier API: change the base URL. "
+        "With keys required, send `Authorization: Bearer <key>` (keys from `./scripts/keys create`).",
+    )
+    api.state.max_request_bytes = max_request_bytes  # read by the 413 handler; set once, here
+    # Starlette types every handler as taking any Exception; each of these is registered for its own class only.
+    api.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    api.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    api.add_exception_handler(BackPressureError, _unavailable)
+    api.add_exception_handler(RayActorError, _unavailable)
+    api.add_exception_handler(Exception, _unhandled)
+    # Inside the guard: a body over the limit is counted while it arrives.
+    api.add_middleware(
+        BodyLimit, max_body_size=max_request_bytes, max_inflight_bytes=max_inflight_body_bytes or 4 * max_request_bytes
+    )
+    api.middleware("http")(_guard(max_request_bytes, gate, metrics))
+    return api
+
+
+def _guard(max_request_bytes: int, gate: AccountsGate | None, metrics: IngressMetrics | None):
+    """The outermost middleware: the request id, decided once; oversized bodies refused before reading; the caller
+    named before the body is read; the rate-limit headers the route left in request.state; any escaped error ->
+    Jina's 500; the request's metrics."""
+
+    async def guard(request: Request, call_next):
+        request_id_of(request)
+        length = request.headers.get("content-length")
+        if length and length.isascii() and length.isdigit() and int(length) > max_request_bytes:
+            return error_response(request, 413, "INPUT_TOO_LARGE", f"Request body over {max_request_bytes} bytes.")
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]
+        if gate is not None and path.startswith("/v1/"):
+            # Who is calling, before the body is read or validated: without a valid key a client gets its 401,
+            # never a 422 about a body it may not send, and never makes the ingress parse it.
+            try:
+                request.state.principal = await gate.principal(request.headers.get("authorization"), client_ip(request))
+            except AuthError as exc:
+                return await _service_error(request, exc)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never an HTML 500
+            response = await _unhandled(request, exc)
+        response.headers.update(getattr(request.state, "rate_headers", None) or {})
+        if metrics is not None:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            model = getattr(request.state, "model", "")
+            metrics.http(route, request.method, response.status_code, model, 1000 * (time.perf_counter() - started))
+        return response
+
+    return guard

@@ -1,0 +1,139 @@
+"""The code's layout rules, checked on the source with ``ast`` (nothing is imported):
+
+* no file under classifiers/ is above 600 lines;
+* no function (def line to last line, methods and nested functions included) is above 80 lines in classifiers/,
+  deployments/, serve_app/ or tests/ (bench/ is exempt);
+* imports point downward only: the classifiers sub-packages are layered, bottom to top, as ``LAYERS`` (the order
+  classifiers/__init__.py documents), and a module imports only from its own package or those below it;
+  nothing in classifiers/ imports Ray, deployments or serve_app; deployments/ never imports serve_app.
+  Every import counts, also those inside functions.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FILE_LINES = 600
+MAX_FUNCTION_LINES = 80
+FUNCTION_ROOTS = ("classifiers", "deployments", "serve_app", "tests")
+LAYERS = ("protocol", "catalog", "request", "storage", "accounts", "images", "embedding", "zeroshot", "fewshot")
+NOT_IN_CLASSIFIERS = ("ray", "deployments", "serve_app")
+
+
+def sources(*roots: str) -> Iterator[Path]:
+    for root in roots:
+        yield from sorted(p for p in (ROOT / root).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def module_parts(path: Path) -> tuple[str, ...]:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, absolute dotted name) of everything the file imports, relative imports resolved. ``from classifiers
+    import fewshot`` (a top-level package, where the name says the layer) yields ``classifiers.fewshot``."""
+    parts = module_parts(path)
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    for node in ast.walk(parse(path)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - (node.level - 1)])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if "." in module:
+                yield node.lineno, module
+            else:
+                yield from ((node.lineno, f"{module}.{alias.name}") for alias in node.names)
+
+
+def long_functions() -> list[str]:
+    found = []
+    for path in sources(*FUNCTION_ROOTS):
+        for node in ast.walk(parse(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{rel(path)}:{node.lineno} {node.name}() is {length} lines")
+    return found
+
+
+def upward_imports() -> list[str]:
+    found = []
+    for path in sources("classifiers"):
+        parts = module_parts(path)
+        own = LAYERS.index(parts[1]) if len(parts) > 1 else None  # None: classifiers/__init__.py, above every layer
+        for line, name in imported_modules(path):
+            target = name.split(".")
+            if target[0] in NOT_IN_CLASSIFIERS:
+                found.append(f"{rel(path)}:{line} imports {name}")
+            elif target[0] == "classifiers" and own is not None and len(target) > 1 and target[1] in LAYERS:
+                if LAYERS.index(target[1]) > own:
+                    found.append(f"{rel(path)}:{line} ({parts[1]}) imports {name} from a layer above it")
+    for path in sources("deployments"):
+        for line, name in imported_modules(path):
+            if name.split(".")[0] == "serve_app":
+                found.append(f"{rel(path)}:{line} imports {name}")
+    return found
+
+
+def test_no_file_under_classifiers_is_above_600_lines():
+    long = [
+        f"{rel(p)} is {n} lines"
+        for p in sources("classifiers")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES
+    ]
+    assert not long, f"split these files (at most {MAX_FILE_LINES} lines):\n" + "\n".join(long)
+
+
+def test_no_function_is_above_80_lines():
+    long = long_functions()
+    assert not long, f"split these functions (at most {MAX_FUNCTION_LINES} lines):\n" + "\n".join(long)
+
+
+def test_the_layers_are_every_classifiers_package_in_the_documented_order():
+    packages = {p.parent.name for p in (ROOT / "classifiers").glob("*/__init__.py")}
+    assert packages == set(LAYERS), "place every classifiers sub-package in LAYERS (and classifiers/__init__.py)"
+    doc = ast.get_docstring(parse(ROOT / "classifiers" / "__init__.py")) or ""
+    documented = re.search(r"bottom to top:\s*(.+?)\.\s", doc, re.S)
+    assert documented, "classifiers/__init__.py documents the layering"
+    assert tuple(re.split(r"\s*->\s*", " ".join(documented.group(1).split()))) == LAYERS
+
+
+def test_imports_point_downward_only():
+    bad = upward_imports()
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_the_import_scan_sees_relative_and_function_level_imports(tmp_path, monkeypatch):
+    """The scanner itself: relative imports are resolved and imports inside functions are found."""
+    pkg = tmp_path / "classifiers" / "catalog"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import registry\nfrom .. import zeroshot\n")
+    (pkg / "registry.py").write_text("from ..protocol import errors\n\ndef f():\n    from ..fewshot.learner import X\n"
+                                     "    import ray.serve\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert [n for _, n in imported_modules(pkg / "__init__.py")] == ["classifiers.catalog",
+                                                                     "classifiers.zeroshot"]
+    names = [n for _, n in imported_modules(pkg / "registry.py")]
+    assert {"classifiers.protocol", "classifiers.fewshot.learner", "ray.serve"} <= set(names)
+    assert upward_imports() == [
+        "classifiers/catalog/__init__.py:2 (catalog) imports classifiers.zeroshot from a layer above it",
+        "classifiers/catalog/registry.py:4 (catalog) imports classifiers.fewshot.learner from a layer above it",
+        "classifiers/catalog/registry.py:5 imports ray.serve",
+    ]
