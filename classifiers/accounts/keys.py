@@ -16,6 +16,7 @@ key's record at most every ``key_cache_ttl_s``, so a new key works and a revoked
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -248,6 +249,7 @@ class Authenticator:
         return rec
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per anonymous request with the client's address: parse each once
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback address (127.0.0.0/8, ::1, or IPv4-mapped 127.x)."""
     if host == "localhost":

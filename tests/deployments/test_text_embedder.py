@@ -64,3 +64,20 @@ def test_torch_encoders_resize_the_pool_between_calls(encoders):
         assert (one @ enc.encode(["will it rain tomorrow"], "input").T)[0, 0] > 0.9999  # same vector either way
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_configured_token_budget_reaches_the_engine(tmp_path):
+    """EmbedderConfig.max_batch_tokens is set on the loaded encoder (here the tiny CLIP's text tower, through the
+    plain class behind the deployment); unset, the engine keeps its default for its device."""
+    from classifiers.embedding.engines.base import CPU_MAX_BATCH_TOKENS
+    from deployments.config import EmbedderConfig
+    from deployments.text_embedder import TextEmbedder
+    from tests.clip_fixture import make_tiny_clip, tiny_clip_spec
+
+    spec, cls, before = tiny_clip_spec(make_tiny_clip(tmp_path)), TextEmbedder.func_or_class, torch.get_num_threads()
+    try:
+        side = cls(spec, EmbedderConfig(num_threads=1, device="cpu", max_batch_tokens=512))
+        assert side.encoder.max_batch_tokens == 512
+        assert cls(spec, EmbedderConfig(num_threads=1, device="cpu")).encoder.max_batch_tokens == CPU_MAX_BATCH_TOKENS
+    finally:
+        torch.set_num_threads(before)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from serve_app.run import is_loopback, main
+from serve_app.run import descendants, is_loopback, main, still_running
 
 
 def test_loopback_hosts():
@@ -78,8 +79,15 @@ def test_python_m_serve_app_serves_behind_haproxy_and_stops_cleanly(tmp_path):
             assert stats_port != "8404"
             with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=10) as r:
                 assert r.status == 200 and b"HAProxy" in r.read()
+        assert "started in" in started  # the start-up's phases, for cold-start tracking
+        ray_processes = descendants(proc.pid)  # raylet, GCS, agents, workers, HAProxy
+        assert ray_processes
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        # Nothing of its Ray instance outlives it: Ray's agents would otherwise linger for a minute or two, holding
+        # their ports, and the next start on this machine would wait for them (serve_app.run.stop_leftovers).
+        left = still_running(ray_processes)
+        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left]
     finally:
         if proc.poll() is None:
             proc.kill()

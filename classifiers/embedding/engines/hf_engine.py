@@ -1,11 +1,13 @@
 """Sentence-embedding models through transformers ``AutoModel`` (MiniLM, E5, BGE, jina-embeddings-v3, ...).
 
-Texts are tokenized, sorted by length and run in sub-batches of ``batch_size`` so that padding is
-minimal; pooling (mean or CLS) follows the registry. A text longer than the model window is split into
-windows of ``max_tokens - specials`` content tokens; each window is embedded on its own and the windows'
-pooled vectors are averaged weighted by their token counts before normalisation (chunk pooling), so long
-documents are never silently truncated. Models with task adapters (jina-embeddings-v3) use their own
-``encode`` with the registry's ``task``.
+Texts are tokenized, sorted by length and run in sub-batches of at most ``batch_size`` windows and at most
+``max_batch_tokens`` padded tokens (rows x longest row; ``base.plan_batches``), so that padding is minimal and a
+batch of long texts runs as several smaller forward passes. Pooling (mean or CLS) follows the registry. A text
+longer than the model window is split into windows of ``max_tokens - specials`` content tokens; each window is
+embedded on its own and the windows' pooled vectors are averaged weighted by their token counts before
+normalisation (chunk pooling), so long documents are never silently truncated. Models with task adapters
+(jina-embeddings-v3) use their own ``encode`` with the registry's ``task``, and its batching (the token budget does
+not apply to them).
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from classifiers.embedding.engines.base import (
     Encoder,
     Role,
     TorchThreads,
+    default_max_batch_tokens,
     l2_normalize,
+    plan_batches,
     pool_windows,
     special_wrapping,
     split_windows,
@@ -28,7 +32,7 @@ from classifiers.embedding.engines.base import (
 class HFEncoder(TorchThreads, Encoder):
     def __init__(
         self, spec: ModelSpec, *, num_threads: int | None = None, device: str | None = None, batch_size: int = 128,
-        dtype: str | None = None,
+        dtype: str | None = None, max_batch_tokens: int | None = None,
     ):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -43,6 +47,8 @@ class HFEncoder(TorchThreads, Encoder):
         self.model.eval().to(self.device, torch_dtype(torch, dtype))  # float16 on GPUs: half the memory, faster
         self.spec = spec
         self.batch_size = batch_size
+        self.set_max_batch_tokens(max_batch_tokens or default_max_batch_tokens(self.device))
+        self.last_batches: list[tuple[int, int]] = []  # (rows, padded length) of each forward pass of the last call
         self.window = min(spec.max_tokens, int(getattr(self.tokenizer, "model_max_length", spec.max_tokens) or 0) or spec.max_tokens)
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves; silence the length warning
         self._head, self._tail = special_wrapping(self.tokenizer)
@@ -69,13 +75,13 @@ class HFEncoder(TorchThreads, Encoder):
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch
-        order = np.argsort([len(w) for w in windows], kind="stable")
         result = np.zeros((len(windows), self.dim), np.float32)
         pad = self.tokenizer.pad_token_id or 0
+        self.last_batches = []
         with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                longest = max(len(windows[i]) for i in idx)
+            for idx in plan_batches([len(w) for w in windows], self.batch_size, self.max_batch_tokens):
+                longest = len(windows[idx[-1]])  # sorted: the last row is the longest
+                self.last_batches.append((len(idx), longest))
                 ids = torch.full((len(idx), longest), pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), longest), dtype=torch.long)
                 for r, i in enumerate(idx):

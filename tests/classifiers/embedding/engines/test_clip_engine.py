@@ -7,6 +7,7 @@ from PIL import Image
 
 from classifiers.embedding.batch import BatchStats, embed_image_batch
 from classifiers.embedding.engines import load_encoder
+from classifiers.embedding.engines.base import CPU_MAX_BATCH_TOKENS
 from classifiers.embedding.engines.clip_engine import CLIPEncoder, open_clip_name
 from tests.clip_fixture import TINY_DIM, make_tiny_clip, tiny_clip_spec
 
@@ -79,6 +80,22 @@ def test_token_counts_and_chunk_pooling_of_long_text(encoder):
     np.testing.assert_allclose(np.linalg.norm(vec), 1.0, atol=1e-5)
     # a special token typed into the text is not allowed to move CLIP's end-of-text pooling
     np.testing.assert_allclose(encoder.encode(["a [SEP] b"], "input"), encoder.encode(["a b"], "input"), atol=1e-6)
+
+
+def test_text_sub_batches_keep_to_the_token_budget(encoder):
+    texts = ["short", "a somewhat longer sentence about a cat on a mat", " ".join(["word"] * 200), "mid length"]
+    whole, before = encoder.encode(texts, "input"), encoder.max_batch_tokens
+    assert before == CPU_MAX_BATCH_TOKENS  # the engine's default on CPU
+    encoder.set_max_batch_tokens(40)
+    try:
+        cut = encoder.encode(texts, "input")
+        plan = encoder.last_batches
+    finally:
+        encoder.set_max_batch_tokens(before)
+    assert sum(rows for rows, _ in plan) == 6  # 3 short texts + 3 windows of the long one
+    assert all(rows * length <= 40 or rows == 1 for rows, length in plan)
+    assert [length for _, length in plan] == sorted(length for _, length in plan)
+    np.testing.assert_allclose(cut, whole, atol=1e-5)
 
 
 def test_empty_inputs(encoder):
