@@ -345,6 +345,9 @@ def serve_child(model: str, port: int, switch_env: dict) -> None:
         cfg = load_config(overrides, env={})
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(bind_app(cfg), name=cfg.app_name, route_prefix="/")
+        # Again: Ray installs its own SIGTERM handler while starting, which ends the process on the spot (no
+        # serve.shutdown, and Ray's agents left behind, holding their ports, for the next start to wait on).
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
         print("SERVING", flush=True)
         while not stopping:
             time.sleep(0.2)

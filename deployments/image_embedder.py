@@ -29,6 +29,11 @@ from classifiers.images.stream import embed_images, image_tokens
 from deployments.config import EmbedderConfig
 from deployments.text_embedder import TextSide
 
+IMAGE_TURN_COST = 256
+"""An image's share of a model call in the fair queue, in text tokens: a ViT-B/32 pass over one 224 px image
+(50 patches through a 12-layer tower) costs about what a few hundred text tokens do through a text tower of its
+size; an estimate, only for sharing the model between tenants."""
+
 
 def model_input_side(encoder: Encoder) -> int | None:
     """The (shorter) side of the square images the model's vision tower takes, read from the loaded model:
@@ -75,7 +80,8 @@ class ImageEmbedder(TextSide):
         # Network and decoding happen here, per request and concurrently; decoded images reach the batch in chunks.
         try:
             rows = await embed_images(
-                request.values, request.positions, self.fetch_config, self._image_turn, short_side=self.short_side
+                request.values, request.positions, self.fetch_config,
+                lambda images: self._image_turn(images, request.tenant), short_side=self.short_side,
             )
         finally:
             self._export_fetch_failures()
@@ -91,8 +97,8 @@ class ImageEmbedder(TextSide):
                 self.metrics.fetch_failed(kind, n - self._failures_exported[kind])
                 self._failures_exported[kind] = n
 
-    async def _image_turn(self, images: list) -> np.ndarray:
-        async with self.turn():  # the text tower's turns too: one model, one device
+    async def _image_turn(self, images: list, tenant: str) -> np.ndarray:
+        async with self.turn(tenant, len(images) * IMAGE_TURN_COST):  # the text tower's turns too: one model
             return await self._image_batch(images)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)

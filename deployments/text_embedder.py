@@ -13,8 +13,18 @@ from typing import Callable
 from ray import serve
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.batch import BatchStats, EmbedRequest, EmbedResult, ModelTurns, embed_batch
+from classifiers.embedding.batch import (
+    BatchStats,
+    CountRequest,
+    EmbedRequest,
+    EmbedResult,
+    FairTurns,
+    count_in_slices,
+    embed_batch,
+)
 from classifiers.embedding.engines import Encoder, load_encoder
+from classifiers.embedding.engines.base import default_max_batch_tokens
+from classifiers.embedding.tokens import TextCount
 from deployments.config import EmbedderConfig
 from deployments.metrics import EmbedderMetrics
 from deployments.process import memory
@@ -77,18 +87,20 @@ class TextSide:
             type(self).__name__, self.spec.name, time.perf_counter() - started, self.encoder.dim, self.threads,
             self.config.model_dump_json(),
         )
-        # Continuous batching (requests wait while earlier ones are at the model) unless a wait timer is configured:
-        # with both, a partial batch would wait out the timer while nobody else may join it.
-        self.turns = ModelTurns() if self.config.batch_wait_timeout_s == 0 else None
+        # Continuous batching (requests wait while earlier ones are at the model), fair between tenants and at most
+        # one forward pass's tokens per model call, unless a wait timer is configured: with both, a partial batch
+        # would wait out the timer while nobody else may join it.
+        self.call_tokens = config.max_batch_tokens or default_max_batch_tokens(str(getattr(self.encoder, "device", "cpu")))
+        self.turns = FairTurns(self.call_tokens, config.max_batch_size) if config.batch_wait_timeout_s == 0 else None
         self._model_lock = threading.Lock()  # one model call at a time: text and image batches share the encoder
         self._configure_batching(self._batch)
         self._stats = BatchStats("texts")
         self.metrics = EmbedderMetrics(spec.name)
         self._enqueued: dict[int, float] = {}
 
-    def turn(self):
-        """The continuous-batching turn around one request (ModelTurns), or nothing when a wait timer is set."""
-        return self.turns.turn() if self.turns is not None else contextlib.nullcontext()
+    def turn(self, tenant: str = "", cost: int = 1):
+        """The fair continuous-batching turn around one request (FairTurns), or nothing when a wait timer is set."""
+        return self.turns.turn(tenant, cost) if self.turns is not None else contextlib.nullcontext()
 
     def _configure_batching(self, method) -> None:
         method.set_max_batch_size(self.config.max_batch_size)
@@ -97,10 +109,15 @@ class TextSide:
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         self._enqueued[id(request)] = time.perf_counter()
         try:
-            async with self.turn():
+            async with self.turn(request.tenant, request.cost or sum(len(t) for t in request.texts) // 4):
                 return await self._batch(request)
         finally:
             self._enqueued.pop(id(request), None)
+
+    async def count(self, request: CountRequest) -> TextCount:
+        """Count texts for an ingress that has no tokenizer of this model (before it admits the request): slice by
+        slice under the model lock, so model calls go on between slices."""
+        return await count_in_slices(self.encoder, request, self._model_lock)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
     async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:

@@ -9,6 +9,8 @@ The request id is decided once per request: the ``X-Request-ID`` header the prox
 the one Ray Serve assigned), else a new one. It is for tracing only (echoed, logged), never a deduplication key.
 """
 
+import asyncio
+import json
 import logging
 import math
 import time
@@ -17,16 +19,17 @@ from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.routing import Match
 
 from classifiers.accounts.gate import AccountsGate
 from classifiers.protocol.errors import (
-    AuthError,
     IdempotencyKeyInUse,
     RateLimited,
     RequestValidationFailed,
@@ -35,9 +38,15 @@ from classifiers.protocol.errors import (
 )
 from classifiers.protocol.wire import ErrorResponse
 from deployments.metrics import IngressMetrics
+from serve_app.admission import InflightLimits, within
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 10.0  # IngressConfig.body_timeout_s's default
+DEFAULT_MIN_BODY_RATE = 256 * 1024  # IngressConfig.min_body_bytes_per_s's default
+
+
+BODY_TIMEOUT = "INPUT_REQUEST_TIMEOUT"  # 408: the client did not send its body in time (ours; Jina has no 408)
 
 
 def request_id_of(request: Request) -> str:
@@ -60,6 +69,11 @@ def rate_header_sink(request: Request | None) -> Callable[[dict[str, str]], None
         request.state.rate_headers = headers
 
     return put
+
+
+def placed_at_edge(request: Request | None) -> bool:
+    """Whether the Guard took this HTTP request's place (InflightLimits) when its headers arrived."""
+    return request is not None and getattr(request.state, "placed", False)
 
 
 def error_response(request: Request, status: int, code: str, detail: str, *, headers=None, **extra) -> JSONResponse:
@@ -102,8 +116,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # 400 here is only FastAPI failing to read the body (e.g. not UTF-8): the same as invalid JSON to a client.
-    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "INPUT_TOO_LARGE",
-             503: "SERVICE_UNAVAILABLE"}
+    codes = {400: "INPUT_INVALID_JSON", 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: BODY_TIMEOUT,
+             413: "INPUT_TOO_LARGE", 503: "SERVICE_UNAVAILABLE"}
     details = {400: "The request body is not valid JSON (UTF-8).",
                413: f"Request body over {request.app.state.max_request_bytes} bytes."}
     detail = details.get(exc.status_code, str(exc.detail))
@@ -120,29 +134,44 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 class BodyLimit(RequestBodyLimitMiddleware):
     """Starlette's body limit, counted as the body arrives (a chunked upload without Content-Length is bounded
-    too), at ``max_body_size``; and a budget for all bodies in flight on this replica together
+    too), at ``max_body_size``; a budget for all bodies in flight on this replica together
     (``max_inflight_bytes``): beyond it a request is refused with a retryable 503 while its body arrives, so
-    concurrent large requests cannot exhaust the replica."""
+    concurrent large requests cannot exhaust the replica; and a deadline for the body: it must arrive within
+    ``body_timeout_s`` plus one second per ``min_body_rate`` bytes (of its Content-Length, or of what has arrived),
+    else 408 and the connection is dropped. A half-sent body therefore holds its place (``InflightLimits``) for a
+    bounded time."""
 
-    def __init__(self, app, max_body_size: int, max_inflight_bytes: int):
+    def __init__(self, app, max_body_size: int, max_inflight_bytes: int, body_timeout_s: float, min_body_rate: int):
         super().__init__(app, max_body_size=max_body_size)
         self.max_inflight_bytes = max_inflight_bytes
+        self.body_timeout_s = body_timeout_s
+        self.min_body_rate = min_body_rate
         self.inflight_bytes = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
-        budget, mine = self.max_inflight_bytes, 0
+        budget, mine, complete = self.max_inflight_bytes, 0, False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), 0)
 
         async def counted():
-            nonlocal mine
-            message = await receive()
+            nonlocal mine, complete
+            if complete:  # the body is in: what follows is the wait for a disconnect, which has no deadline
+                return await receive()
+            left = started + self.body_timeout_s + max(declared, mine) / self.min_body_rate - loop.time()
+            try:
+                message = await within(receive(), max(0.0, left))
+            except asyncio.TimeoutError:
+                raise StarletteHTTPException(408, "The request body did not arrive in time.") from None
             if message["type"] == "http.request":
                 n = len(message.get("body", b""))
                 if self.inflight_bytes + n > budget and mine + n <= self.max_body_size:
                     raise StarletteHTTPException(503, "Too many large requests in flight on this replica; retry shortly.")
                 mine += n
                 self.inflight_bytes += n
+                complete = not message.get("more_body", False)
             return message
 
         try:
@@ -151,8 +180,36 @@ class BodyLimit(RequestBodyLimitMiddleware):
             self.inflight_bytes -= mine
 
 
+class StrictJSONRequest(Request):
+    """A request whose JSON body is RFC 8259 JSON: ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser
+    accepts) are invalid JSON, answered 400 ``INPUT_INVALID_JSON`` like any other; a client's
+    ``"threshold": NaN`` must never silently turn a feature off."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_constant=_not_json)
+        return self._json
+
+
+def _not_json(token: str):
+    raise json.JSONDecodeError(f"{token} is not a JSON value (RFC 8259)", token, 0)
+
+
+class StrictJSONRoute(APIRoute):
+    """Every route of the app reads its body as :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict(request: Request):
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
 ERROR_STATUSES = {
     400: "Invalid input (INPUT_*), e.g. unknown model, bad labels, too many inputs, invalid JSON.",
+    408: "The request body did not arrive in time (INPUT_REQUEST_TIMEOUT); the connection is closed.",
     401: "Keys required and missing, malformed or unknown (AUTH_*).",
     403: "Classifier limit, spent balance, or admin route without an admin key (AUTHZ_*).",
     404: "Unknown route, or a classifier that does not exist or is not the caller's (RESOURCE_NOT_FOUND).",
@@ -172,13 +229,20 @@ def make_api(
     *,
     gate: AccountsGate | None = None,
     metrics: IngressMetrics | None = None,
+    places: InflightLimits | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    min_body_rate: int = DEFAULT_MIN_BODY_RATE,
 ) -> FastAPI:
     """A new app with the error mapping and the guards, and no routes (the Ingress adds its own). With ``gate``,
-    every ``/v1/*`` caller is named (a 401 without a valid key) before its body is read; with ``metrics``, every
-    request is counted by route, status and model."""
+    every ``/v1/*`` caller is named (a 401 without a valid key) before its body is read, and with ``places`` takes
+    its place then (so a body still arriving holds one); with ``metrics``, every request is counted by route,
+    status and model."""
     api = FastAPI(
         responses={status: {"model": ErrorResponse, "description": d} for status, d in ERROR_STATUSES.items()},
         strict_content_type=False,  # `curl -d` without a JSON Content-Type still works
+        # Trailing-slash redirects are off: Starlette builds their Location from the client's Host header (an open
+        # redirect); the Guard answers them with a relative Location instead.
+        redirect_slashes=False,
         title="Classifier API (Jina-compatible, self-hosted)",
         version="0.1.0",
         description="Zero-shot and few-shot classification of text and images over embedding models, "
@@ -194,16 +258,32 @@ def make_api(
     api.add_exception_handler(RayActorError, _unavailable)
     api.add_exception_handler(Exception, _unhandled)
     # Inside the guard: a body over the limit is counted while it arrives.
+    api.router.route_class = StrictJSONRoute  # before any route is added
     api.add_middleware(
-        BodyLimit, max_body_size=max_request_bytes, max_inflight_bytes=max_inflight_body_bytes or 4 * max_request_bytes
+        BodyLimit, max_body_size=max_request_bytes, max_inflight_bytes=max_inflight_body_bytes or 4 * max_request_bytes,
+        body_timeout_s=body_timeout_s, min_body_rate=min_body_rate,
     )
-    api.add_middleware(Guard, max_request_bytes=max_request_bytes, gate=gate, metrics=metrics)  # outermost
+    api.add_middleware(Guard, max_request_bytes=max_request_bytes, gate=gate, metrics=metrics, places=places)  # outermost
     return api
+
+
+def _routed(scope, path: str) -> bool:
+    """Whether a route of the app serves ``path`` (Starlette's own test for a trailing-slash redirect)."""
+    probe = {**scope, "path": scope.get("root_path", "") + path}
+    return any(route.matches(probe)[0] != Match.NONE for route in scope["app"].router.routes)
+
+
+def _relative_redirect(scope, path: str) -> Response:
+    """``/docs/`` -> 307 to ``/docs`` (with the query), a relative Location: never one built from the client's Host
+    header, which would make the service an open redirect."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = scope.get("root_path", "") + path.rstrip("/") + (f"?{query}" if query else "")
+    return Response(status_code=307, headers={"Location": target})
 
 
 class Guard:
     """The outermost middleware: the request id, decided once; oversized bodies refused before reading; the caller
-    named before the body is read; the rate-limit headers the route left in request.state; any escaped error ->
+    named, and its place taken, before the body is read; trailing slashes redirected relatively; the rate-limit headers the route left in request.state; any escaped error ->
     Jina's 500; the request's metrics.
 
     A plain ASGI middleware, not Starlette's ``BaseHTTPMiddleware`` (``app.middleware("http")``): that one runs the
@@ -213,11 +293,15 @@ class Guard:
     same name, as ``response.headers.update`` did) and records the metrics (latency up to the response's start, as
     before)."""
 
-    def __init__(self, app, max_request_bytes: int, gate: AccountsGate | None, metrics: IngressMetrics | None):
+    def __init__(
+        self, app, max_request_bytes: int, gate: AccountsGate | None, metrics: IngressMetrics | None,
+        places: InflightLimits | None = None,
+    ):
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.gate = gate
         self.metrics = metrics
+        self.places = places
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -229,13 +313,30 @@ class Guard:
             response = error_response(request, 413, "INPUT_TOO_LARGE", f"Request body over {self.max_request_bytes} bytes.")
             return await response(scope, receive, send)
         path = scope["path"][len(scope.get("root_path", "")):]
+        place = None
         if self.gate is not None and path.startswith("/v1/"):
             # Who is calling, before the body is read or validated: without a valid key a client gets its 401,
-            # never a 422 about a body it may not send, and never makes the ingress parse it.
+            # never a 422 about a body it may not send, and never makes the ingress parse it. Its place is taken
+            # now too, so a body that is still arriving counts against its client's and the replica's limits.
             try:
-                request.state.principal = await self.gate.principal(request.headers.get("authorization"), client_ip(request))
-            except AuthError as exc:
+                principal = request.state.principal = await self.gate.principal(
+                    request.headers.get("authorization"), client_ip(request)
+                )
+                if self.places is not None:
+                    self.places.enter(principal.rate_subject)
+                    place = principal.rate_subject
+            except ServiceError as exc:
                 return await (await _service_error(request, exc))(scope, receive, send)
+            request.state.placed = place is not None
+        if path != "/" and path.endswith("/") and _routed(scope, path.rstrip("/")):
+            return await _relative_redirect(scope, path)(scope, receive, send)
+        try:
+            await self._guarded(scope, receive, send, request)
+        finally:
+            if place is not None and self.places is not None:
+                self.places.leave(place)
+
+    async def _guarded(self, scope, receive, send, request: Request) -> None:
         started = time.perf_counter()
         response_started = False
 

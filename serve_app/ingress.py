@@ -30,6 +30,7 @@ from classifiers.accounts.ratelimit import LeaseLimiter
 from classifiers.accounts.usage import UsageMeter
 from classifiers.catalog.registry import Registry
 from classifiers.embedding.service import EmbeddingsService
+from classifiers.embedding.tokens import load_counters
 from classifiers.embedding.vectors import LabelCache, Vectors
 from classifiers.fewshot.service import FewShotService
 from classifiers.protocol.errors import InvalidInput, MissingApiKey, ServiceError, ServiceUnavailable
@@ -52,10 +53,10 @@ from deployments.classifier_shards import ShardedRepo
 from deployments.config import StateConfig
 from deployments.metrics import IngressMetrics
 from deployments.process import memory
-from serve_app.admission import AdmissionControl
+from serve_app.admission import AdmissionControl, InflightLimits
 from serve_app.config import IngressConfig
 from serve_app.embedders import HandleEmbedder
-from serve_app.http_api import client_ip, make_api, rate_header_sink
+from serve_app.http_api import client_ip, make_api, placed_at_edge, rate_header_sink
 
 logger = logging.getLogger("ray.serve")
 MAX_IDEMPOTENCY_KEY = 255
@@ -127,17 +128,18 @@ class Ingress:
         self._accounts = accounts
         blobs = open_blob_store(state.store_url)
         cache = LabelCache(ingress.label_cache_size, ingress.label_cache_bytes)
-        self.vectors = Vectors(HandleEmbedder(embedders), limits, cache)
+        # Each served model's tokenizer, here: a request is counted (and admitted) before any model work.
+        self.vectors = Vectors(HandleEmbedder(embedders), limits, cache, load_counters([registry.get(n) for n in embedders]))
         self.repo = ShardedRepo(blobs, state, limits, generation=generation)
         self.zeroshot = ZeroShotService(registry=registry, limits=limits, vectors=self.vectors)
         self.fewshot = FewShotService(registry=registry, limits=limits, vectors=self.vectors, repo=self.repo)
         self.embeddings_service = EmbeddingsService(registry=registry, limits=limits, vectors=self.vectors)
         self.gate = accounts_gate(blobs, accounts)
         self.metrics = IngressMetrics()
-        self.admission = AdmissionControl(
-            self.gate, self.metrics, max_inflight=ingress.max_inflight,
-            max_inflight_per_client=ingress.max_inflight_per_client, request_timeout_s=ingress.request_timeout_s,
+        self.places = InflightLimits(
+            self.metrics, max_inflight=ingress.max_inflight, max_inflight_per_client=ingress.max_inflight_per_client
         )
+        self.admission = AdmissionControl(self.gate, self.metrics, self.places, request_timeout_s=ingress.request_timeout_s)
         self._maintenance: asyncio.Task | None = None
         mode = ("keys required" if accounts.require_keys
                 else "ANONYMOUS mode (every caller is one account; --require-keys to change)")
@@ -149,8 +151,10 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         """This replica's app, built by Serve once the constructor has run: its limits, gate and metrics are this
         replica's own, and each route of :data:`ROUTES` calls this replica's method."""
+        cfg = self._ingress
         api = make_api(
-            self._ingress.max_request_bytes, self._ingress.max_inflight_body_bytes, gate=self.gate, metrics=self.metrics
+            cfg.max_request_bytes, cfg.max_inflight_body_bytes, gate=self.gate, metrics=self.metrics, places=self.places,
+            body_timeout_s=cfg.body_timeout_s, min_body_rate=cfg.min_body_bytes_per_s,
         )
         for name, route in ROUTES.items():
             route(api)(getattr(self, name))
@@ -208,12 +212,12 @@ class Ingress:
         model, inputs = self._model_tag(body.model, request), _count(body.input)
         if body.classifier_id is not None:
             return await self.admission.run(
-                principal, "fewshot", lambda t: self.fewshot.classify(body, principal.account_id, max_tokens=t.token_budget),
-                lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request), op="classify", model=model, inputs=inputs,
+                principal, "fewshot", lambda t: self.fewshot.classify(body, principal.account_id, budget=t, tenant=principal.rate_subject),
+                lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request), placed=placed_at_edge(request), op="classify", model=model, inputs=inputs,
             )
         return await self.admission.run(
-            principal, "zeroshot", lambda t: self.zeroshot.classify(body, max_tokens=t.token_budget),
-            lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request), model=model, inputs=inputs,
+            principal, "zeroshot", lambda t: self.zeroshot.classify(body, budget=t, tenant=principal.rate_subject),
+            lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request), placed=placed_at_edge(request), model=model, inputs=inputs,
         )
 
     async def _train(
@@ -226,9 +230,9 @@ class Ingress:
             # abandons (disconnects) after submitting is applied by the shard and paid for, so a retry with the same
             # key (a free replay) gets nothing for free. Failed requests (4xx/5xx, the 409 and 422 of a key in use or
             # reused with another body included: they applied nothing) and replays are refunded.
-            lambda t: self.fewshot.train(body, principal.account_id, update_id=update_id, max_tokens=t.token_budget,
-                                         on_submit=t.done),
-            lambda r: None if r.replayed() else r.usage.total_tokens, rate_headers=rate_header_sink(request),
+            lambda t: self.fewshot.train(body, principal.account_id, update_id=update_id, budget=t, on_submit=t.done,
+                                         tenant=principal.rate_subject),
+            lambda r: None if r.replayed() else r.usage.total_tokens, rate_headers=rate_header_sink(request), placed=placed_at_edge(request),
             model=self._model_tag(body.model, request), inputs=_count(body.input),
             op="create" if body.classifier_id is None else "update",
         )
@@ -254,8 +258,8 @@ class Ingress:
 
     async def _embed(self, body: EmbeddingsRequest, principal: Principal, request: Request | None) -> EmbeddingsResponse:
         return await self.admission.run(
-            principal, "embeddings", lambda t: self.embeddings_service.embed(body, max_tokens=t.token_budget),
-            lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request),
+            principal, "embeddings", lambda t: self.embeddings_service.embed(body, budget=t, tenant=principal.rate_subject),
+            lambda r: r.usage.total_tokens, rate_headers=rate_header_sink(request), placed=placed_at_edge(request),
             model=self._model_tag(body.model, request), inputs=_count(body.input),
         )
 

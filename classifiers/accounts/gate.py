@@ -3,8 +3,9 @@
 Composes :class:`~classifiers.accounts.keys.Authenticator`, :class:`~classifiers.accounts.ratelimit.LeaseLimiter` and
 :class:`~classifiers.accounts.usage.UsageMeter` (each built from explicit dependencies, so tests run the gate in-process
 against the real limiter and ledger). The ingress calls, per request: ``principal`` (401s), ``admit`` (429, 403
-balance) before any model work, then ``Ticket.done(tokens)`` once the response is ready — only successful
-requests are charged. No Ray imports.
+balance: one request), then the service counts the request's tokens and calls ``Ticket.admit_tokens`` (429, 403:
+its tokens reserved) before any model work, then ``Ticket.done(tokens)`` once the response is ready — only
+successful requests are charged. No Ray imports.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from classifiers.accounts.keys import Authenticator, Principal
 from classifiers.accounts.ratelimit import Admission, LeaseLimiter, Mode, RateLimit, Remaining, TierLimits
 from classifiers.accounts.usage import UsageMeter
-from classifiers.protocol.errors import AdminRequired, InsufficientBalance
+from classifiers.protocol.errors import TOKEN_LIMIT, AdminRequired, InsufficientBalance, RateLimited
 
 logger = logging.getLogger("ray.serve")
 
@@ -70,35 +71,98 @@ class AccountsConfig(BaseModel):
 
 @dataclass
 class Ticket:
-    """An admitted request: its token budget for the embedder, and the charge once it succeeded."""
+    """An admitted request: the most tokens it may count, the reservation of its counted tokens before any model
+    work (:meth:`admit_tokens`), and its charge once it succeeded (:meth:`done`) or nothing (:meth:`refund`).
+
+    It is the core's ``TokenBudget`` (``classifiers.embedding.tokens``): the services count a request's tokens up to
+    :attr:`stop_at`, then admit the count, then embed."""
 
     gate: "AccountsGate"
     principal: Principal
     mode: Mode
     admission: Admission | None
-    token_budget: int | None
+    limits: RateLimit
+    balance_left: int | None = None  # of the key's balance when admitted (None: no balance)
 
+    reserved: int = 0  # tokens reserved by admit_tokens, not yet charged or released
     charged: int | None = None
 
+    @property
+    def stop_at(self) -> int | None:
+        """The most tokens this request may count: above its tokens-per-minute limit or the balance left it can
+        never be admitted, so counting stops there (None: no limit applies)."""
+        bounds = [b for b in (self.limits.tpm if self.admission is not None else None, self.balance_left) if b is not None]
+        return min(bounds) if bounds else None
+
+    def over_limit(self, at_least: int) -> RateLimited | InsufficientBalance:
+        """The refusal of a request counted past :attr:`stop_at`. The tokens counted use the token rate limit
+        (never the balance or the usage): counting is work, and a client must not make the service count for free."""
+        if self.admission is not None:
+            self.admission.charge(at_least)
+        if self.balance_left is not None and at_least > self.balance_left and (
+            self.admission is None or self.balance_left < self.limits.tpm
+        ):
+            return InsufficientBalance(
+                f"Insufficient balance: this request counts at least {at_least} tokens and this key has "
+                f"{max(0, self.balance_left)} left. Ask the admin for more, or send a smaller request."
+            )
+        return RateLimited(
+            f"This request counts at least {at_least} tokens, over your limit of {self.limits.tpm} tokens per minute "
+            f"for {self.mode}: split it into smaller requests.", code=TOKEN_LIMIT, retry_after_s=60.0,
+        )
+
+    async def admit_tokens(self, tokens: int) -> None:
+        """Reserve the request's counted tokens before its model work, all or nothing: against the key's balance
+        (what this replica's other requests in flight reserved counts too), then the token rate limit. Raises the
+        refusal; a refused request holds nothing."""
+        stop = self.stop_at
+        if stop is not None and tokens > stop:
+            raise self.over_limit(tokens)
+        subject = self.principal.subject
+        if self.principal.balance is not None:
+            left = await self.gate.meter.balance_left(subject, self.principal.balance)
+            if tokens > left:
+                self.balance_left = left
+                raise self.over_limit(tokens)
+            self.gate.meter.reserve(subject, tokens)
+        try:
+            if self.admission is not None:
+                await self.admission.reserve(tokens)
+        except BaseException:
+            if self.principal.balance is not None:
+                self.gate.meter.release(subject, tokens)
+            raise
+        self.reserved += tokens
+
     def done(self, tokens: int) -> None:
-        """Charge the request: the limiter's token bucket and the usage ledger. Once; never raises."""
+        """Charge the request: the limiter's token bucket (beyond its reservation) and the usage ledger. Once;
+        never raises."""
         if self.charged is not None:
             return
         self.charged = tokens
         if self.admission is not None:
-            self.admission.charge(tokens)
+            self.admission.charge(tokens - self.reserved)
+        self._release()
         self.gate.meter.record(self.principal.subject, self.principal.account_id, self.mode, tokens)
 
     def refund(self) -> None:
-        """Take back a charge made when the work was submitted, once it is certain nothing was applied for it (a
-        refused update) or it was paid before (an idempotent replay)."""
-        if not self.charged:
-            self.charged = None
+        """The request failed, or was paid before (an idempotent replay): take back its charge, made when the work
+        was submitted, or release its reservation, so it costs nothing."""
+        if self.charged is None:
+            if self.admission is not None and self.reserved:
+                self.admission.charge(-self.reserved)
+            self._release()
             return
         if self.admission is not None:
             self.admission.charge(-self.charged)
-        self.gate.meter.refund(self.principal.subject, self.principal.account_id, self.mode, self.charged)
+        if self.charged:
+            self.gate.meter.refund(self.principal.subject, self.principal.account_id, self.mode, self.charged)
         self.charged = None
+
+    def _release(self) -> None:
+        if self.reserved and self.principal.balance is not None:
+            self.gate.meter.release(self.principal.subject, self.reserved)
+        self.reserved = 0
 
     def headers(self) -> dict[str, str]:
         return rate_headers(self.admission.remaining) if self.admission is not None else {}
@@ -126,8 +190,10 @@ class AccountsGate:
             raise AdminRequired("This route needs an admin key (./scripts/keys create --admin).")
 
     async def admit(self, principal: Principal, mode: Mode) -> Ticket:
-        """The balance (cached), then the rate limits; raises InsufficientBalance / RateLimited."""
+        """The balance (cached), then the rate limits: one request, and a token bucket that is not spent. Raises
+        InsufficientBalance / RateLimited. The request's tokens are admitted once counted (Ticket.admit_tokens)."""
         limits = self.config.limits(principal.tier, mode)
+        left = None
         if principal.balance is not None:  # first: a spent key must not use up its account's request budget
             left = await self.meter.balance_left(principal.subject, principal.balance)
             if left <= 0:
@@ -137,7 +203,7 @@ class AccountsGate:
         admission = None
         if self.config.rate_limits:
             admission = await self.limiter.admit(principal.rate_subject, mode, limits)
-        return Ticket(self, principal, mode, admission, limits.tpm if self.config.rate_limits else None)
+        return Ticket(self, principal, mode, admission, limits, balance_left=left)
 
     def refused_headers(self, principal: Principal, mode: Mode) -> dict[str, str]:
         """The Remaining headers for a request refused before it had a ticket (a 429)."""

@@ -14,11 +14,14 @@ back to the bucket once unused for ``lease_ttl_s`` (a replica that stops getting
 trade-off: with ``R`` replicas serving one subject, up to ``R`` slices may be parked on replicas that do not
 need them, so a subject can be refused up to ``R x lease_fraction x limit`` early for at most ``lease_ttl_s``.
 
-**Tokens** are known only after the embedder has tokenised a request. A request is admitted while the subject's
-token bucket is not empty, its exact count is charged afterwards, and a bucket may go into debt by what the
-last admitted request used (later requests wait until it refills): overshoot is bounded by one request's
-tokens per replica. A request whose own count is over the TPM is refused by the embedder before any model work
-(``EmbedRequest.max_total_tokens``).
+**Tokens** are counted before any model work (the ingress tokenises a request first, stopping at the smallest
+limit that applies), then *reserved*: :meth:`LeaseLimiter.reserve` takes the request's whole count from the
+subject's bucket, all or nothing, before the request may run (a slice too small is topped up from the authority
+in one exchange that grants at least what is needed, or nothing). What a request finally uses is settled against
+its reservation (:meth:`Admission.charge` of the difference). A request the bucket cannot hold now is refused
+with the time until it can (``Retry-After``), and the subject's requests in that mode are refused locally, without
+being counted, until then: counting is work too, and a client must not make the service count for free. For the
+same reason a request over the limit itself (it can never be admitted) has what was counted of it debited.
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ class LeaseRequest:
     want: int = 0
     give_back: float = 0.0
     debit: float = 0.0
+    need: int = 0  # grant at least this much, or nothing (a request's reservation is all or nothing)
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,10 @@ class BudgetAuthority:
             b.refill(now)
             b.level = min(b.capacity, b.level + r.give_back) - r.debit
             granted = max(0, min(r.want, math.floor(b.level))) if r.want > 0 else 0
+            if granted < r.need:
+                granted = 0
             b.level -= granted
-            retry = b.wait_for(1.0) if granted < r.want else 0.0
+            retry = b.wait_for(float(max(1, r.need))) if granted < r.want else 0.0
             out.append(Grant(granted=granted, level=b.level, retry_after_s=retry))
         return out
 
@@ -179,7 +185,13 @@ class Admission:
     remaining: Remaining = field(default=Remaining(0, 0))
 
     def charge(self, tokens: int) -> Remaining:
+        """Tokens used beyond what was reserved (negative: given back), settled with the authority later."""
         self.remaining = self.limiter.charge(self.subject, self.mode, self.limits, tokens)
+        return self.remaining
+
+    async def reserve(self, tokens: int) -> Remaining:
+        """Take the request's counted tokens from the budget now, all or nothing (RateLimited: not now)."""
+        self.remaining = await self.limiter.reserve(self.subject, self.mode, self.limits, tokens)
         return self.remaining
 
 
@@ -213,7 +225,7 @@ class LeaseLimiter:
         lease.used_at = now
         if lease.requests < 1 and now < lease.requests_retry_at:
             raise self._refuse(REQUEST_LIMIT, limits.rpm, "requests", mode, lease.requests_retry_at - now)
-        if lease.tokens <= 0 and now < lease.tokens_retry_at:
+        if now < lease.tokens_retry_at:  # the bucket was empty, or too low for the last request counted
             raise self._refuse(TOKEN_LIMIT, limits.tpm, "tokens", mode, lease.tokens_retry_at - now)
         if lease.requests < 1 or lease.tokens <= 0:
             await self._refill(subject, mode, lease, limits)
@@ -225,11 +237,43 @@ class LeaseLimiter:
         lease.requests -= 1
         return Admission(self, subject, mode, limits, self._remaining(lease))
 
-    def _refuse(self, code: str, limit: int, unit: str, mode: Mode, wait_s: float) -> RateLimited:
+    async def reserve(self, subject: str, mode: Mode, limits: RateLimit, tokens: int) -> Remaining:
+        """Take ``tokens`` from an admitted request's token budget before its model work: from this replica's slice,
+        topped up from the authority when the slice is short (one exchange granting at least the shortfall, or
+        nothing). Refused (RateLimited, TOKEN_LIMIT) when the bucket cannot hold them now; the subject's requests in
+        this mode are then refused locally until the bucket can (so a too-large request is counted once per
+        ``Retry-After``, not once per retry)."""
+        lease = self._leases.get((subject, mode))
+        if lease is None:
+            lease = self._leases[(subject, mode)] = _Lease(limits=limits)
+        if lease.tokens < tokens:
+            need = math.ceil(tokens - lease.tokens)
+            ask = LeaseRequest(subject, mode, "tokens", limits.tpm, want=need + self._slice(limits.tpm), need=need)
+            lease.refilling = True
+            try:
+                (grant,) = await self.source.exchange([ask])
+            finally:
+                lease.refilling = False
+            now = self._clock()
+            lease.level_tokens = grant.level
+            lease.used_at = now
+            if grant.granted < need:
+                lease.tokens_retry_at = now + grant.retry_after_s
+                raise self._refuse(
+                    TOKEN_LIMIT, limits.tpm, "tokens", mode, grant.retry_after_s,
+                    detail=f" This request counts {tokens} tokens; they are available in about "
+                    f"{max(1, math.ceil(grant.retry_after_s))} s.",
+                )
+            lease.tokens += grant.granted
+            lease.tokens_retry_at = 0.0
+        lease.tokens -= tokens
+        return self._remaining(lease)
+
+    def _refuse(self, code: str, limit: int, unit: str, mode: Mode, wait_s: float, detail: str = "") -> RateLimited:
         self.refused[code] += 1
         what = "Request" if unit == "requests" else "Token"
         return RateLimited(
-            f"{what} rate limit exceeded: {limit} {unit} per minute for {mode}. Retry later.",
+            f"{what} rate limit exceeded: {limit} {unit} per minute for {mode}. Retry later.{detail}",
             code=code, retry_after_s=max(1.0, wait_s),
         )
 

@@ -164,6 +164,7 @@ class UsageMeter:
         self._clock = clock
         self._pending: dict[tuple[str, str, Mode], list[int]] = {}  # (subject, account, mode) -> [tokens, requests]
         self._spent: dict[str, tuple[int, float]] = {}  # the ledger's totals as last seen, and when
+        self._reserved: dict[str, int] = {}  # subject -> tokens of its admitted requests not yet charged or released
         self.failed_flushes = 0
         self.sender = uuid.uuid4().hex  # this meter's name in the ledger's applied marks
         self._seq = 0
@@ -195,8 +196,23 @@ class UsageMeter:
         slot[0] -= tokens
         slot[1] -= 1
 
+    def reserve(self, subject: str, tokens: int) -> None:
+        """Hold an admitted request's counted tokens against the balance until it is charged or fails (in memory
+        only): concurrent requests of one key on this replica can then never spend more than its balance."""
+        self._reserved[subject] = self._reserved.get(subject, 0) + tokens
+
+    def release(self, subject: str, tokens: int) -> None:
+        """Let go of a reservation (the request was charged, or failed)."""
+        left = self._reserved.get(subject, 0) - tokens
+        if left > 0:
+            self._reserved[subject] = left
+        else:
+            self._reserved.pop(subject, None)
+
     def pending_tokens(self, subject: str) -> int:
-        return sum(tokens for s, _, tokens, _ in self._not_acknowledged() if s == subject)
+        """Tokens this replica holds against a subject's balance: charged and not yet acknowledged by the ledger,
+        and reserved by its requests in flight."""
+        return sum(tokens for s, _, tokens, _ in self._not_acknowledged() if s == subject) + self._reserved.get(subject, 0)
 
     def _not_acknowledged(self):
         """(subject, mode, tokens, requests) this meter holds: pending, and a sent batch whose answer it has not seen
@@ -208,7 +224,7 @@ class UsageMeter:
 
     async def balance_left(self, subject: str, balance: int) -> int:
         """Tokens left of a balance: the ledger's total as last seen (re-read after ``spent_ttl_s``, so other
-        replicas' usage counts here too) minus what this replica has pending."""
+        replicas' usage counts here too) minus what this replica has pending or reserved."""
         seen = self._spent.get(subject)
         if seen is None or self._clock() - seen[1] >= self.spent_ttl_s:
             try:

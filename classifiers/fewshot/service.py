@@ -18,8 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from classifiers.catalog.registry import Registry
-from classifiers.embedding.vectors import Vectors, over_token_budget
+from classifiers.catalog.registry import ModelSpec, Registry
+from classifiers.embedding.tokens import TokenBudget
+from classifiers.embedding.vectors import Counted, Vectors
 from classifiers.fewshot.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
 from classifiers.protocol.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, classifier_not_found
 from classifiers.protocol.wire import (
@@ -93,77 +94,93 @@ class FewShotService:
             raise InvalidInput(f"classifier {info.classifier_id} uses model {info.model!r}, not {req_model!r}")
 
     async def train(
-        self, req: TrainRequest, caller: str, *, update_id: str | None = None, max_tokens: int | None = None,
-        on_submit: Callable[[int], None] | None = None,
+        self, req: TrainRequest, caller: str, *, update_id: str | None = None, budget: TokenBudget | None = None,
+        on_submit: Callable[[int], None] | None = None, tenant: str = "",
     ) -> TrainingResponse:
         """``update_id``: the client's retry key, bound to this request's :func:`train_fingerprint` (a retry of the
         same request is applied once and answers as the first time; the key with another request is refused,
         IdempotencyKeyReused; while the first is still being applied, IdempotencyKeyInUse);
-        ``max_tokens``: the caller's token budget, counted as input tokens x num_iters; ``on_submit(tokens)`` is
-        called right before the update goes to the repository (where it may be applied even if this call is then
-        cancelled): the moment the caller is charged."""
-        if not 1 <= req.num_iters <= self.limits.max_num_iters:
-            raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
-        declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
-        if req.input == [] and declared:
-            items: list[Item] = []  # declared classes only: a classifier that starts as zero-shot
-            labels: list[str] = []
-        else:
-            items, labels = parse_training_items(
-                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
-                max_label_chars=self.limits.max_label_chars,
-            )
+        ``budget``: what the caller may spend: input tokens x num_iters, counted and admitted before any model work;
+        ``on_submit(tokens)`` is called right before the update goes to the repository (where it may be applied even
+        if this call is then cancelled): the moment the caller is charged."""
+        items, labels, declared = self._checked_examples(req)
         distinct = list(dict.fromkeys(labels + declared))
-        if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
-            raise LabelLimitExceeded(
-                f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
-            )
-        if req.classifier_id is None:
-            if req.model is None:
-                raise InvalidInput("/train needs `model` (to create a classifier) or `classifier_id` (to update one)")
-            spec = self.registry.get(req.model)
-            if len(distinct) < self.limits.min_train_labels:
-                raise InvalidLabels(
-                    f"Invalid training labels. At least {self.limits.min_train_labels} unique labels are required "
-                    f"for training, got {len(distinct)}"
-                )
-        else:
-            info = await self._info(req.classifier_id, caller, write=True)
-            self._check_model(req.model, info)
-            spec = self.registry.get(info.model)
+        spec = await self._train_spec(req, caller, distinct)
         check_modalities(items, spec, self.registry.with_image_support())
-        # Label-name vectors (the learner's prior, and what a declared class is predicted from) by the model's
-        # label recipe; the label cache makes known ones free, and they are not charged.
-        label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct])
-        budget = None if max_tokens is None else max_tokens // req.num_iters
-        if items:
-            (prior, _), (X, tokens) = await asyncio.gather(label_job, self.vectors.inputs(spec, items, max_total_tokens=budget))
-            if budget is not None and tokens > budget:  # images are counted only once fetched
-                raise over_token_budget(tokens * req.num_iters, max_tokens)
-        else:
-            prior, _ = await label_job
-            X, tokens = np.zeros((0, len(next(iter(prior.values())))), np.float32), 0
+        counted = await self.vectors.count(spec, items, budget=budget, multiplier=req.num_iters)
+        X, prior = await self._embed_examples(spec, items, counted, distinct, tenant)
         batch = TrainBatch(
             X=X, y=labels, weight=req.num_iters / DEFAULT_NUM_ITERS, update_id=update_id or uuid.uuid4().hex,
             fingerprint=train_fingerprint(caller, req) if update_id else "",
             label_vectors={lab: prior[humanize(lab)] for lab in distinct},
             declared={lab: prior[humanize(lab)] for lab in declared},
         )
+        tokens = counted.inputs * req.num_iters
         if on_submit is not None:
-            on_submit(tokens * req.num_iters)
+            on_submit(tokens)
         if req.classifier_id is None:
             new = NewClassifier(owner=caller, model=spec.name, access=req.access, dim=int(X.shape[1]), score_scale=spec.score_scale)
             outcome = await self.repo.create(new, batch)
         else:
             outcome = await self.repo.train(req.classifier_id, caller, batch)
         response = TrainingResponse(
-            classifier_id=outcome.classifier_id, num_samples=outcome.num_samples,
-            usage=Usage(total_tokens=tokens * req.num_iters),
+            classifier_id=outcome.classifier_id, num_samples=outcome.num_samples, usage=Usage(total_tokens=tokens),
         )
         response._replayed = outcome.replayed
         return response
 
-    async def classify(self, req: ClassifyRequest, caller: str, *, max_tokens: int | None = None) -> ClassificationResponse:
+    def _checked_examples(self, req: TrainRequest) -> tuple[list[Item], list[str], list[str]]:
+        """The request's examples (items and their labels) and declared classes, checked against the limits."""
+        if not 1 <= req.num_iters <= self.limits.max_num_iters:
+            raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
+        declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
+        items: list[Item] = []
+        labels: list[str] = []
+        if not (req.input == [] and declared):  # declared classes alone: a classifier that starts as zero-shot
+            items, labels = parse_training_items(
+                req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
+                max_label_chars=self.limits.max_label_chars,
+            )
+        distinct = set(labels) | set(declared)
+        if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
+            raise LabelLimitExceeded(
+                f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
+            )
+        return items, labels, declared
+
+    async def _train_spec(self, req: TrainRequest, caller: str, distinct: list[str]) -> ModelSpec:
+        """The model a /train embeds with: the request's, to create a classifier; the classifier's, to update one
+        (which the caller must own)."""
+        if req.classifier_id is not None:
+            info = await self._info(req.classifier_id, caller, write=True)
+            self._check_model(req.model, info)
+            return self.registry.get(info.model)
+        if req.model is None:
+            raise InvalidInput("/train needs `model` (to create a classifier) or `classifier_id` (to update one)")
+        spec = self.registry.get(req.model)
+        if len(distinct) < self.limits.min_train_labels:
+            raise InvalidLabels(
+                f"Invalid training labels. At least {self.limits.min_train_labels} unique labels are required "
+                f"for training, got {len(distinct)}"
+            )
+        return spec
+
+    async def _embed_examples(
+        self, spec: ModelSpec, items: list[Item], counted: Counted, distinct: list[str], tenant: str
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The examples' vectors and the label-name vectors (the learner's prior, and what a declared class is
+        predicted from) by the model's label recipe; the label cache makes known ones free, and they are not
+        charged."""
+        label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct], tenant=tenant)
+        if not items:
+            prior, _ = await label_job
+            return np.zeros((0, len(next(iter(prior.values())))), np.float32), prior
+        (prior, _), (X, _) = await asyncio.gather(label_job, self.vectors.inputs(spec, items, counted, tenant=tenant))
+        return X, prior
+
+    async def classify(
+        self, req: ClassifyRequest, caller: str, *, budget: TokenBudget | None = None, tenant: str = ""
+    ) -> ClassificationResponse:
         if req.labels is not None:
             raise InvalidInput("send either `labels` (zero-shot) or `classifier_id` (few-shot), not both")
         assert req.classifier_id is not None  # the ingress sends only few-shot requests here
@@ -172,9 +189,8 @@ class FewShotService:
         self._check_model(req.model, info)
         spec = self.registry.get(info.model)
         check_modalities(items, spec, self.registry.with_image_support())
-        X, tokens = await self.vectors.inputs(spec, items, max_total_tokens=max_tokens)
-        if max_tokens is not None and tokens > max_tokens:  # images are counted only once fetched
-            raise over_token_budget(tokens, max_tokens)
+        counted = await self.vectors.count(spec, items, budget=budget)
+        X, tokens = await self.vectors.inputs(spec, items, counted, tenant=tenant)
         scores = await self.repo.classify(req.classifier_id, caller, X, oos_spec=spec if req.abstain else None)
         data = build_predictions({None: GroupScores(scores.labels, scores.probs, scores.oos)}, grouped=False, abstain=req.abstain)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))

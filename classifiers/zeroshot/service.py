@@ -5,7 +5,8 @@ Every client-fixable problem raises a typed :mod:`classifiers.protocol.errors` e
 from __future__ import annotations
 
 from classifiers.catalog.registry import Registry
-from classifiers.embedding.vectors import Vectors, over_token_budget
+from classifiers.embedding.tokens import TokenBudget
+from classifiers.embedding.vectors import Vectors
 from classifiers.protocol.errors import InputLimitExceeded, InvalidInput
 from classifiers.protocol.wire import ClassificationResponse, ClassifyRequest, Usage
 from classifiers.request.inputs import check_modalities, parse_inputs
@@ -33,8 +34,11 @@ class ZeroShotService:
         self.limits = limits
         self.vectors = vectors
 
-    async def classify(self, req: ClassifyRequest, *, max_tokens: int | None = None) -> ClassificationResponse:
-        """``max_tokens``: the caller's token budget (its TPM); a request over it is refused (RateLimited)."""
+    async def classify(
+        self, req: ClassifyRequest, *, budget: TokenBudget | None = None, tenant: str = ""
+    ) -> ClassificationResponse:
+        """``budget``: what the caller may spend; the request's input and label tokens are counted and admitted
+        through it before any model work. ``tenant``: whose work this is in the embedders' fair queues."""
         if req.model is None:
             raise InvalidInput("zero-shot classification needs `model` and `labels`")
         spec = self.registry.get(req.model)
@@ -42,10 +46,8 @@ class ZeroShotService:
         check_modalities(items, spec, self.registry.with_image_support())
         label_set = parse_labels(req.labels, self.limits)
         check_response_size(len(items), label_set, self.limits.max_response_bytes)
-        (vectors, input_tokens), (label_vectors, label_tokens) = await self.vectors.inputs_and_labels(
-            spec, items, label_set.unique(), max_total_tokens=max_tokens
-        )
-        if max_tokens is not None and input_tokens + label_tokens > max_tokens:
-            raise over_token_budget(input_tokens + label_tokens, max_tokens)
+        labels = label_set.unique()
+        counted = await self.vectors.count(spec, items, labels=labels, budget=budget)
+        vectors, label_vectors = await self.vectors.inputs_and_labels(spec, items, labels, counted, tenant=tenant)
         data = predictions(vectors, label_set, label_vectors, spec, req.abstain)
-        return ClassificationResponse(data=data, usage=Usage(total_tokens=input_tokens + label_tokens))
+        return ClassificationResponse(data=data, usage=Usage(total_tokens=counted.total))

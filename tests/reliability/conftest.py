@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-SUMMARY: dict = {"counts": Counter(), "rss": {}}
+SUMMARY: dict = {"counts": Counter(), "rss": {}, "measures": {}}
 
 
 class Recorder:
@@ -19,6 +19,10 @@ class Recorder:
 
     def add(self, what: str, n: int = 1) -> None:
         SUMMARY["counts"][what] += n
+
+    def measure(self, what: str, value: str) -> None:
+        """A measured figure the issue asks to state (e.g. the worst wait behind another tenant's request)."""
+        SUMMARY["measures"][what] = value
 
     def rss(self, replica: str, peak_bytes: int, bound_bytes: int) -> None:
         old = SUMMARY["rss"].get(replica)
@@ -38,8 +42,8 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    counts, rss = SUMMARY["counts"], SUMMARY["rss"]
-    if not counts and not rss:
+    counts, rss, measures = SUMMARY["counts"], SUMMARY["rss"], SUMMARY["measures"]
+    if not counts and not rss and not measures:
         return
     tr = terminalreporter
     tr.section("reliability summary")
@@ -48,5 +52,7 @@ def pytest_terminal_summary(terminalreporter):
     for key in sorted(k for k in counts if k not in {"faults injected", "requests sent", "acknowledged writes verified",
                                                     "5xx seen", "fuzz cases tried"}):
         tr.write_line(f"{key:<32} {counts[key]}")
+    for what, value in sorted(measures.items()):
+        tr.write_line(f"{what:<32} {value}")
     for replica, (peak, bound) in sorted(rss.items()):
         tr.write_line(f"peak RSS {replica:<23} {peak / 2**20:8.0f} MiB  (bound {bound / 2**20:.0f} MiB)")

@@ -196,16 +196,21 @@ def test_a_failing_ledger_store_never_fails_a_request(acct, client):
 
 
 def test_balance_refuses_before_work_once_spent(acct, client):
+    """A request is admitted only if its counted tokens fit what is left of the balance: the second of these
+    requests (23 tokens each, 30 in the balance) is refused before any model work, naming its count. With two
+    ingress replicas, the other one sees the spend once it is flushed: at most one request more gets through."""
     _, h = new_key(acct, "prepaid", balance=30)
     body = {"model": MODEL, "input": ["A long enough sentence to spend a fair number of tokens at once."], "labels": ["a", "b"]}
     r = client.post("/v1/classify", headers=h, json=body)
-    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > 0
+    cost = r.json()["usage"]["total_tokens"]
+    assert r.status_code == 200 and 15 < cost <= 30
     deadline = time.time() + 10
     while time.time() < deadline:  # the other replica sees the spend after a flush
         r = client.post("/v1/classify", headers=h, json=body)
         if r.status_code == 403:
             break
     assert r.status_code == 403 and r.json()["code"] == "AUTHZ_INSUFFICIENT_BALANCE", r.text
+    assert f"at least {cost} tokens" in r.json()["detail"]
     from serve_app.client import Client
 
     with Client(acct[0], api_key=h["Authorization"].split()[1]) as c:
@@ -304,11 +309,18 @@ def test_rpm_holds_across_two_ingress_replicas(acct, client):
 
 
 def test_a_request_over_the_tpm_is_refused_whole(acct, client):
+    """Counted past the tokens per minute, a request is refused whole, before any model work; what was counted
+    used the minute's budget (counting is work: a client cannot make the service count for free), so the key's
+    next request waits for the refill its Retry-After names, and is served then."""
     _, h = new_key(acct, "small-tpm", tier="few-tokens")  # 40 tokens per minute
     r = client.post("/v1/classify", headers=h, json={"model": MODEL, "input": ["word " * 60], "labels": ["a", "b"]})
     assert r.status_code == 429 and r.json()["code"] == "RATE_TOKEN_LIMIT_EXCEEDED", r.text
-    assert "split" in r.json()["detail"]
-    r = client.post("/v1/classify", headers=h, json={"model": MODEL, "input": ["short"], "labels": ["a", "b"]})
+    assert "split" in r.json()["detail"] and "at least 4" in r.json()["detail"]
+    short = {"model": MODEL, "input": ["short"], "labels": ["a", "b"]}
+    r = client.post("/v1/classify", headers=h, json=short)
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 20, r.text
+    time.sleep(int(r.headers["Retry-After"]))
+    r = client.post("/v1/classify", headers=h, json=short)
     assert r.status_code == 200, r.text
 
 

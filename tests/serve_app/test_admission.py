@@ -19,7 +19,7 @@ from classifiers.protocol.errors import (
 )
 from classifiers.storage.store import LocalDirStore
 from deployments.metrics import IngressMetrics
-from serve_app.admission import AdmissionControl
+from serve_app.admission import AdmissionControl, InflightLimits
 
 
 class Setup:
@@ -30,10 +30,9 @@ class Setup:
             AccountsConfig(require_keys=True, **accounts), auth=Authenticator(self.store, require_keys=True),
             limiter=LeaseLimiter(BudgetAuthority()), meter=UsageMeter(self.ledger),
         )
-        self.admission = AdmissionControl(
-            self.gate, IngressMetrics(), max_inflight=max_inflight, max_inflight_per_client=max_inflight_per_client,
-            request_timeout_s=request_timeout_s,
-        )
+        metrics = IngressMetrics()
+        places = InflightLimits(metrics, max_inflight=max_inflight, max_inflight_per_client=max_inflight_per_client)
+        self.admission = AdmissionControl(self.gate, metrics, places, request_timeout_s=request_timeout_s)
         self.headers: list[dict[str, str]] = []
 
     async def principal(self, name: str, **key) -> tuple[Principal, str]:
@@ -66,11 +65,11 @@ def test_a_success_is_charged_what_it_used_and_gets_its_rate_headers(tmp_path):
         budgets = []
 
         async def work(ticket):
-            budgets.append(ticket.token_budget)
+            budgets.append(ticket.stop_at)
             return 42
 
         assert await s.run(p, work) == 42
-        assert budgets == [500_000]  # the tier's tokens per minute bound the embedder's work
+        assert budgets == [500_000]  # the tier's tokens per minute: where counting the request stops
         assert await s.spent(key_id) == 42
         assert s.headers and "X-RateLimit-Remaining-Requests" in s.headers[-1]
         assert s.admission.inflight == 0 and s.admission.shed == {"overloaded": 0, "client_concurrency": 0, "timeouts": 0}

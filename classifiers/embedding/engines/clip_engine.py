@@ -35,15 +35,33 @@ from classifiers.embedding.engines.base import (
     Encoder,
     Role,
     TorchThreads,
+    WindowedTokenizer,
     default_max_batch_tokens,
+    fast_tokenizer_parts,
     l2_normalize,
+    local_model_dir,
     plan_batches,
     pool_windows,
+    read_json,
     special_wrapping,
     split_windows,
     torch_dtype,
-    windowed_token_counts,
 )
+
+CLIP_TEXT_POSITIONS = 77  # transformers' CLIPTextConfig default max_position_embeddings
+
+
+def load_counter(spec: ModelSpec) -> WindowedTokenizer | None:
+    """The ingress's counter for a transformers CLIP model: its ``tokenizer.json`` and ``config.json`` by the
+    engine's rules (the text window, special ids dropped from content), no weights. None without the files here."""
+    path = local_model_dir(spec)
+    parts = fast_tokenizer_parts(path) if path else None
+    if path is None or parts is None:
+        return None
+    positions = read_json(path, "config.json").get("text_config", {}).get("max_position_embeddings", CLIP_TEXT_POSITIONS)
+    return WindowedTokenizer(
+        spec, parts.encode_batch, parts.head, parts.tail, min(spec.max_tokens, int(positions)), drop=parts.special
+    )
 
 
 def _torch_setup(num_threads: int | None, device: str | None):
@@ -108,10 +126,7 @@ class CLIPEncoder(TorchThreads, Encoder):
         text_cfg = config.text_config
         self.window = min(spec.max_tokens, int(text_cfg.max_position_embeddings))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves
-        self._head, self._tail = special_wrapping(self.tokenizer)
-        self._specials = len(self._head) + len(self._tail)
-        if self.window <= self._specials:
-            raise ValueError(f"model {spec.name!r}: window {self.window} leaves no room for content tokens")
+        self._head, self._tail = special_wrapping(lambda t, sp: self.tokenizer(t, add_special_tokens=sp)["input_ids"])
         eos = getattr(text_cfg, "eos_token_id", None)
         if eos not in (None, 2) and eos not in self._tail:
             # CLIP pools at the first eos_token_id; a tokenizer that does not end with it would pool garbage.
@@ -119,24 +134,25 @@ class CLIPEncoder(TorchThreads, Encoder):
                 f"model {spec.name!r}: the tokenizer ends texts with {self._tail}, but the model pools at "
                 f"eos_token_id={eos}; tokenizer and model config do not match"
             )
-        self._drop = set(self.tokenizer.all_special_ids)  # a special token inside content would move the pooling
+        # A special token inside content would move the pooling: dropped from content.
+        self.tokens = WindowedTokenizer(
+            spec, self._encode_content, self._head, self._tail, self.window, drop=frozenset(self.tokenizer.all_special_ids)
+        )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self._tail or [0])[-1]
         self.dim = int(config.projection_dim)
         if spec.dim is not None and spec.dim != self.dim:
             raise ValueError(f"model {spec.name!r}: registry says dim={spec.dim}, the checkpoint has {self.dim}")
 
-    def _content_ids(self, texts: list[str], role: Role) -> list[list[int]]:
-        pfx = self.prefix(role)
-        enc = self.tokenizer([pfx + t for t in texts], add_special_tokens=False, truncation=False)
-        return [[i for i in ids if i not in self._drop] for ids in enc["input_ids"]]
+    def _encode_content(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
-        return windowed_token_counts(self._content_ids(texts, role), self.window, self._specials)
+        return self.tokens.count_tokens(texts, role)
 
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        windows, owner = split_windows(self._content_ids(texts, role), self._head, self._tail, self.window)
+        windows, owner = split_windows(self.tokens.content_ids(texts, role), self._head, self._tail, self.window)
         vecs = l2_normalize(self._embed_windows(windows))
         if len(windows) == len(texts):  # the common case: one window per text
             return vecs

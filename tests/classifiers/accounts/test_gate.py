@@ -5,26 +5,13 @@ import asyncio
 
 import pytest
 
-from classifiers.accounts.gate import AccountsConfig, AccountsGate
-from classifiers.accounts.keys import AccountStore, Authenticator
-from classifiers.accounts.ratelimit import BudgetAuthority, LeaseLimiter
-from classifiers.accounts.usage import UsageLedger, UsageMeter
+from classifiers.accounts.gate import AccountsConfig
 from classifiers.protocol.errors import AdminRequired, InsufficientBalance, RateLimited
-from classifiers.storage.store import LocalDirStore
+from tests.accounts_fixture import make_gate
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def make_gate(tmp_path, **cfg):
-    store = AccountStore(LocalDirStore(tmp_path))
-    config = AccountsConfig(require_keys=True, **cfg)
-    ledger = UsageLedger(store)
-    gate = AccountsGate(
-        config, auth=Authenticator(store, require_keys=True), limiter=LeaseLimiter(BudgetAuthority()), meter=UsageMeter(ledger)
-    )
-    return gate, store, ledger
 
 
 def test_balance_is_checked_before_work_and_only_successes_are_charged(tmp_path):
@@ -32,7 +19,7 @@ def test_balance_is_checked_before_work_and_only_successes_are_charged(tmp_path)
     rec, key = store.create_key("alice", balance=100)
     p = run(gate.principal(f"Bearer {key}", None))
     ticket = run(gate.admit(p, "zeroshot"))
-    assert ticket.token_budget == 500_000
+    assert ticket.stop_at == 100  # the balance left, below the 500k tokens per minute
     run(gate.admit(p, "zeroshot"))  # admitted, then failed: never charged
     ticket.done(60)
     run(gate.admit(p, "zeroshot")).done(40)
@@ -78,3 +65,45 @@ def test_a_refund_takes_the_charge_back_and_a_spent_key_does_not_use_its_account
     run(gate.meter.flush())
     assert run(ledger.spent([rec.key_id])) == {rec.key_id: 60}
     assert run(ledger.usage(rec.key_id))["requests"] == 1
+
+
+def test_counted_tokens_are_reserved_so_concurrent_requests_never_overspend_a_balance(tmp_path):
+    """One replica, one key with 100 tokens: requests admitted together reserve their counts before any model
+    work, so the third of three 40-token requests in flight is refused; what a success used is charged once and a
+    failure's reservation goes back."""
+    gate, store, ledger = make_gate(tmp_path)
+    rec, key = store.create_key("alice", balance=100)
+    p = run(gate.principal(f"Bearer {key}", None))
+    a, b, c = (run(gate.admit(p, "zeroshot")) for _ in range(3))
+    run(a.admit_tokens(40))
+    run(b.admit_tokens(40))
+    with pytest.raises(InsufficientBalance) as info:
+        run(c.admit_tokens(40))
+    assert "at least 40 tokens" in info.value.detail and "20 left" in info.value.detail
+    b.refund()  # b failed: its 40 are free again
+    c = run(gate.admit(p, "zeroshot"))
+    run(c.admit_tokens(40))
+    a.done(40)
+    c.done(40)
+    run(gate.meter.flush())
+    assert run(ledger.spent([rec.key_id])) == {rec.key_id: 80}
+    d = run(gate.admit(p, "zeroshot"))
+    with pytest.raises(InsufficientBalance):
+        run(d.admit_tokens(21))
+
+
+def test_a_count_over_the_token_limit_is_refused_and_what_was_counted_uses_the_bucket(tmp_path):
+    """A request counted past its tokens-per-minute limit can never be admitted: 429 naming its count as a lower
+    bound, and the counted tokens are debited from the bucket (the next request waits for the refill), so sending
+    oversized requests cannot make the service count for free."""
+    gate, store, _ = make_gate(tmp_path, tiers={"default": {"zeroshot": {"rpm": 100, "tpm": 600}}})
+    _, key = store.create_key("bob")
+    p = run(gate.principal(f"Bearer {key}", None))
+    t = run(gate.admit(p, "zeroshot"))
+    assert t.stop_at == 600
+    refusal = t.over_limit(601)
+    assert isinstance(refusal, RateLimited) and refusal.code == "RATE_TOKEN_LIMIT_EXCEEDED"
+    assert "at least 601 tokens" in refusal.detail and "split it" in refusal.detail
+    with pytest.raises(RateLimited) as info:
+        run(gate.admit(p, "zeroshot"))  # the bucket is in debt now: refused before any counting
+    assert info.value.code == "RATE_TOKEN_LIMIT_EXCEEDED"

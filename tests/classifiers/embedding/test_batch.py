@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from classifiers.embedding.batch import BatchStats, EmbedRequest, ModelTurns, embed_batch
+from classifiers.embedding.batch import BatchStats, CountRequest, EmbedRequest, FairTurns, count_in_slices, embed_batch
 
 
 def test_an_over_long_text_fails_only_its_own_request(encoders):
@@ -30,26 +30,25 @@ def test_batch_stats_histogram():
     assert snap["max_requests_in_batch"] == 2 and snap["requests_per_batch_histogram"] == {"1": 1, "2": 1}
 
 
-def test_a_request_over_its_token_budget_is_refused_after_tokenising_before_the_model(encoders):
+def test_counting_in_the_replica_stops_at_the_limit_and_at_a_text_over_the_per_text_limit(encoders):
+    """The replica's count (for models the ingress has no tokenizer of): exact per text, and it stops once the
+    total passes stop_at (the request cannot be admitted) or at the first text over max_tokens."""
     enc = encoders["all-MiniLM-L6-v2"]
-    calls = []
-    original = enc.encode
-    enc.encode = lambda texts, role: calls.append(list(texts)) or original(texts, role)
-    try:
-        texts = ["one two three four five six", "seven eight"]
-        exact = sum(enc.count_tokens(texts, "input"))
-        over, fits = embed_batch(enc, [EmbedRequest(texts, max_total_tokens=exact - 1), EmbedRequest(texts, max_total_tokens=exact)])
-    finally:
-        enc.encode = original
-    assert over.over_budget and over.vectors is None and sum(over.tokens) == exact
-    assert not fits.over_budget and fits.vectors.shape[0] == 2
-    assert calls == [texts]  # the model saw only the request that fits
+    texts = [f"text number {i} about the weather" for i in range(300)]
+    exact = enc.count_tokens(texts, "input")
+    whole = asyncio.run(count_in_slices(enc, CountRequest(texts, "input", 50)))
+    assert whole.complete and whole.tokens == exact and whole.too_long is None
+    stopped = asyncio.run(count_in_slices(enc, CountRequest(texts, "input", 50, stop_at=100)))
+    assert not stopped.complete and stopped.total > 100 and sum(exact[: len(stopped.tokens) - 1]) <= 100
+    assert len(stopped.tokens) < 64  # the slices after the one that crossed the limit were never counted
+    long = asyncio.run(count_in_slices(enc, CountRequest(["short", "word " * 100, "never"], "input", 50)))
+    assert long.too_long == 1 and len(long.tokens) == 2 and long.tokens[1] > 50
 
 
 class _Batcher:
     """How ``@serve.batch`` with no timer behaves (ray/serve/batching.py): a loop task closes a batch as soon as its
     first request is queued, taking whatever else is queued at that moment, and only then waits for the model
-    (one call at a time). The stand-in is for Serve's batcher; the thing under test is ModelTurns."""
+    (one call at a time). The stand-in is for Serve's batcher; the thing under test is FairTurns."""
 
     def __init__(self, call_s: float):
         self.call_s = call_s
@@ -86,7 +85,7 @@ class _Batcher:
 
 def test_requests_arriving_during_a_model_call_form_the_next_batch_together():
     async def main():
-        turns, batcher = ModelTurns(), _Batcher(0.05)
+        turns, batcher = FairTurns(max_tokens=2048, max_requests=32), _Batcher(0.05)
 
         async def request(name: str, delay: float) -> str:
             await asyncio.sleep(delay)
@@ -125,7 +124,7 @@ def test_without_turns_the_same_arrivals_make_more_smaller_batches():
 
 def test_a_failed_or_cancelled_request_does_not_keep_the_door_shut():
     async def main():
-        turns = ModelTurns()
+        turns = FairTurns(max_tokens=2048, max_requests=32)
         with pytest.raises(RuntimeError):
             async with turns.turn():
                 raise RuntimeError("model failed")
@@ -150,6 +149,79 @@ def test_a_failed_or_cancelled_request_does_not_keep_the_door_shut():
     asyncio.run(main())
 
 
-async def _enter(turns: ModelTurns) -> str:
+async def _enter(turns: FairTurns) -> str:
     async with turns.turn():
         return "in"
+
+
+def test_a_big_tenants_chunks_never_hold_a_small_request_behind_them():
+    """Tenant A's big request arrives as chunks of 2048 tokens, queued before tenant B's one-input request; the
+    call running when B arrived finishes, then B goes in the very next group (alone, since A's next chunk does not
+    fit the group's token budget with it), not behind A's queued chunks."""
+    async def main():
+        turns, batcher = FairTurns(max_tokens=2048, max_requests=32), _Batcher(0.05)
+
+        async def request(name: str, tenant: str, cost: int, delay: float) -> str:
+            await asyncio.sleep(delay)
+            async with turns.turn(tenant, cost):
+                return await batcher.submit(name)
+
+        await asyncio.gather(*(request(f"a{i}", "A", 2048, 0.001 * i) for i in range(4)), request("b", "B", 12, 0.01))
+        assert batcher.batches == [["a0"], ["b"], ["a1"], ["a2"], ["a3"]]
+        assert turns.inside == 0 and turns.waiting == 0
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_groups_keep_to_the_token_and_request_budgets_and_share_between_tenants():
+    """While a call runs, A queues six 500-token requests and B and C two each; the groups that follow hold at most
+    2048 tokens (and 3 requests here), and alternate between the tenants by tokens served (start-time fair
+    queueing) instead of serving A's backlog first."""
+    async def main():
+        turns, batcher = FairTurns(max_tokens=2048, max_requests=3), _Batcher(0.02)
+
+        async def request(name: str, tenant: str, delay: float) -> str:
+            await asyncio.sleep(delay)
+            async with turns.turn(tenant, 500):
+                return await batcher.submit(name)
+
+        first = asyncio.ensure_future(request("x", "X", 0))
+        await asyncio.sleep(0.005)  # x is at the model: everyone below waits, in this arrival order
+        names = [(f"a{i}", "A") for i in range(6)] + [(f"b{i}", "B") for i in range(2)] + [(f"c{i}", "C") for i in range(2)]
+        await asyncio.gather(first, *(request(n, t, 0) for n, t in names))
+        groups = batcher.batches[1:]
+        assert all(len(g) <= 3 for g in groups) and sum(len(g) for g in groups) == 10
+        assert groups[0] == ["a0", "b0", "c0"] and groups[1] == ["a1", "b1", "c1"]  # one each, round by round
+        assert [n for g in groups[2:] for n in g] == ["a2", "a3", "a4", "a5"]
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_before_its_turn_leaves_no_trace():
+    async def main():
+        turns = FairTurns(max_tokens=100, max_requests=8)
+        entered = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder():
+            async with turns.turn("A", 10):
+                entered.set()
+                await release.wait()
+
+        task = asyncio.ensure_future(holder())
+        await entered.wait()
+        cancelled = asyncio.ensure_future(_enter(turns))
+        kept = asyncio.ensure_future(_enter(turns))
+        await asyncio.sleep(0.01)
+        assert turns.waiting == 2
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert turns.waiting == 1
+        release.set()
+        await task
+        assert await asyncio.wait_for(kept, 1) == "in"
+        assert turns.inside == 0 and turns.waiting == 0
+
+    asyncio.run(main())

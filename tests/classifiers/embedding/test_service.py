@@ -12,6 +12,7 @@ from classifiers.embedding.vectors import LabelCache, Vectors
 from classifiers.protocol.errors import InvalidInput, RateLimited, UnsupportedModality
 from classifiers.protocol.wire import EmbeddingsRequest
 from classifiers.request.limits import Limits
+from tests.accounts_fixture import ticket
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -25,8 +26,8 @@ def service(encoders):
     )
 
 
-def embed(service, **kw):
-    return asyncio.run(service.embed(EmbeddingsRequest(**kw), max_tokens=kw.pop("_budget", None)))
+def embed(service, budget=None, **kw):
+    return asyncio.run(service.embed(EmbeddingsRequest(**kw), budget=budget))
 
 
 def test_the_vectors_are_the_models_and_usage_its_tokens(service, encoders):
@@ -59,8 +60,10 @@ def test_dimensions_only_where_the_model_supports_truncation(service):
     assert np.allclose(v, [[0.6, 0.8]])
 
 
-def test_refusals_before_model_work(service):
+def test_refusals_before_model_work(service, tmp_path):
     with pytest.raises(UnsupportedModality):
         embed(service, model=MODEL, input=[{"image": "https://example.com/a.png"}])
     with pytest.raises(RateLimited):
-        embed(service, model=MODEL, input=["word " * 50], _budget=10)
+        embed(service, budget=ticket(tmp_path, "embeddings", tpm=10), model=MODEL, input=["word " * 50])
+    with pytest.raises(InvalidInput, match="Matryoshka"):  # known from the registry: refused before counting
+        embed(service, budget=ticket(tmp_path / "b", "embeddings", tpm=10), model=MODEL, input=["word " * 50], dimensions=64)

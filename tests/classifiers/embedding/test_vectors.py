@@ -8,10 +8,11 @@ import pytest
 
 from classifiers.catalog.registry import build_registry
 from classifiers.embedding.batch import LocalEmbedder
-from classifiers.embedding.vectors import CHUNK_CHARS, LabelCache, Vectors, chunk_spans, entry_bytes
-from classifiers.protocol.errors import InputTooLong, RateLimited
+from classifiers.embedding.vectors import CHUNK_TOKENS, LabelCache, Vectors, chunk_spans, entry_bytes
+from classifiers.protocol.errors import InputTooLong, InsufficientBalance, RateLimited
 from classifiers.request.inputs import Item
 from classifiers.request.limits import Limits
+from tests.accounts_fixture import make_gate
 
 
 def vec(dim: int = 384) -> np.ndarray:
@@ -62,10 +63,11 @@ class RecordingEmbedder(LocalEmbedder):
 
     def __init__(self, encoders):
         super().__init__(encoders)
-        self.sizes, self.in_flight, self.max_in_flight = [], 0, 0
+        self.sizes, self.costs, self.in_flight, self.max_in_flight = [], [], 0, 0
 
     async def embed(self, model, request):
         self.sizes.append(len(request.texts))
+        self.costs.append(request.cost)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -75,11 +77,11 @@ class RecordingEmbedder(LocalEmbedder):
             self.in_flight -= 1
 
 
-def test_chunk_spans_bound_texts_and_characters():
-    assert chunk_spans(["a"] * 70) == [(0, 32), (32, 64), (64, 70)]
-    big = ["x" * (CHUNK_CHARS // 2 + 1)] * 3
+def test_chunk_spans_bound_texts_and_tokens():
+    assert chunk_spans([1] * 70) == [(0, 32), (32, 64), (64, 70)]
+    big = [CHUNK_TOKENS // 2 + 1] * 3
     assert chunk_spans(big) == [(0, 1), (1, 2), (2, 3)]
-    assert chunk_spans(["y" * (CHUNK_CHARS * 2)]) == [(0, 1)]  # one text longer than a chunk is its own chunk
+    assert chunk_spans([CHUNK_TOKENS * 2]) == [(0, 1)]  # one text longer than a chunk is its own chunk
 
 
 def test_a_large_request_is_embedded_in_chunks_with_the_same_vectors(encoders):
@@ -88,19 +90,85 @@ def test_a_large_request_is_embedded_in_chunks_with_the_same_vectors(encoders):
     texts = [f"sentence number {i} about the weather" for i in range(100)]
     X, tokens = asyncio.run(Vectors(emb, Limits(), LabelCache(10)).inputs(spec, [Item("text", t) for t in texts]))
     assert emb.sizes == [32, 32, 32, 4] and emb.max_in_flight <= 2
+    assert emb.costs == [sum(encoders[spec.name].count_tokens(texts[i:i + 32], "input")) for i in (0, 32, 64, 96)]
     direct = encoders[spec.name].encode(texts, "input")
     assert np.allclose(X, direct, atol=1e-5) and tokens == sum(encoders[spec.name].count_tokens(texts, "input"))
 
 
-def test_chunked_errors_name_the_request_position_and_the_budget_counts_every_chunk(encoders):
+def test_an_input_over_the_per_input_limit_is_refused_while_counting_before_any_model_call(encoders):
     spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
-    vectors = Vectors(LocalEmbedder(encoders), Limits(max_input_tokens=20), LabelCache(10))
+    emb = RecordingEmbedder(encoders)
+    vectors = Vectors(emb, Limits(max_input_tokens=20), LabelCache(10))
     texts = ["short text"] * 40
     texts[37] = "word " * 30
     with pytest.raises(InputTooLong, match=r"input\[37\]"):
         asyncio.run(vectors.inputs(spec, [Item("text", t) for t in texts]))
-    per = encoders[spec.name].count_tokens(["short text"], "input")[0]
-    ok = [Item("text", "short text")] * 40
-    with pytest.raises(RateLimited):
-        asyncio.run(vectors.inputs(spec, ok, max_total_tokens=per * 40 - 1))
-    assert asyncio.run(vectors.inputs(spec, ok, max_total_tokens=per * 40))[1] == per * 40
+    assert emb.sizes == []
+
+
+@pytest.mark.parametrize("where", ["here", "in the embedder"])
+def test_a_request_over_its_token_limit_is_refused_after_counting_to_the_limit_with_no_model_call(encoders, tmp_path, where):
+    """Count, then admit, then work: 1,500 texts against a 1,000 tokens-per-minute limit are counted only until the
+    total passes it (a lower bound, "at least N"), refused, and never reach the model; a request that fits is
+    admitted on its exact count. The same whether this process has the tokenizer or the embedder counts."""
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    enc = encoders[spec.name]
+    gate, store, _ = make_gate(tmp_path, tiers={"default": {"zeroshot": {"rpm": 100, "tpm": 1000}}})
+    principal = asyncio.run(gate.principal(f"Bearer {store.create_key('a')[1]}", None))
+    emb = RecordingEmbedder(encoders)
+    vectors = Vectors(emb, Limits(), LabelCache(10), counters={spec.name: enc} if where == "here" else {})
+    texts = [f"sentence number {i} about the weather" for i in range(1500)]
+    ticket = asyncio.run(gate.admit(principal, "zeroshot"))
+    with pytest.raises(RateLimited) as info:
+        asyncio.run(vectors.count(spec, [Item("text", t) for t in texts], budget=ticket))
+    counted = int(info.value.detail.split("at least ")[1].split()[0])
+    exact = enc.count_tokens(texts, "input")
+    assert 1000 < counted < 1000 + max(exact) + 1 and counted < sum(exact) / 5 and emb.sizes == []
+
+    gate2, store2, _ = make_gate(tmp_path / "b", tiers={"default": {"zeroshot": {"rpm": 100, "tpm": 10**6}}})
+    ticket = asyncio.run(gate2.admit(asyncio.run(gate2.principal(f"Bearer {store2.create_key('b')[1]}", None)), "zeroshot"))
+    result = asyncio.run(vectors.count(spec, [Item("text", t) for t in texts[:40]], budget=ticket))
+    assert result.text_tokens == exact[:40] and ticket.reserved == sum(exact[:40]) and emb.sizes == []
+
+
+def test_a_balance_stops_counting_and_is_never_overspent(encoders, tmp_path):
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    enc = encoders[spec.name]
+    gate, store, _ = make_gate(tmp_path)
+    principal = asyncio.run(gate.principal(f"Bearer {store.create_key('c', balance=100)[1]}", None))
+    vectors = Vectors(LocalEmbedder(encoders), Limits(), LabelCache(10), counters={spec.name: enc})
+    item = [Item("text", "one two three four five six seven eight nine ten")]
+    per = enc.count_tokens([item[0].value], "input")[0]
+    admitted = 0
+    with pytest.raises(InsufficientBalance):
+        for _ in range(100):
+            asyncio.run(vectors.count(spec, item, budget=asyncio.run(gate.admit(principal, "zeroshot"))))
+            admitted += 1  # reserved and never released here: as if every request were still running
+    assert admitted == 100 // per
+
+
+def test_inputs_and_labels_embed_missing_labels_alongside_and_cached_ones_without_a_call(encoders):
+    """A request's inputs and labels: new labels are embedded together with the inputs (two calls, concurrently);
+    once cached, only the inputs are (one call); vectors and counts are those of inputs() and labels() called
+    apart, and a label counts the tokens of its first template text."""
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    emb = RecordingEmbedder(encoders)
+    vectors = Vectors(emb, Limits(), LabelCache(10))
+    items, labels = [Item("text", "will it rain tomorrow?")], ["weather", "sport"]
+    counted = asyncio.run(vectors.count(spec, items, labels=labels))
+    X, L = asyncio.run(vectors.inputs_and_labels(spec, items, labels, counted))
+    assert sorted(emb.sizes) == [1, len(spec.label_texts("weather")) + len(spec.label_texts("sport"))]
+    assert emb.max_in_flight == 2  # concurrently
+    assert vectors.label_cache.misses == 2 and vectors.label_cache.hits == 0
+    emb.sizes.clear()
+    counted2 = asyncio.run(vectors.count(spec, items, labels=labels))
+    X2, L2 = asyncio.run(vectors.inputs_and_labels(spec, items, labels, counted2))
+    assert emb.sizes == [1] and vectors.label_cache.hits == 2  # labels from the cache: no call for them
+    alone = Vectors(LocalEmbedder(encoders), Limits(), LabelCache(10))
+    X3, tokens3 = asyncio.run(alone.inputs(spec, items))
+    L3, label_tokens3 = asyncio.run(alone.labels(spec, labels))
+    enc = encoders[spec.name]
+    assert np.allclose(X, X3, atol=1e-5) and np.allclose(X2, X3, atol=1e-5) and counted.inputs == counted2.inputs == tokens3
+    assert counted.label_tokens == counted2.label_tokens == {lab: enc.count_tokens([spec.label_texts(lab)[0]], "label")[0] for lab in labels}
+    assert sum(counted.label_tokens.values()) == label_tokens3 and list(L) == list(L2) == labels
+    assert all(np.allclose(L[lab], L3[lab], atol=1e-5) and np.allclose(L2[lab], L3[lab], atol=1e-5) for lab in labels)
