@@ -52,13 +52,14 @@ class IngressConfig(DeploymentConfig):
     )
     body_timeout_s: float = Field(
         default=10.0, gt=0,
-        description="A request body must arrive within this long plus one second per `min_body_bytes_per_s` of its "
-        "size, else 408 INPUT_REQUEST_TIMEOUT and the connection is closed; until then it holds one of its client's "
-        "`max_inflight_per_client` places, so half-sent bodies cannot hold a replica.",
+        description="A request body must arrive within this long plus one second per `min_body_bytes_per_s` that "
+        "have arrived, else 408 INPUT_REQUEST_TIMEOUT and the connection is closed; until then it holds one of its "
+        "client's `max_inflight_per_client` places, so half-sent bodies cannot hold a replica.",
     )
     min_body_bytes_per_s: int = Field(
         default=256 * 1024, gt=0,
-        description="The slowest upload accepted (see `body_timeout_s`): 256 KiB/s gives a 64 MiB body 256 s more.",
+        description="The slowest upload accepted, on average after `body_timeout_s` (a 64 MiB body at 256 KiB/s "
+        "takes 256 s).",
     )
     request_timeout_s: float = Field(
         default=120.0, gt=0,

@@ -137,9 +137,9 @@ class BodyLimit(RequestBodyLimitMiddleware):
     too), at ``max_body_size``; a budget for all bodies in flight on this replica together
     (``max_inflight_bytes``): beyond it a request is refused with a retryable 503 while its body arrives, so
     concurrent large requests cannot exhaust the replica; and a deadline for the body: it must arrive within
-    ``body_timeout_s`` plus one second per ``min_body_rate`` bytes (of its Content-Length, or of what has arrived),
-    else 408 and the connection is dropped. A half-sent body therefore holds its place (``InflightLimits``) for a
-    bounded time."""
+    ``body_timeout_s`` plus one second per ``min_body_rate`` bytes that have arrived (the allowance grows only with
+    bytes received, so declaring a huge Content-Length buys no time), else 408 and the connection is dropped. A
+    half-sent body therefore holds its place (``InflightLimits``) for a bounded time."""
 
     def __init__(self, app, max_body_size: int, max_inflight_bytes: int, body_timeout_s: float, min_body_rate: int):
         super().__init__(app, max_body_size=max_body_size)
@@ -154,13 +154,12 @@ class BodyLimit(RequestBodyLimitMiddleware):
         budget, mine, complete = self.max_inflight_bytes, 0, False
         loop = asyncio.get_running_loop()
         started = loop.time()
-        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), 0)
 
         async def counted():
             nonlocal mine, complete
             if complete:  # the body is in: what follows is the wait for a disconnect, which has no deadline
                 return await receive()
-            left = started + self.body_timeout_s + max(declared, mine) / self.min_body_rate - loop.time()
+            left = started + self.body_timeout_s + mine / self.min_body_rate - loop.time()
             try:
                 message = await within(receive(), max(0.0, left))
             except asyncio.TimeoutError:

