@@ -445,6 +445,25 @@ def label_cost(results: list, model: str, url: str, args) -> None:
             log(f"  service  zeroshot {n:3d} labels {model:22s} c={conc:2d}: {r['rps']:7.1f} req/s p50 {r['p50'] or 0:.1f} ms")
 
 
+def multi_label_cost(results: list, model: str, url: str, args, ids: list[str] | None) -> None:
+    """The same one-short-input requests with and without `multi_label` (zero-shot with 16 labels, and few-shot
+    when classifiers exist): the per-label probabilities and thresholds must cost at most 1.1x (issue 28)."""
+    pool = texts("short", 128)
+    labels = many_labels(16)
+    kinds = {"zeroshot": [{"model": model, "input": [t], "labels": labels} for t in pool]}
+    if ids:
+        kinds["fewshot"] = [{"classifier_id": ids[i % len(ids)], "input": [t]} for i, t in enumerate(pool)]
+    for kind, plain in kinds.items():
+        for mode, bodies in (("single", plain), ("multi", [{**b, "multi_label": True} for b in plain])):
+            for b in bodies[:3]:
+                post(url + "/v1/classify", b)
+            for conc in (1, 16):
+                r = wrk(url, "/v1/classify", bodies, conc, args.seconds)
+                results.append({"system": "service", "endpoint": f"{kind}-{mode}-label", "model": model, "kind": "short",
+                                "size": 1, "concurrency": conc, "inputs_per_s": r["rps"], **r})
+                log(f"  service  {kind} {mode}-label {model:22s} c={conc:2d}: {r['rps']:7.1f} req/s p50 {r['p50'] or 0:.1f} ms")
+
+
 def cold_start(res: dict) -> None:
     """`python -m serve_app` (both embedded models, the shipped defaults) from launch to /ready answering 200."""
     port = free_port()
@@ -559,6 +578,7 @@ def service(results: list, model: str, args) -> None:
         run_cells(results, "service", model, url, args.endpoints, args, ids, root=proc.pid)
         if "zeroshot" in args.endpoints:
             label_cost(results, model, url, args)
+            multi_label_cost(results, model, url, args, ids)
     finally:
         stop(proc)
 
@@ -654,6 +674,13 @@ def target_rows(res: dict) -> list[str]:
                 cost = two["rps"] / many["rps"]  # time per request, 256 labels over 2
                 out.append(f"| 256 labels <= 1.1 x the cost of 2 (warm cache), {conc} client(s) | {model} | "
                            f"{many['rps']:.1f} vs {two['rps']:.1f} requests/s: cost {cost:.2f} x | {verdict(cost <= 1.1)} |")
+        for kind in ("zeroshot", "fewshot"):
+            for conc in (1, 16):
+                single, multi = (cell("service", f"{kind}-{m}-label", model, "short", 1, conc) for m in ("single", "multi"))
+                if single and multi and multi["rps"] > 0:
+                    cost = single["rps"] / multi["rps"]
+                    out.append(f"| {kind} multi_label <= 1.1 x the cost of single-label, {conc} client(s) | {model} | "
+                               f"{multi['rps']:.1f} vs {single['rps']:.1f} requests/s: cost {cost:.2f} x | {verdict(cost <= 1.1)} |")
         svc = cell("service", "zeroshot", model, "short", 1, 16)
         cpu_ms = (svc or {}).get("cpu_ms") or {}
         if cpu_ms.get("model") is not None and model in OUTSIDE_MODEL_MS_BEFORE:

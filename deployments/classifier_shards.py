@@ -30,6 +30,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from classifiers.catalog.registry import ModelSpec
 from classifiers.fewshot.repository import (
     ClassifierInfo,
+    LabelQuery,
     NewClassifier,
     Scores,
     TrainBatch,
@@ -134,9 +135,11 @@ class ClassifierShard:
         self._ensure_loop()
         return await self.table.info(cid, caller, write=write)
 
-    async def classify(self, cid: str, caller: str, X: np.ndarray, oos_spec: ModelSpec | None) -> Scores:
+    async def classify(
+        self, cid: str, caller: str, X: np.ndarray, oos_spec: ModelSpec | None, multi_label: LabelQuery | None = None
+    ) -> Scores:
         self._ensure_loop()
-        return await self.table.classify(cid, caller, X, oos_spec=oos_spec)
+        return await self.table.classify(cid, caller, X, oos_spec=oos_spec, multi_label=multi_label)
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         self._ensure_loop()
@@ -280,9 +283,13 @@ class ShardedRepo:
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return await self._call(shard_of(classifier_id, self.num_shards), lambda a: a.info.remote(classifier_id, caller, write))
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
+    async def classify(
+        self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None,
+        multi_label: LabelQuery | None = None,
+    ) -> Scores:
         return await self._call(
-            shard_of(classifier_id, self.num_shards), lambda a: a.classify.remote(classifier_id, caller, X, oos_spec)
+            shard_of(classifier_id, self.num_shards),
+            lambda a: a.classify.remote(classifier_id, caller, X, oos_spec, multi_label),
         )
 
     async def list(self, owner: str) -> list[ClassifierSummary]:

@@ -38,6 +38,7 @@ def model_card(name: str, spec: ModelSpec, context_length: int) -> dict:
         "context_length": context_length,
         "max_output_length": spec.dim,
         "score_scale": spec.score_scale,
+        "multi_label_threshold": spec.multi_label_threshold,
         "quantization": spec.engine.quantization,
         "created": 0,
         "pricing": {

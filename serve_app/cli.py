@@ -64,17 +64,26 @@ def parse_group(value: str) -> tuple[str, list[str]]:
     return name.strip(), split_labels(labels)
 
 
+LABEL_SEPARATOR = "|"  # in a label: every label that applies to the example (multi-label), e.g. sport|weather
+
+
+def example_label(cell: str) -> str | list[str]:
+    """One label, or every label that applies when the cell names several (``a|b``)."""
+    return [part.strip() for part in cell.split(LABEL_SEPARATOR)] if LABEL_SEPARATOR in cell else cell
+
+
 def parse_example(value: str) -> dict:
     """``"text=label"`` -> ``{"text": ..., "label": ...}``; split at the last ``=`` (texts may contain ``=``)."""
     text, sep, label = value.rpartition("=")
     if not sep or not text or not label.strip():
         raise UsageError(f"an example is \"text=label\"; got {value!r}")
-    return {"text": text, "label": label}
+    return {"text": text, "label": example_label(label)}
 
 
 def read_examples_csv(f: TextIO, name: str = "<csv>") -> list[dict]:
     """Training examples from CSV: a header with ``text`` (or ``image``) and ``label`` columns, in any order and
-    with any other columns; or, without a header, exactly two columns text,label. Blank lines are skipped."""
+    with any other columns; or, without a header, exactly two columns text,label. Blank lines are skipped. A label
+    cell with ``|`` lists every label that applies (``sport|weather``: multi-label)."""
     rows = [(i, r) for i, r in enumerate(csv.reader(f), 1) if any(c.strip() for c in r)]
     if not rows:
         raise UsageError(f"{name}: no examples")
@@ -91,7 +100,7 @@ def read_examples_csv(f: TextIO, name: str = "<csv>") -> list[dict]:
     for line, r in rows:
         if len(r) <= max(col, lab) or not r[col] or not r[lab].strip():
             raise UsageError(f"{name}: line {line}: needs a {kind} and a label")
-        out.append({kind: r[col], "label": r[lab]})
+        out.append({kind: r[col], "label": example_label(r[lab])})
     if not out:
         raise UsageError(f"{name}: no examples after the header")
     return out
@@ -146,11 +155,14 @@ def fmt_score(x: Any) -> str:
 
 
 def classify_table(inputs: Sequence[Any], response) -> str:
-    """INPUT, PREDICTION, SCORE per input (plus GROUP per label group, and OOS_SCORE, OUT_OF_SCOPE with abstain)."""
+    """INPUT, PREDICTION, SCORE per input (plus GROUP per label group, OOS_SCORE, OUT_OF_SCOPE with abstain, and
+    LABELS, every label that applies, with multi-label)."""
     data = response.data
     grouped = any(isinstance(d.prediction, dict) for d in data)
     abstain = any(d.out_of_scope is not None for d in data)
-    headers = ["INPUT", *(["GROUP"] if grouped else []), "PREDICTION", "SCORE", *(["OOS_SCORE", "OUT_OF_SCOPE"] if abstain else [])]
+    multi = any(d.predicted_labels is not None for d in data)
+    headers = ["INPUT", *(["GROUP"] if grouped else []), "PREDICTION", "SCORE", *(["OOS_SCORE", "OUT_OF_SCOPE"] if abstain else []),
+               *(["LABELS"] if multi else [])]
     rows = []
     for d in data:
         text = clip(input_label(inputs[d.index]) if d.index < len(inputs) else f"#{d.index}", INPUT_WIDTH)
@@ -161,6 +173,8 @@ def classify_table(inputs: Sequence[Any], response) -> str:
             if abstain:
                 oos = pick(d.out_of_scope)
                 row += [fmt_score(pick(d.oos_score)), "-" if oos is None else ("yes" if oos else "no")]
+            if multi:
+                row.append(", ".join(pick(d.predicted_labels) or []) or "-")
             rows.append(row)
     score_col = headers.index("SCORE")
     return format_table(headers, rows, right=[score_col] + ([score_col + 1] if abstain else []))
@@ -222,10 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     ab = c.add_mutually_exclusive_group()
     ab.add_argument("--abstain-rate", type=float, metavar="R", help="ours: flag out-of-scope inputs at this false-alarm rate (e.g. 0.05)")
     ab.add_argument("--abstain-threshold", type=float, metavar="T", help="ours: flag out-of-scope inputs over this raw oos_score")
+    c.add_argument("--multi-label", nargs="?", const=True, type=float, metavar="THRESHOLD",
+                   help="ours: list every label that applies (LABELS column); optionally the probability each must reach")
 
     t = command("train", "create a few-shot classifier, or update one with --classifier")
     t.add_argument("csv", nargs="?", metavar="CSV", help="examples: columns text,label (header optional); '-' for stdin")
-    t.add_argument("--example", action="append", default=[], metavar="TEXT=LABEL", help="one example; repeatable")
+    t.add_argument("--example", action="append", default=[], metavar="TEXT=LABEL",
+                   help="one example (TEXT=a|b: every label that applies); repeatable")
     t.add_argument("--model", help=f"embedding model of a new classifier (default ${ENV_MODEL}, else {DEFAULT_MODEL})")
     t.add_argument("--classifier", metavar="ID", help="update this classifier instead of creating one")
     t.add_argument("--num-iters", type=int, default=10, help="weight of this batch (num_iters/10; default 10)")
@@ -295,7 +312,8 @@ def run(opts: argparse.Namespace, client: Client, stdin: TextIO, out: TextIO, er
         labels = split_labels(opts.labels) if opts.labels else dict(parse_group(g) for g in opts.group) if opts.group else None
         abstain = ({"false_alarm_rate": opts.abstain_rate} if opts.abstain_rate is not None else
                    {"threshold": opts.abstain_threshold} if opts.abstain_threshold is not None else None)
-        r = client.classify(inputs, labels=labels, model=default_model(opts), classifier_id=opts.classifier, abstain=abstain)
+        r = client.classify(inputs, labels=labels, model=default_model(opts), classifier_id=opts.classifier, abstain=abstain,
+                            multi_label=opts.multi_label)
         table, usage = classify_table(inputs, r), r.usage.total_tokens
     elif opts.command == "train":
         examples = read_examples(opts, stdin)

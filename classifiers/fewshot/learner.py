@@ -8,6 +8,9 @@ Everything the learner knows is a handful of *sufficient statistics*, accumulate
 * ``S``     one shared weighted scatter  sum_i w_i x_i x_i^T  (D x D, symmetric; or its diagonal),
 * ``L[k]``  the embedding of the class's label name (role "label"), if the caller gave one.
 
+An example may carry several labels: each (input, label) pair is one example of its class. Bounded prequential
+records of the model's out-of-sample scores (``classifiers/fewshot/calibration.py``) calibrate the compiled scores.
+
 ``update`` adds a batch to these sums and drops it: no example (text or embedding) is stored, the result does
 not depend on the order of examples or how they are split into calls (sums commute), ``weight`` scales a
 batch's contribution at no extra cost, and new classes may appear in any call. Prediction derives class means,
@@ -18,23 +21,33 @@ No Ray, no torch: numpy only.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from classifiers.fewshot import calibration as cal
+from classifiers.fewshot.calibration import LabelRecord, TemperatureRecord
 from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.fewshot.predictor import LinearPredictor
 
 __all__ = ["FewShotLearner", "LearnerConfig", "LinearPredictor"]
 
-STATE_VERSION = 3  # 2 adds `declared`, 3 adds `oos_moments`; version-1/2 states still load
-READABLE_VERSIONS = (1, 2, 3)
+# 2 adds `declared`, 3 `oos_moments`, 4 the calibration records (`temp_profile`, `temp_weight`, `label_pooled`,
+# `label_hist`); older states still load, with empty records where theirs are missing.
+STATE_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 PREQUENTIAL_MIN_CHUNK = 8  # smallest chunk an update is scored in before it is learned (see FewShotLearner.update)
 
 
+def _scatter_bytes(dim: int, full: bool) -> int:
+    return 8 * dim * (dim + 1) // 2 if full else 8 * dim
+
+
 def _state_bytes(dim: int, classes: int, full: bool) -> int:
-    cov = 8 * dim * (dim + 1) // 2 if full else 8 * dim
-    return cov + classes * (8 + 8 * dim + 4 * dim + 1)
+    """Bytes of a state's arrays: the scatter, the records, and per class its count, sum, label vector (float32),
+    two flags and its label histograms (the OOS moments: 24 bytes)."""
+    return _scatter_bytes(dim, full) + 24 + cal.RECORD_BYTES + classes * (8 + 12 * dim + 2 + cal.LABEL_CLASS_BYTES)
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ class FewShotLearner:
             # the budget decides on the shared scatter only: the class rows cost the same under both kinds, so
             # raising the class limit (up to 256) must not silently degrade the covariance. At the default
             # limit this picks the same kind as before for every dimension of the built-in models.
-            fits = _state_bytes(self.dim, 0, True) <= self.config.max_state_bytes
+            fits = _scatter_bytes(self.dim, True) <= self.config.max_state_bytes
             kind = "full" if fits else "diagonal"
         self.covariance = kind
         self._labels: list[str] = []
@@ -91,6 +104,7 @@ class FewShotLearner:
         # prequential record of the out-of-scope score: count, sum, sum of squares of the (uncorrected) scores of
         # training inputs, each scored *before* it was learned (FewShotLearner.update). 3 floats, no example.
         self._oos_moments = np.zeros(3, np.float64)
+        self._temp, self._label_rec = TemperatureRecord(), LabelRecord(0)  # calibration records, same prequential loop
         self._stats: dict | None = None
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self._diag: dict = {}
@@ -114,6 +128,7 @@ class FewShotLearner:
         self._L = np.vstack([self._L, np.zeros((1, self.dim), np.float32)])
         self._has_L = np.append(self._has_L, False)
         self._declared = np.append(self._declared, False)
+        self._label_rec.add_class()
         return k
 
     def declare(self, label_vectors: dict[str, np.ndarray]) -> list[str]:
@@ -156,23 +171,61 @@ class FewShotLearner:
     def update(
         self,
         X: np.ndarray,
-        y: list[str],
+        y: Sequence[str | Sequence[str]],
         *,
         weight: float = 1.0,
         label_vectors: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Fold a batch into the sufficient statistics. Cost O(n D^2) (full) whatever ``weight`` is.
 
-        Test, then train: before a chunk of the batch is learned, the current model scores its inputs, and the
-        out-of-scope scores of those whose class the model already knows (declared or seen) and that it assigns
-        to a class with examples go into three running moments (count, sum, sum of squares; no example is
-        kept). These are honest out-of-sample scores, unlike the training examples' own statistics, and
-        :meth:`compile` uses them to correct the false-alarm calibration. A batch is scored in chunks of
-        ``max(8, examples so far)`` inputs (so a classifier trained in one call is still calibrated:
-        chunks of 8, 8, 16, 32, ... — one extra fit per chunk, O(log n) per call), in a fixed pseudo-random
-        order (a batch sorted by label would otherwise score each class before any of its examples). The
-        statistics, hence the predictions, do not depend on the chunking: only the calibration record does.
+        Each item of ``y`` is the input's label or a list of all the labels that apply to it (non-empty,
+        duplicates collapse; a batch may mix both). Each (input, label) pair is one example of its class: an
+        input with k labels counts k times in the scatter (the calibration study's ``dup`` rule).
+
+        Test, then train: before a chunk of the batch is learned, the current model scores it into the
+        prequential records (:meth:`_prequential`), honest out-of-sample scores that :meth:`compile` calibrates
+        with. Chunks of ``max(8, examples so far)`` inputs (8, 8, 16, 32, ...: one extra fit per chunk, O(log n)
+        per call, so a classifier trained in one call is calibrated too), in a fixed pseudo-random order (a batch
+        sorted by label would otherwise score each class before any of its examples). The statistics, hence the
+        argmax, do not depend on the chunking; the records do. ``config.oos_record = False`` skips them.
         """
+        X, sets = self._checked_batch(X, y, weight)
+        if X.shape[0] == 0:
+            return
+        known_before = len(self._labels)  # classes are appended: the first ones are those known before this call
+        cls = np.array([self._index[lab] if lab in self._index else self._add_class(lab) for s in sets for lab in s])
+        ptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+        for lab, vec in (label_vectors or {}).items():
+            k = self._index.get(lab)
+            if k is not None and not self._has_L[k]:
+                self._L[k] = self._label_vector(lab, vec)
+                self._has_L[k] = True
+        self._cache = None  # new classes and label vectors change the model the chunks are scored with
+        w = float(weight)
+        n = len(sets)
+        if not self.config.oos_record:
+            local, c = cal.label_pairs(ptr, cls, np.arange(n))
+            self._learn(X if len(c) == n else X[local], c, w)
+            return
+        order = np.random.default_rng(n).permutation(n) if n > PREQUENTIAL_MIN_CHUNK else np.arange(n)
+        pos = 0
+        while pos < n:
+            part = order[pos : pos + max(PREQUENTIAL_MIN_CHUNK, int(self.num_examples / w))]
+            pos += len(part)
+            local, c = cal.label_pairs(ptr, cls, part)
+            Xp = X[part]
+            # known: declared or seen before this call, or learned from an earlier chunk of it
+            known = (np.arange(len(self._labels)) < known_before) | (self._n > 0)
+            before_n = self.num_examples
+            self._prequential(Xp, local, c, known)
+            self._learn(Xp if len(c) == len(part) else Xp[local], c, w)
+            self._forget(before_n)
+        self._cache = None
+
+    def _checked_batch(
+        self, X: np.ndarray, y: Sequence[str | Sequence[str]], weight: float
+    ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """``X`` as float64 and ``y`` as label tuples, every check done before anything changes."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"X must have shape (n, {self.dim}), got {X.shape}")
@@ -182,51 +235,55 @@ class FewShotLearner:
             raise ValueError(f"weight must be a positive finite number, got {weight}")
         if not np.all(np.isfinite(X)):
             raise ValueError("X contains non-finite values")
-        if X.shape[0] == 0:
-            return
-        before = set(self._index)
-        idx = np.array([self._index[lab] if lab in self._index else self._add_class(lab) for lab in y])
-        for lab, vec in (label_vectors or {}).items():
-            k = self._index.get(lab)
-            if k is not None and not self._has_L[k]:
-                self._L[k] = self._label_vector(lab, vec)
-                self._has_L[k] = True
-        self._cache = None  # new classes and label vectors change the model the chunks are scored with
-        w = float(weight)
-        n = len(idx)
-        if not self.config.oos_record:
-            self._learn(X, idx, w)
-            return
-        order = np.random.default_rng(n).permutation(n) if n > PREQUENTIAL_MIN_CHUNK else np.arange(n)
-        pos = 0
-        while pos < n:
-            part = order[pos : pos + max(PREQUENTIAL_MIN_CHUNK, int(self.num_examples / w))]
-            pos += len(part)
-            # known: declared or seen before this call, or learned from an earlier chunk of it
-            known = np.array([self._labels[k] in before or self._n[k] > 0 for k in idx[part]])
-            before_n = self.num_examples
-            self._prequential(X[part][known])
-            self._learn(X[part], idx[part], w)
-            if before_n > 0 and self.config.oos_calibration_recency > 0:
-                self._oos_moments *= (before_n / self.num_examples) ** self.config.oos_calibration_recency
-        self._cache = None
+        return X, cal.label_sets(y)
 
-    def _prequential(self, X: np.ndarray) -> None:
-        """Score ``X`` (inputs of known classes) with the current model, before it learns them, into the
-        out-of-scope record."""
-        if self.num_examples <= 0 or len(X) == 0:
+    def _forget(self, before_n: float) -> None:
+        """After a chunk is learned the records fade as ``(N_before / N_after) ** recency`` (older: weaker model)."""
+        after_n, cfg = self.num_examples, self.config
+        if before_n <= 0 or after_n <= before_n:
             return
+        if cfg.oos_calibration_recency > 0:
+            self._oos_moments *= (before_n / after_n) ** cfg.oos_calibration_recency
+        if cfg.calibration_recency > 0:
+            self._temp.decay((before_n / after_n) ** cfg.calibration_recency)
+        if cfg.label_calibration_recency > 0:
+            self._label_rec.decay((before_n / after_n) ** cfg.label_calibration_recency)
+
+    def _prequential(self, X: np.ndarray, local: np.ndarray, cls: np.ndarray, known: np.ndarray) -> None:
+        """Score a chunk ``X`` with the current model, before it learns it, into the records. ``(local, cls)`` are
+        its (input, label) pairs; ``known`` (K,) flags the classes the model knows (declared or with examples).
+
+        * out-of-scope moments: every input with a known label, assigned to a class with examples;
+        * temperature profile: of the first ``MAX_SCORED_ROWS`` inputs (the chunk is shuffled), those with a known
+          label: the known classes' logits against all of their known labels;
+        * label histograms: the same first inputs, all of them (an input of a class not known yet is a negative
+          for every known one, as in traffic), on the logits divided by the temperature fitted so far (so the
+          histograms do not drift with the model's scale).
+        """
+        cols = np.flatnonzero(known)
+        N = self.num_examples
+        if len(cols) == 0 or (N <= 0 and self._zero_shot_weights() is None):
+            return  # nothing known yet, or (declared classes without their label vectors) no model to score with
         A, b = self._fit()
-        mean, std = self._oos_gaussian()
-        assert mean is not None and std is not None  # num_examples > 0: _fit() computed the statistics
         z = X @ A + b
-        k = z.argmax(1)
-        keep = self._n[k] > 0  # a winner without examples is judged by the zero-shot rule, not this record
-        if not keep.any():
-            return
-        k = k[keep]
-        sc = (mean[k] - z[keep][np.arange(len(k)), k]) / std[k]
-        self._oos_moments += (len(sc), float(sc.sum()), float(sc @ sc))
+        Y = np.zeros(z.shape, bool)
+        Y[local, cls] = True
+        Y &= known
+        hit = np.asarray(Y.any(1))
+        if N > 0 and hit.any():  # out-of-scope moments
+            mean, std = self._gaussian_moments()
+            assert mean is not None and std is not None  # num_examples > 0: _fit() computed the statistics
+            k = z[hit].argmax(1)
+            keep = self._n[k] > 0  # a winner without examples is judged by the zero-shot rule, not this record
+            k, zw = k[keep], z[hit][keep]
+            sc = (mean[k] - zw[np.arange(len(k)), k]) / std[k]
+            self._oos_moments += (len(sc), float(sc.sum()), float(sc @ sc))
+        if len(cols) < 2:
+            return  # one known class: no choice to calibrate
+        zk, Yk = z[:cal.MAX_SCORED_ROWS, cols], Y[:cal.MAX_SCORED_ROWS, cols]
+        self._label_rec.observe(zk / self.calibration_temperature, Yk, cols)
+        ok = hit[:cal.MAX_SCORED_ROWS]
+        self._temp.observe(zk[ok], Yk[ok])
 
     def _learn(self, X: np.ndarray, idx: np.ndarray, w: float) -> None:
         np.add.at(self._n, idx, w)
@@ -357,24 +414,40 @@ class FewShotLearner:
 
     @property
     def diagnostics(self) -> dict:
-        """Prior slope, gate, shrinkage and temperature of the current fit (for logs and the evaluation)."""
+        """Prior slope, gate, shrinkage and temperatures of the current fit (for logs and the evaluation)."""
         if not self._labels:
             return {}
         self._fit()
-        return dict(self._diag)
+        return {**self._diag, "calibration_temperature": self.calibration_temperature,
+                "calibration_rows": self._temp.weight}
+
+    @property
+    def calibration_temperature(self) -> float:
+        """tau of the served scores ``softmax(z / tau)``, ``z`` the model's logits: fitted by the temperature
+        record (:class:`classifiers.fewshot.calibration.TemperatureRecord`); 1 while the record is empty."""
+        return self._temp.temperature(self.config.calibration_prior_count)
 
     def compile(self) -> LinearPredictor:
-        """The current classifier as a stand-alone :class:`LinearPredictor` (same scores, no statistics)."""
+        """The current classifier as a stand-alone :class:`LinearPredictor` (calibrated scores, no statistics).
+
+        The calibration temperature is folded into the weights (``W = A / tau``, ``b / tau``) and the out-of-scope
+        moments (logit units: ``oos_score`` is unchanged), so it costs nothing to serve. The label record gives
+        ``label_map`` (32 bin probabilities) and ``label_cuts`` (K cuts on u), both None while it is empty."""
         if not self._labels:
             raise ValueError("the learner has no classes yet: call update() first")
         A, b = self._fit()
+        tau = self.calibration_temperature
         mean, std = self._oos_calibration()
         zs_classes = zs_L = None
         if mean is not None:
             idle = np.flatnonzero((self._n <= 0) & self._has_L)
             if len(idle):
                 zs_classes, zs_L = idle, np.ascontiguousarray(self._L[idle].T)
-        return LinearPredictor(tuple(self._labels), A.copy(), b.copy(), mean, std, zs_classes, zs_L)
+        label_map = label_cuts = None
+        if not self._label_rec.empty:
+            label_map, label_cuts = self._label_rec.bin_probs(), self._label_rec.cuts()
+        return LinearPredictor(tuple(self._labels), A / tau, b / tau, mean, std, zs_classes, zs_L,
+                               label_map, label_cuts)
 
     @property
     def oos_correction(self) -> tuple[float, float]:
@@ -390,7 +463,7 @@ class FewShotLearner:
         return m, math.sqrt(max(var, 1e-4))
 
     def _oos_calibration(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Calibration of :meth:`LinearPredictor.oos_score`: the Gaussian in-scope moments
+        """Calibration of :meth:`LinearPredictor.oos_score` in compiled-logit units: the Gaussian in-scope moments
         (:meth:`_oos_gaussian`) corrected by the prequential record. Derived from the training examples' own
         statistics, the Gaussian moments are optimistic in-sample and model-dependent (on CLINC the achieved
         false-alarm rate at a 5% target was 0.25-0.46 for MiniLM and 0.01-0.11 for e5); the record holds the
@@ -403,6 +476,14 @@ class FewShotLearner:
         return mean - shift * std, std * scale
 
     def _oos_gaussian(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """:meth:`_gaussian_moments` in the compiled predictor's logit units (over the calibration temperature)."""
+        mean, std = self._gaussian_moments()
+        if mean is None or std is None:
+            return None, None
+        tau = self.calibration_temperature
+        return mean / tau, std / tau
+
+    def _gaussian_moments(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """In-scope mean and standard deviation of each class's own logit ``z_k(x) = A_k . x + b_k`` for a *new*
         input x of class k, from the statistics alone (no example is kept, so there is no held-out set):
 
@@ -440,13 +521,17 @@ class FewShotLearner:
         return mean - excess, np.sqrt(np.maximum(var, 1e-12))
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """(n, K) logits (already divided by the temperature), columns in ``labels`` order."""
+        """(n, K) the model's logits (divided by ``config.temperature``), columns in ``labels`` order: a function
+        of the statistics alone, so independent of the order and split of the examples. The compiled predictor's
+        are these over :attr:`calibration_temperature`."""
         if not self._labels:
             raise ValueError("the learner has no classes yet: call update() first")
         A, b = self._fit()
         return LinearPredictor(tuple(self._labels), A, b).decision_function(X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(n, K) the model's own probabilities ``softmax(decision_function(X))``; :meth:`compile` serves them
+        calibrated (same argmax)."""
         if not self._labels:
             raise ValueError("the learner has no classes yet: call update() first")
         A, b = self._fit()
@@ -470,6 +555,10 @@ class FewShotLearner:
             "has_L": self._has_L.copy(),
             "declared": self._declared.copy(),
             "oos_moments": self._oos_moments.copy(),
+            "temp_profile": self._temp.profile.copy(),
+            "temp_weight": self._temp.weight,
+            "label_pooled": self._label_rec.pooled.copy(),
+            "label_hist": self._label_rec.per_class.copy(),
         }
 
     @classmethod
@@ -490,6 +579,9 @@ class FewShotLearner:
         self._declared = np.zeros(K, bool) if declared is None else np.asarray(declared, bool).reshape(K).copy()
         moments = state.get("oos_moments")  # absent before version 3: no record, the Gaussian calibration alone
         self._oos_moments = np.zeros(3) if moments is None else np.asarray(moments, np.float64).reshape(3).copy()
+        # absent before version 4: empty records, i.e. tau = 1 and no label calibration (the old answers exactly)
+        self._temp = TemperatureRecord(state.get("temp_profile"), float(state.get("temp_weight", 0.0)))
+        self._label_rec = LabelRecord(K, state.get("label_pooled"), state.get("label_hist"))
         S = np.asarray(state["S"], np.float64)
         if self.covariance == "full":
             full = np.zeros((D, D))

@@ -9,6 +9,15 @@ __all__ = ["LearnerConfig"]
 
 OOS_RECENCY_DEFAULT = 1.0  # CLINC: 0 (keep all) 0.050-0.070 false alarms at a 5% target from 64 examples on, 1: 0.057-0.087, 2: 0.061-0.093; synthetic Gaussian classes: 0 gives 0.00, 1 gives 0.01-0.035
 OOS_PSEUDO_COUNT_DEFAULT = 1.0  # CLINC: 0-8 tried; small values are closest to the target at 16 examples, equal from 64 on
+# Tuned on CLINC *train* only (23 stream + 10 validation examples per intent; mean pooled ECE over both models, per
+# domain and 150-way, all protocols): today 0.0274 (worst 0.070); r=2, n0=16: 0.0254 (0.057); r=1, n0=16: 0.0261
+# (0.062); r=1, n0=4: 0.0269 (0.078); n0=1: worst 0.081-0.085 (issue 28's calibration study, section 2).
+CALIBRATION_RECENCY_DEFAULT = 2.0
+CALIBRATION_PRIOR_COUNT_DEFAULT = 16.0
+# GoEmotions training stream (study split, 3 seeds, batches of 8), per-label cuts, macro-F1 at 64 / 256 / 1,024 / all:
+# recency 1: MiniLM 0.114 / 0.169 / 0.242 / 0.323, e5 0.162 / 0.248 / 0.326 / 0.391 (the study's figures);
+# recency 2: MiniLM 0.119 / 0.167 / 0.241 / 0.317, e5 0.164 / 0.246 / 0.324 / 0.386 (and ECE of q >= 0.1 no better).
+LABEL_RECENCY_DEFAULT = 1.0
 
 
 class LearnerConfig(BaseModel):
@@ -37,16 +46,19 @@ class LearnerConfig(BaseModel):
     )
     temperature: float = Field(
         default=10.0, gt=0.0,
-        description="Softmax temperature: scores are softmax(LDA logits / temperature). The plug-in Gaussian "
-        "logits are over-confident by about 10x on sentence embeddings; 10 minimises test NLL on CLINC150 for "
-        "both embedded models at every training-set size from 8 to 495 examples (docs/eval/report.md).",
+        description="Softmax temperature of the model: its scores are softmax(LDA logits / temperature). The "
+        "plug-in Gaussian logits are over-confident by about 10x on sentence embeddings; 10 minimises test NLL on "
+        "CLINC150 for both embedded models at every training-set size from 8 to 495 examples "
+        "(docs/eval/report.md). The compiled predictor divides further by each classifier's own fitted "
+        "calibration temperature (calibration_recency, calibration_prior_count).",
     )
     covariance: Literal["auto", "full", "diagonal"] = Field(
         default="auto",
         description="Shared covariance kind. `full` keeps the D x D scatter (state ~ 8*D*(D+1)/2 bytes: 591 KB "
         "at D=384); `diagonal` keeps only its diagonal (8*D bytes, lower accuracy); `auto` picks `full` when "
-        "the scatter fits `max_state_bytes`, else `diagonal` (e.g. D=1024). Class rows (12.3 KB per class at "
-        "D=384) come on top in both kinds.",
+        "the scatter fits `max_state_bytes`, else `diagonal` (e.g. D=1024). Class rows (count, sum, label vector, "
+        "flags and 512 B of label-record histograms: 5.1 KB per class at D=384, 12.8 KB at D=1024) and the "
+        "records' fixed 864 B come on top in both kinds.",
     )
     max_state_bytes: int = Field(
         default=1_000_000, gt=0, description="Budget for the shared scatter used by covariance='auto'."
@@ -66,9 +78,11 @@ class LearnerConfig(BaseModel):
     )
     oos_record: bool = Field(
         default=True,
-        description="Keep the prequential out-of-scope record (test-then-train, see FewShotLearner.update). "
-        "False skips its extra fits (one per chunk of an update): predictions are identical, and the "
-        "out-of-scope calibration is the Gaussian one alone. For accuracy-only evaluations.",
+        description="Keep the prequential records (test-then-train, see FewShotLearner.update): the out-of-scope "
+        "record, the temperature record and the label record. False skips their extra fits (one per chunk of an "
+        "update): the argmax is identical, the out-of-scope calibration is the Gaussian one alone, scores are "
+        "the model's own (temperature 1), and the predictor has no multi-label calibration (label_map and "
+        "label_cuts None). For accuracy-only evaluations.",
     )
     oos_calibration_recency: float = Field(
         default=OOS_RECENCY_DEFAULT, ge=0.0,
@@ -81,4 +95,25 @@ class LearnerConfig(BaseModel):
         description="Pseudo-samples of the N(0, 1) prior behind the prequential correction of the out-of-scope "
         "score (see FewShotLearner.compile): the Gaussian in-scope model is trusted like this many out-of-sample "
         "scores, so a classifier's first few scored examples cannot swing its false-alarm calibration.",
+    )
+    calibration_recency: float = Field(
+        default=CALIBRATION_RECENCY_DEFAULT, ge=0.0,
+        description="How fast the temperature and label records forget (classifiers/fewshot/calibration.py): each "
+        "learned chunk multiplies them by (N_before / N_after) ** recency, so rows scored when the classifier had "
+        "t examples weigh (t / N) ** recency now. The NLL-optimal temperature drifts as the model grows (about "
+        "20x along a GoEmotions stream), so the record must follow the current model; 0 keeps everything.",
+    )
+    calibration_prior_count: float = Field(
+        default=CALIBRATION_PRIOR_COUNT_DEFAULT, ge=0.0,
+        description="Strength of the Gaussian prior on the log of the fitted temperature, centred on 1 (the "
+        "model's own scores): the temperature minimises the record's NLL profile + prior_count * 0.5 * (ln tau)^2, "
+        "i.e. the prior weighs like this many scored rows of unit curvature. Keeps a young classifier (a handful "
+        "of scored rows) at its model's scores; 1 let the worst CLINC setting reach ECE 0.08.",
+    )
+    label_calibration_recency: float = Field(
+        default=LABEL_RECENCY_DEFAULT, ge=0.0,
+        description="How fast the label record (multi-label probabilities and per-label cuts) forgets, like "
+        "calibration_recency. It bins the share log-odds of the temperature-calibrated logits, which do not drift "
+        "with the model's scale, so it can keep more history: 1 was measured (GoEmotions stream, 2 is up to 0.006 "
+        "lower in macro-F1). The label record costs 512 bytes of state per class.",
     )

@@ -2,9 +2,12 @@
 returns for serving. numpy only."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from classifiers.fewshot.calibration import interp_bins, inverse_bins, share_cut, share_log_odds
 
 __all__ = ["LinearPredictor"]
 
@@ -12,7 +15,16 @@ __all__ = ["LinearPredictor"]
 @dataclass(frozen=True)
 class LinearPredictor:
     """A compiled, read-only classifier: ``softmax(X @ W + b)``. What :meth:`FewShotLearner.compile` returns
-    for serving: no statistics, D x K + K floats (49 KB at D=384, 16 classes), identical scores.
+    for serving: no statistics, D x K + K floats (49 KB at D=384, 16 classes). ``W`` and ``b`` are the learner's
+    divided by the classifier's calibration temperature, so :meth:`predict_proba` is the calibrated single-label
+    probability at no extra cost (the learner's own argmax, scores rescaled by one positive scalar).
+
+    Multi-label (docs/fewshot.md, "Calibrated scores and multi-label"): with ``u_k = log p_k - log(1 - p_k)`` the
+    log-odds of label k's share of the single-label answer, ``label_map`` (32 floats: the probability that a label
+    applies at each bin centre of u, isotonic) gives each label's own probability ``q_k`` (:meth:`label_probs`),
+    and ``label_cuts`` (K floats) each label's learned decision cut on u (:meth:`multi_label`). Both come from the
+    learner's label record and are None while it is empty (a classifier trained before they existed, or with
+    ``oos_record=False``).
 
     ``oos_mean`` / ``oos_std`` (K floats each, optional) calibrate the out-of-scope score: the in-scope
     distribution of each class's own logit, derived from the learner's statistics and corrected by its
@@ -28,17 +40,19 @@ class LinearPredictor:
     """
 
     labels: tuple[str, ...]
-    W: np.ndarray  # (D, K), already divided by the temperature
+    W: np.ndarray  # (D, K), already divided by the temperature and the calibration temperature
     b: np.ndarray  # (K,)
     oos_mean: np.ndarray | None = None  # (K,) in-scope mean of class k's logit over inputs of class k
     oos_std: np.ndarray | None = None  # (K,) its standard deviation
     zs_classes: np.ndarray | None = None  # (m,) int: columns of classes without examples (label prior only)
     zs_L: np.ndarray | None = None  # (D, m) their unit label vectors
+    label_map: np.ndarray | None = None  # (32,) P(label applies) at the bin centres of u, non-decreasing
+    label_cuts: np.ndarray | None = None  # (K,) per-label cuts on u (-inf: always)
 
     @property
     def nbytes(self) -> int:
-        extra = sum(a.nbytes for a in (self.oos_mean, self.oos_std, self.zs_classes, self.zs_L) if a is not None)
-        return int(self.W.nbytes + self.b.nbytes + extra)
+        parts = (self.oos_mean, self.oos_std, self.zs_classes, self.zs_L, self.label_map, self.label_cuts)
+        return int(self.W.nbytes + self.b.nbytes + sum(a.nbytes for a in parts if a is not None))
 
     @property
     def oos_calibrated(self) -> bool:
@@ -52,7 +66,47 @@ class LinearPredictor:
         return X @ self.W + self.b
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(n, K) calibrated single-label probabilities: each row sums to 1."""
         return _softmax(self.decision_function(X))
+
+    def label_probs(self, logits: np.ndarray) -> np.ndarray:
+        """(n, K) each label's own probability of applying, from the logits of :meth:`decision_function`:
+        ``q = interp(u, bin centres, label_map)``, piecewise linear and non-decreasing in u (the rows need not sum
+        to 1). Without a label record (``label_map`` None) q is the share itself, ``softmax(logits)``: the
+        zero-shot rule. A few vectorised passes over the (n, K) matrix."""
+        z = np.asarray(logits, np.float64)
+        if self.label_map is None:
+            return _softmax(z)
+        return interp_bins(share_log_odds(z), self.label_map)
+
+    def multi_label(self, logits: np.ndarray, threshold: float | None) -> np.ndarray | None:
+        """(n, K) bool: which labels apply to each input (possibly none).
+
+        * ``threshold`` given (in (0, 1)): ``label_probs(logits) >= threshold``, the caller's own operating point;
+        * else the learned per-label cuts: ``u_k >= label_cuts[k]`` (each label's F1-optimal cut on its own
+          record, shrunk toward the pooled one);
+        * else (no label record: ``label_cuts`` None) **None**: nothing was learned, and the caller applies the
+          model's zero-shot default rule (the share against the model's default threshold) itself.
+
+        Both decisions are monotone in u, the log-odds of the share p, so they are taken on p itself against the
+        equivalent cut ``sigmoid(u_cut)`` (``inverse_bins`` turns a threshold on q into its u_cut): one softmax
+        and one comparison, what :meth:`predict_proba` costs (equal to the rule on q or u up to rounding at the
+        cut).
+        """
+        if threshold is not None:
+            if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
+                raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            cut: float | np.ndarray = threshold  # no label record: q is the share itself
+            if self.label_map is not None:
+                u_cut = inverse_bins(self.label_map, threshold)
+                if u_cut == math.inf:  # no bin reaches the threshold: no label applies
+                    return np.zeros(np.shape(logits), bool)
+                cut = 1.0 / (1.0 + math.exp(-u_cut))
+        elif self.label_cuts is None:
+            return None
+        else:
+            cut = share_cut(self.label_cuts)  # (K,)
+        return _softmax(np.asarray(logits, np.float64)) >= cut
 
     def oos_score(self, X: np.ndarray, *, logits: np.ndarray | None = None,
                   zero_shot: tuple[float, float] | None = None) -> np.ndarray:

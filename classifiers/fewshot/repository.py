@@ -20,6 +20,7 @@ import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
 from classifiers.protocol.wire import ClassifierSummary
+from classifiers.request.inputs import ExampleLabels
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TrainBatch:
     """One /train request's examples, embedded: what an update adds to a classifier's statistics."""
 
     X: np.ndarray  # (n, dim) float32, rows L2-normalised
-    y: list[str]  # normalised labels, one per row
+    y: list[ExampleLabels]  # normalised labels per row: one, or (multi-label) every label that applies
     weight: float  # num_iters / 10
     label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
     update_id: str = ""  # a retry with the same id is applied once (a create's id derives from it: see id_for_create)
@@ -73,12 +74,25 @@ class ClassifierInfo:
 
 
 @dataclass(frozen=True)
+class LabelQuery:
+    """A multi-label classify: the request's threshold on each label's own probability (None: the classifier's
+    learned per-label thresholds), and the threshold for a classifier that has learned none yet (declared labels
+    only: the model's zero-shot rule)."""
+
+    threshold: float | None
+    fallback: float
+
+
+@dataclass(frozen=True)
 class Scores:
-    """A classifier's probabilities for a batch of inputs: (n, len(labels)); (n,) out-of-scope scores if asked."""
+    """A classifier's probabilities for a batch of inputs: (n, len(labels)); (n,) out-of-scope scores if asked;
+    in multi-label mode each label's own probability and which labels apply."""
 
     labels: list[str]
     probs: np.ndarray
     oos: np.ndarray | None = None
+    label_probs: np.ndarray | None = None
+    predicted: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -92,8 +106,12 @@ class ClassifierRepo(Protocol):
 
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo: ...
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
-        """Probabilities; with ``oos_spec`` (the classifier's model) also out-of-scope scores (classifiers/zeroshot/oos.py)."""
+    async def classify(
+        self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None,
+        multi_label: LabelQuery | None = None,
+    ) -> Scores:
+        """Probabilities; with ``oos_spec`` (the classifier's model) also out-of-scope scores (classifiers/zeroshot/oos.py);
+        with ``multi_label``, each label's own probability and the labels that apply."""
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         """The owner's classifiers, oldest first."""

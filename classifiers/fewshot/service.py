@@ -21,7 +21,7 @@ import numpy as np
 from classifiers.catalog.registry import ModelSpec, Registry
 from classifiers.embedding.tokens import TokenBudget
 from classifiers.embedding.vectors import Counted, Vectors
-from classifiers.fewshot.repository import ClassifierInfo, ClassifierRepo, NewClassifier, TrainBatch
+from classifiers.fewshot.repository import ClassifierInfo, ClassifierRepo, LabelQuery, NewClassifier, TrainBatch
 from classifiers.protocol.errors import InvalidInput, InvalidLabels, LabelLimitExceeded, classifier_not_found
 from classifiers.protocol.wire import (
     ClassificationResponse,
@@ -32,9 +32,17 @@ from classifiers.protocol.wire import (
     TrainRequest,
     Usage,
 )
-from classifiers.request.inputs import Item, check_modalities, parse_declared_labels, parse_inputs, parse_training_items
+from classifiers.request.inputs import (
+    ExampleLabels,
+    Item,
+    check_modalities,
+    labels_of,
+    parse_declared_labels,
+    parse_inputs,
+    parse_training_items,
+)
 from classifiers.request.limits import Limits
-from classifiers.zeroshot.scoring import GroupScores, build_predictions
+from classifiers.zeroshot.scoring import GroupScores, build_predictions, zero_shot_threshold
 
 DEFAULT_NUM_ITERS = 10  # Jina's default; a batch's weight is num_iters / DEFAULT_NUM_ITERS
 # Ids this service issues are UUIDs; anything outside this shape cannot exist and never reaches a store path.
@@ -104,7 +112,7 @@ class FewShotService:
         ``on_submit(tokens)`` is called right before the update goes to the repository (where it may be applied even
         if this call is then cancelled): the moment the caller is charged."""
         items, labels, declared = self._checked_examples(req)
-        distinct = list(dict.fromkeys(labels + declared))
+        distinct = list(dict.fromkeys(labels_of(labels) + declared))
         spec = await self._train_spec(req, caller, distinct)
         check_modalities(items, spec, self.registry.with_image_support())
         counted = await self.vectors.count(spec, items, budget=budget, multiplier=req.num_iters)
@@ -129,19 +137,20 @@ class FewShotService:
         response._replayed = outcome.replayed
         return response
 
-    def _checked_examples(self, req: TrainRequest) -> tuple[list[Item], list[str], list[str]]:
-        """The request's examples (items and their labels) and declared classes, checked against the limits."""
+    def _checked_examples(self, req: TrainRequest) -> tuple[list[Item], list[ExampleLabels], list[str]]:
+        """The request's examples (items and their labels: one, or every label that applies) and declared classes,
+        checked against the limits."""
         if not 1 <= req.num_iters <= self.limits.max_num_iters:
             raise InvalidInput(f"num_iters={req.num_iters} is out of range: use 1..{self.limits.max_num_iters}")
         declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
         items: list[Item] = []
-        labels: list[str] = []
+        labels: list[ExampleLabels] = []
         if not (req.input == [] and declared):  # declared classes alone: a classifier that starts as zero-shot
             items, labels = parse_training_items(
                 req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
                 max_label_chars=self.limits.max_label_chars,
             )
-        distinct = set(labels) | set(declared)
+        distinct = set(labels_of(labels)) | set(declared)
         if len(distinct) > self.limits.max_classes:  # a batch alone over the limit; with known classes: the repo checks
             raise LabelLimitExceeded(
                 f"Label limit exceeded: {len(distinct)} labels provided, maximum {self.limits.max_classes} allowed per classifier"
@@ -191,8 +200,13 @@ class FewShotService:
         check_modalities(items, spec, self.registry.with_image_support())
         counted = await self.vectors.count(spec, items, budget=budget)
         X, tokens = await self.vectors.inputs(spec, items, counted, tenant=tenant)
-        scores = await self.repo.classify(req.classifier_id, caller, X, oos_spec=spec if req.abstain else None)
-        data = build_predictions({None: GroupScores(scores.labels, scores.probs, scores.oos)}, grouped=False, abstain=req.abstain)
+        options = req.multi_label_threshold()
+        query = None if options is None else LabelQuery(options.threshold, zero_shot_threshold(spec, options))
+        scores = await self.repo.classify(
+            req.classifier_id, caller, X, oos_spec=spec if req.abstain else None, multi_label=query
+        )
+        group = GroupScores(scores.labels, scores.probs, scores.oos, scores.label_probs, scores.predicted)
+        data = build_predictions({None: group}, grouped=False, abstain=req.abstain)
         return ClassificationResponse(data=data, usage=Usage(total_tokens=tokens))
 
     async def list(self, caller: str) -> list[ClassifierSummary]:

@@ -45,6 +45,7 @@ from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.fewshot.predictor import LinearPredictor
 from classifiers.fewshot.repository import (
     ClassifierInfo,
+    LabelQuery,
     NewClassifier,
     Scores,
     TrainBatch,
@@ -61,6 +62,7 @@ from classifiers.protocol.errors import (
     classifier_not_found,
 )
 from classifiers.protocol.wire import ClassifierSummary
+from classifiers.request.inputs import labels_of
 from classifiers.request.limits import Limits
 from classifiers.storage.store import ANONYMOUS_OWNER, StateStore
 from classifiers.zeroshot.oos import fewshot_oos_score
@@ -376,7 +378,7 @@ class ClassifierTable:
                     f"Resource limit exceeded. Current: {len(owned)} classifiers, limit: "
                     f"{self.limits.max_classifiers_per_owner}. Delete existing classifiers first."
                 )
-            self._check_classes(set(batch.y) | set(batch.declared), set())
+            self._check_classes(set(labels_of(batch.y)) | set(batch.declared), set())
             now = self._clock()
             learner = FewShotLearner(new.dim, score_scale=new.score_scale, config=self._learner_config)
             await _apply(learner, batch)
@@ -419,7 +421,7 @@ class ClassifierTable:
             replay = self._replay(rec, batch)
             if replay is not None:
                 return replay
-            self._check_classes(set(batch.y) | set(batch.declared), set(rec.labels))
+            self._check_classes(set(labels_of(batch.y)) | set(batch.declared), set(rec.labels))
             # The statistics come from the store (the in-memory record holds only the predictor); this fresh
             # copy is updated, persisted, and only then swapped in: no partial update, ever.
             stored = await self._load(cid)  # the statistics; the counters stay those of `rec`
@@ -458,7 +460,10 @@ class ClassifierTable:
     async def info(self, classifier_id: str, caller: str, *, write: bool) -> ClassifierInfo:
         return (await self._visible(classifier_id, caller, write=write)).info
 
-    async def classify(self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None) -> Scores:
+    async def classify(
+        self, classifier_id: str, caller: str, X: np.ndarray, *, oos_spec: ModelSpec | None = None,
+        multi_label: LabelQuery | None = None,
+    ) -> Scores:
         rec = await self._visible(classifier_id, caller, write=False)
         predictor = rec.predictor  # one reference: a concurrent update swaps the record, never mutates this
         assert predictor is not None  # loaded records are compiled
@@ -469,10 +474,16 @@ class ClassifierTable:
                 oos = fewshot_oos_score(predictor, X, oos_spec, logits=logits)
             except ValueError as err:  # declared labels only, on a model without a zero-shot calibration
                 raise InvalidInput(f"`abstain` is not available for this classifier yet: {err}") from err
+        label_probs = predicted = None
+        if multi_label is not None:
+            label_probs = predictor.label_probs(logits)
+            predicted = predictor.multi_label(logits, multi_label.threshold)
+            if predicted is None:  # no per-label record yet (declared labels only): the model's zero-shot rule
+                predicted = label_probs >= (multi_label.threshold or multi_label.fallback)
         rec.used_number += 1
         rec.used_at = self._clock()
         self._dirty_usage.add(classifier_id)
-        return Scores(list(predictor.labels), softmax(logits), oos)
+        return Scores(list(predictor.labels), softmax(logits), oos, label_probs, predicted)
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
         self._check_current()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, model_validator
 
 
 class TextDoc(BaseModel):
@@ -44,6 +44,19 @@ class Abstain(BaseModel):
         return self
 
 
+class MultiLabel(BaseModel):
+    """Our extension: every label that applies to an input, not only the most probable one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Predict every label whose own probability reaches this. Without it: per-label thresholds a "
+        "few-shot classifier learned from its training stream, or the model's default for zero-shot "
+        "(`multi_label_threshold` in /v1/models).",
+    )
+
+
 # Request bodies ignore unknown top-level fields, as Jina does (its own product page sends `"action": "list"`);
 # nested items stay strict, so `{"text": ..., "image": ...}` is an error rather than a guess.
 class ClassifyRequest(BaseModel):
@@ -73,18 +86,39 @@ class ClassifyRequest(BaseModel):
         description="Ours: also decide per input whether it belongs to none of the labels; adds `out_of_scope` and "
         "`oos_score` to each result. Without it the response is exactly Jina's.",
     )
+    multi_label: StrictBool | MultiLabel | None = Field(
+        default=None,
+        description="Ours: `true` or `{\"threshold\": 0.x}` adds `predicted_labels` to each result: every label whose "
+        "own probability reaches its threshold (possibly none; per group with label groups), and each label's "
+        "`score` is then its own probability (they need not sum to 1). With `abstain`, an out-of-scope input "
+        "predicts no label. Without it the response is exactly Jina's.",
+    )
+
+    def multi_label_threshold(self) -> MultiLabel | None:
+        """The multi-label options, or None in single-label mode (`false`, absent)."""
+        if self.multi_label is None or self.multi_label is False:
+            return None
+        return MultiLabel() if self.multi_label is True else self.multi_label
+
+
+# A training example's label: one label, or (ours) every label that applies to it.
+TrainingLabel = Union[str, list[str]]
 
 
 class TextTrainingItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(description="Input text for training.")
-    label: str = Field(description="Label for the input text.")
+    label: TrainingLabel = Field(
+        description="Label for the input text; ours: a list of every label that applies (multi-label)."
+    )
 
 
 class ImageTrainingItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="Input image URL or base64 for training.")
-    label: str = Field(description="Label for the input image.")
+    label: TrainingLabel = Field(
+        description="Label for the input image; ours: a list of every label that applies (multi-label)."
+    )
 
 
 TrainingItem = Union[TextTrainingItem, ImageTrainingItem]
@@ -123,6 +157,11 @@ class ClassificationPrediction(BaseModel):
     )
     oos_score: float | dict[str, float] | None = Field(
         default=None, description="Ours, only with `abstain`: the out-of-scope score (larger = further from every label)."
+    )
+    predicted_labels: list[str] | dict[str, list[str]] | None = Field(
+        default=None,
+        description="Ours, only with `multi_label`: every label whose own probability reaches its threshold, most "
+        "probable first (possibly none; per group with label groups).",
     )
 
 

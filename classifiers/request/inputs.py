@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 from classifiers.catalog.registry import ModelSpec
 from classifiers.protocol.errors import (
@@ -125,12 +125,38 @@ def parse_declared_labels(labels: list[str] | None, *, max_label_chars: int = DE
     return list(dict.fromkeys(out))
 
 
+ExampleLabels = Union[str, list[str]]  # one label, or (multi-label) every label that applies, in order, distinct
+
+
+def labels_of(examples: list[ExampleLabels]) -> list[str]:
+    """Every label the examples name, each once, in the order they first appear."""
+    return list(dict.fromkeys(lab for y in examples for lab in ([y] if isinstance(y, str) else y)))
+
+
+def _example_labels(label: str | list[str], where: str, max_chars: int) -> ExampleLabels:
+    """One example's label(s), normalised; a list of one is that label, duplicates in a list collapse."""
+    if isinstance(label, str):
+        out = checked_label(label, f"{where}: label", max_chars)
+        if not out:
+            raise InvalidLabels(f"{where}: label is empty")
+        return out
+    if not label:
+        raise InvalidLabels(f"{where}: the label list is empty: give at least one label that applies")
+    labels = [checked_label(lab, f"{where}: label {j}", max_chars) for j, lab in enumerate(label)]
+    for j, lab in enumerate(labels):
+        if not lab:
+            raise InvalidLabels(f"{where}: label {j} is empty")
+    distinct = list(dict.fromkeys(labels))
+    return distinct[0] if len(distinct) == 1 else distinct
+
+
 def parse_training_items(
     raw: TrainingItem | list[TrainingItem], *, max_items: int, max_tokens: int = 8192,
     max_label_chars: int = DEFAULT_MAX_LABEL_CHARS,
-) -> tuple[list[Item], list[str]]:
-    """Labeled examples -> (items, labels). Labels are normalised (:func:`normalize_label`), must not be empty and
-    have at most ``max_label_chars`` characters (they become class names stored in the classifier's state)."""
+) -> tuple[list[Item], list[ExampleLabels]]:
+    """Labeled examples -> (items, labels per item). A label is normalised (:func:`normalize_label`), must not be
+    empty and has at most ``max_label_chars`` characters (it becomes a class name stored in the classifier's state).
+    An item's label may be a list (ours, multi-label): every label that applies to it, at least one."""
     items = raw if isinstance(raw, list) else [raw]
     if not items:
         raise InvalidInput("`input` is empty: send at least one labeled example")
@@ -140,11 +166,10 @@ def parse_training_items(
             f"Invalid request: input: {len(items)} training examples in one request; the limit is {max_items}",
             errors=[{"field": "input", "message": f"List should have at most {max_items} items", "type": "too_long"}],
         )
-    out, labels = [], []
+    out: list[Item] = []
+    labels: list[ExampleLabels] = []
     for i, it in enumerate(items):
-        label = checked_label(it.label, f"input[{i}]: label", max_label_chars)
-        if not label:
-            raise InvalidLabels(f"input[{i}]: label is empty")
+        label = _example_labels(it.label, f"input[{i}]", max_label_chars)
         if isinstance(it, ImageTrainingItem):
             if not it.image.strip():
                 raise InvalidInput(f"input[{i}]: image is empty")

@@ -12,11 +12,13 @@ import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
 from classifiers.protocol.errors import InvalidInput, InvalidLabels, LabelLimitExceeded
-from classifiers.protocol.wire import Abstain, ClassificationPrediction, PredictionLabel
+from classifiers.protocol.wire import Abstain, ClassificationPrediction, MultiLabel, PredictionLabel
 from classifiers.request.inputs import check_label_chars, checked_label, preview
 from classifiers.request.limits import Limits
 from classifiers.zeroshot.oos import abstain as oos_abstain
 from classifiers.zeroshot.oos import zero_shot_oos_score
+
+UNCALIBRATED_THRESHOLD = 0.5  # zero-shot multi-label default of a model whose catalog entry fits none
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,12 @@ def score(inputs: np.ndarray, label_vectors: np.ndarray, scale: float) -> np.nda
 
 
 def predictions(
-    inputs: np.ndarray, label_set: LabelSet, vectors: dict[str, np.ndarray], spec: ModelSpec, abstain: Abstain | None = None
+    inputs: np.ndarray, label_set: LabelSet, vectors: dict[str, np.ndarray], spec: ModelSpec,
+    abstain: Abstain | None = None, multi_label: MultiLabel | None = None,
 ) -> list[ClassificationPrediction]:
     """Jina's per-input result objects; labels keep the request's order within each group. With ``abstain``,
-    each group also gets its out-of-scope score (max cosine against the model's calibration) and decision."""
+    each group also gets its out-of-scope score (max cosine against the model's calibration) and decision; with
+    ``multi_label``, every label whose calibrated share reaches the threshold (:func:`zero_shot_multi_label`)."""
     per_group = {}
     for name, labels in label_set.groups.items():
         mat = np.stack([vectors[lab] for lab in labels])
@@ -97,57 +101,98 @@ def predictions(
                 oos = zero_shot_oos_score(cos, spec)
             except ValueError as err:  # a model without a zero-shot calibration (Hub models)
                 raise InvalidInput(f"`abstain` is not available for model {spec.name!r}: {err}") from err
-        per_group[name] = GroupScores(labels, softmax(spec.score_scale * cos), oos)
+        probs = softmax(spec.score_scale * cos)
+        predicted = None if multi_label is None else probs >= zero_shot_threshold(spec, multi_label)
+        per_group[name] = GroupScores(labels, probs, oos, probs if predicted is not None else None, predicted)
     return build_predictions(per_group, grouped=label_set.grouped, abstain=abstain)
+
+
+def zero_shot_threshold(spec: ModelSpec, multi_label: MultiLabel) -> float:
+    """The share a label must reach to apply in zero-shot multi-label mode: the request's threshold, else the
+    model's calibrated default (``ModelSpec.multi_label_threshold``), else one half.
+
+    Why the share itself: in zero-shot each label's calibrated share is the best probability that it applies that
+    carries across data sets (docs/eval/report.md: rules on raw cosines or sigmoids fitted on one data set lose on
+    the other); label sets are arbitrary, so nothing per label can be learned."""
+    if multi_label.threshold is not None:
+        return multi_label.threshold
+    return spec.multi_label_threshold if spec.multi_label_threshold is not None else UNCALIBRATED_THRESHOLD
 
 
 @dataclass(frozen=True)
 class GroupScores:
-    """One label group's (or a few-shot classifier's) labels, (N, L) probabilities and optional (N,) OOS scores."""
+    """One label group's (or a few-shot classifier's) labels and (N, L) probabilities (summing to 1), optional (N,)
+    out-of-scope scores, and in multi-label mode each label's own probability and which labels apply."""
 
     labels: list[str]
     probs: np.ndarray
     oos: np.ndarray | None = None
+    label_probs: np.ndarray | None = None  # (N, L), multi-label mode: the probability that each label applies
+    predicted: np.ndarray | None = None  # (N, L) bool, multi-label mode: the labels that apply
+
+
+@dataclass
+class _Group:
+    """One group's answer fields, computed for all inputs at once."""
+
+    labels: list[str]
+    best: list[int]
+    shown: list[list[float]]  # the scores reported per label: shares, or each label's own probability
+    flags: np.ndarray | None
+    oos: list[float] | None
+    predicted: list[list[str]] | None
+
+    @classmethod
+    def of(cls, g: GroupScores, abstain: Abstain | None) -> _Group:
+        flags = None
+        if abstain is not None and g.oos is not None:
+            flags = oos_abstain(g.oos, false_alarm_rate=abstain.false_alarm_rate, thresh=abstain.threshold)
+        predicted = None
+        shown = g.probs
+        if g.predicted is not None and g.label_probs is not None:
+            shown = g.label_probs
+            mask = g.predicted if flags is None else g.predicted & ~flags[:, None]  # out of scope: no label applies
+            order = np.argsort(-shown, axis=1, kind="stable")  # most probable first
+            kept = np.take_along_axis(mask, order, 1)
+            predicted = [[g.labels[j] for j in row[keep]] for row, keep in zip(order, kept, strict=True)]
+        return cls(g.labels, np.argmax(g.probs, axis=1).tolist(), shown.tolist(), flags,
+                   None if flags is None or g.oos is None else g.oos.tolist(), predicted)
+
+    def fields(self, i: int) -> tuple:
+        """(prediction, score, predictions, out_of_scope, oos_score, predicted_labels) of input ``i``."""
+        best, scores = self.best[i], self.shown[i]
+        # model_construct: labels and scores are ours, already valid; validating 256 of them per input was most of
+        # the cost of a many-label request (docs/benchmarks.md).
+        preds = [PredictionLabel.model_construct(label=lab, score=s) for lab, s in zip(self.labels, scores, strict=True)]
+        flag = None if self.flags is None else bool(self.flags[i])
+        oos = None if self.oos is None else self.oos[i]
+        return self.labels[best], scores[best], preds, flag, oos, None if self.predicted is None else self.predicted[i]
 
 
 def build_predictions(
     per_group: dict[str | None, GroupScores], *, grouped: bool, abstain: Abstain | None = None
 ) -> list[ClassificationPrediction]:
     """Result objects from per-group scores; group None means a flat label list. The out-of-scope fields are
-    filled only when ``abstain`` was asked for (otherwise the result is exactly Jina's)."""
-    flags = {
-        name: oos_abstain(g.oos, false_alarm_rate=abstain.false_alarm_rate, thresh=abstain.threshold)
-        for name, g in per_group.items() if abstain is not None and g.oos is not None
-    }
+    filled only when ``abstain`` was asked for and ``predicted_labels`` only in multi-label mode (otherwise the
+    result is exactly Jina's). The prediction is the most probable label; in multi-label mode each label's score
+    is its own probability."""
+    groups = {name: _Group.of(g, abstain) for name, g in per_group.items()}
     n = next(iter(per_group.values())).probs.shape[0]
     out = []
     for i in range(n):
-        fields = {}
-        for name, g in per_group.items():
-            p = g.probs[i]
-            best = int(np.argmax(p))
-            oos = (bool(flags[name][i]), float(g.oos[i])) if name in flags and g.oos is not None else (None, None)
-            # model_construct: labels and scores are ours, already valid; validating 256 of them per input was
-            # most of the cost of a many-label request (docs/benchmarks.md).
-            scores = p.tolist()
-            fields[name] = (
-                g.labels[best], scores[best],
-                [PredictionLabel.model_construct(label=lab, score=s) for lab, s in zip(g.labels, scores, strict=True)], *oos
-            )
-        if grouped:
-            extra = {}
-            if flags:
-                extra = {"out_of_scope": {k: f[3] for k, f in fields.items()}, "oos_score": {k: f[4] for k, f in fields.items()}}
-            out.append(
-                ClassificationPrediction(
-                    index=i,
-                    prediction={k: f[0] for k, f in fields.items()},
-                    score={k: f[1] for k, f in fields.items()},
-                    predictions={k: f[2] for k, f in fields.items()},
-                    **extra,
-                )
-            )
-        else:
-            pred, sc, preds, flag, oos = fields[None]
-            out.append(ClassificationPrediction(index=i, prediction=pred, score=sc, predictions=preds, out_of_scope=flag, oos_score=oos))
+        fields = {name: grp.fields(i) for name, grp in groups.items()}
+        if not grouped:
+            pred, sc, preds, flag, oos, labels = fields[None]
+            out.append(ClassificationPrediction(index=i, prediction=pred, score=sc, predictions=preds, out_of_scope=flag,
+                                                oos_score=oos, predicted_labels=labels))
+            continue
+        extra: dict = {}
+        if abstain is not None and all(grp.flags is not None for grp in groups.values()):
+            extra = {"out_of_scope": {k: f[3] for k, f in fields.items()}, "oos_score": {k: f[4] for k, f in fields.items()}}
+        if all(grp.predicted is not None for grp in groups.values()):
+            extra["predicted_labels"] = {k: f[5] for k, f in fields.items()}
+        out.append(ClassificationPrediction(
+            index=i, prediction={k: f[0] for k, f in fields.items()}, score={k: f[1] for k, f in fields.items()},
+            predictions={k: f[2] for k, f in fields.items()}, **extra,
+        ))
     return out

@@ -49,5 +49,5 @@ class ZeroShotService:
         labels = label_set.unique()
         counted = await self.vectors.count(spec, items, labels=labels, budget=budget)
         vectors, label_vectors = await self.vectors.inputs_and_labels(spec, items, labels, counted, tenant=tenant)
-        data = predictions(vectors, label_set, label_vectors, spec, req.abstain)
+        data = predictions(vectors, label_set, label_vectors, spec, req.abstain, req.multi_label_threshold())
         return ClassificationResponse(data=data, usage=Usage(total_tokens=counted.total))

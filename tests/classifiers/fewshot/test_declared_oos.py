@@ -150,8 +150,10 @@ def test_256_classes_keep_the_full_covariance():
     X, y, _ = clusters(k=256, n=2, dim=384, seed=3)
     lrn.update(X, y)
     assert len(lrn.compile().labels) == 256
-    # + 3 floats: the prequential out-of-scope record (count, sum, sum of squares)
-    assert lrn.state_nbytes() == 8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1) + 3 * 8
+    # + 3 floats: the prequential out-of-scope record (count, sum, sum of squares); per class 2 x 32 floats of the
+    # label record, and 41 floats of the temperature profile (its weight is a scalar) plus 2 x 32 of the pooled record
+    assert lrn.state_nbytes() == (8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1 + 2 * 32 * 8) + 3 * 8
+                                  + (41 + 2 * 32) * 8)
     assert FewShotLearner(1024, score_scale=SCALE).covariance == "diagonal"
 
 

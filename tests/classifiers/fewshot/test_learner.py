@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from classifiers.fewshot.learner import FewShotLearner
+from classifiers.fewshot.calibration import share_log_odds
+from classifiers.fewshot.learner import FewShotLearner, _state_bytes
 from classifiers.fewshot.learner_config import LearnerConfig
 
 D = 384
@@ -220,12 +221,188 @@ def test_bad_inputs_are_rejected():
     assert lrn.predict_proba(unit(np.ones((2, 8)))).tolist() == [[1.0], [1.0]]
 
 
-def test_compiled_predictor_scores_exactly_like_the_learner(data):
+def test_compiled_predictor_scores_like_the_learner_at_its_calibration_temperature(data):
     X, y, centers, Xq, _ = data
     lrn = fit(X, y, chunks=2, priors=label_prior(centers))
     pred = lrn.compile()
-    assert list(pred.labels) == lrn.labels
-    assert np.array_equal(pred.predict_proba(Xq), lrn.predict_proba(Xq))
-    assert pred.nbytes == 8 * (D * 6 + 6 + 2 * 6) and pred.nbytes < lrn.state_nbytes() / 10  # W, b, OOS mean/std
+    tau = lrn.calibration_temperature
+    assert list(pred.labels) == lrn.labels and tau != 1.0
+    np.testing.assert_allclose(pred.decision_function(Xq), lrn.decision_function(Xq) / tau, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(pred.predict_proba(Xq).argmax(1), lrn.predict_proba(Xq).argmax(1))
+    # W, b, OOS mean/std (K each), the label map (32) and the label cuts (K)
+    assert pred.nbytes == 8 * (D * 6 + 6 + 2 * 6 + 32 + 6) and pred.nbytes < lrn.state_nbytes() / 10
     lrn.update(X[:5], y[:5])  # later updates do not change an already compiled predictor
     assert not np.array_equal(pred.predict_proba(Xq), lrn.compile().predict_proba(Xq))
+
+
+# ---------------------------------------------------------------- calibrated scores and multi-label (issue 28)
+def ece(p, truth, bins=10):
+    """Expected calibration error of the top score (10 equal-width bins)."""
+    conf, right = p.max(1), p.argmax(1) == truth
+    b = np.minimum((conf * bins).astype(int), bins - 1)
+    return sum(abs(conf[b == i].mean() - right[b == i].mean()) * np.mean(b == i) for i in range(bins) if (b == i).any())
+
+
+def stream(lrn, X, y, batches, seed=0):
+    for part in np.array_split(np.random.default_rng(seed).permutation(len(y)), batches):
+        lrn.update(X[part], [y[i] for i in part])
+    return lrn
+
+
+def test_temperature_record_fixes_an_over_confident_model():
+    X, y, centers = clusters(k=8, n=40, noise=3.0, dim=64)
+    Xq, yq, _ = clusters(k=8, n=40, noise=3.0, seed=1, centers=centers, dim=64)
+    lrn = stream(FewShotLearner(64, score_scale=20.0, config=LearnerConfig(temperature=1.0)), X, y, 40)
+    truth = np.array([lrn.labels.index(lab) for lab in yq])
+    raw, calibrated = lrn.predict_proba(Xq), lrn.compile().predict_proba(Xq)
+    assert lrn.calibration_temperature > 1.3 and lrn.diagnostics["calibration_temperature"] > 1.3
+    assert raw.max(1).mean() > calibrated.max(1).mean()  # less confident ...
+    assert ece(calibrated, truth) < ece(raw, truth) - 0.02  # ... and better calibrated
+    assert np.array_equal(raw.argmax(1), calibrated.argmax(1))
+
+
+def test_records_never_change_the_argmax_and_off_means_the_old_predictor(data):
+    X, y, centers, Xq, _ = data
+    on = stream(FewShotLearner(D, score_scale=20.0), X, y, 7)
+    off = stream(FewShotLearner(D, score_scale=20.0, config=LearnerConfig(oos_record=False)), X, y, 7)
+    p_on, p_off = on.compile(), off.compile()
+    assert on.calibration_temperature != 1.0 and p_on.label_map is not None
+    # the statistics do not see the records: the model's own scores are the same, and the argmax is bit-identical
+    np.testing.assert_allclose(on.predict_proba(Xq), off.predict_proba(Xq), rtol=0, atol=1e-12)
+    far = unit(np.random.default_rng(4).normal(size=(200, D)))  # also off the data, where classes are close
+    for Z in (Xq, far):
+        assert np.array_equal(p_on.predict_proba(Z).argmax(1), p_off.predict_proba(Z).argmax(1))
+        assert np.array_equal(p_on.predict_proba(Z).argmax(1), on.predict_proba(Z).argmax(1))
+    # with the records off, the predictor is the old one: W and b straight from the fit, no label calibration
+    A, b = off._fit()
+    assert np.array_equal(p_off.W, A) and np.array_equal(p_off.b, b) and off.calibration_temperature == 1.0
+    assert p_off.label_map is None and p_off.label_cuts is None and p_off.multi_label(Xq @ A + b, None) is None
+
+
+def test_oos_score_is_unchanged_by_the_temperature(data):
+    X, y, _, Xq, _ = data
+    lrn = stream(FewShotLearner(D, score_scale=20.0), X, y, 5)
+    pred = lrn.compile()
+    mean, std = lrn._gaussian_moments()
+    shift, scale = lrn.oos_correction
+    z = lrn.decision_function(Xq)  # the model's logits: the OOS score in its own units
+    k = z.argmax(1)
+    raw = ((mean - shift * std)[k] - z[np.arange(len(k)), k]) / (std * scale)[k]
+    np.testing.assert_allclose(pred.oos_score(Xq), raw, rtol=1e-9, atol=1e-9)
+
+
+def multi_label_data(n, K=6, seed=0, centers=None, noise=1.5, dim=D):
+    """Inputs with 1-3 labels each: the normalised sum of their classes' centres plus noise."""
+    rng = np.random.default_rng(seed)
+    if centers is None:
+        centers = unit(rng.normal(size=(K, dim)))
+    ys, X = [], []
+    for _ in range(n):
+        labs = sorted(rng.choice(K, size=rng.choice([1, 1, 2, 3]), replace=False))
+        X.append(centers[labs].sum(0) + noise * rng.normal(size=dim) / np.sqrt(dim))
+        ys.append([f"class {j}" for j in labs])
+    return unit(np.array(X)), ys, centers
+
+
+def test_label_lists_count_each_pair_and_equal_the_expanded_pairs():
+    X, ys, _ = multi_label_data(40)
+    lrn = FewShotLearner(D, score_scale=20.0)
+    lrn.update(X[:3], [["class 0", "class 1", "class 0"], "class 0", ("class 1",)])
+    assert lrn.counts == {"class 0": 2.0, "class 1": 2.0} and lrn.num_examples == 4.0
+    lists = FewShotLearner(D, score_scale=20.0)
+    lists.update(X, ys, weight=0.5)
+    rows = [i for i, labs in enumerate(ys) for _ in labs]
+    pairs = FewShotLearner(D, score_scale=20.0)
+    pairs.update(X[rows], [lab for labs in ys for lab in labs], weight=0.5)
+    assert lists.counts == pairs.counts and lists.num_examples == 0.5 * len(rows)
+    cols = [pairs.labels.index(lab) for lab in lists.labels]
+    np.testing.assert_allclose(lists.predict_proba(X), pairs.predict_proba(X)[:, cols], atol=1e-9)
+    # bad labels are refused before anything changes
+    for bad in ([[]], [None], [["class 9", 3]], [7]):
+        with pytest.raises(ValueError):
+            lists.update(X[:1], bad)
+    assert "class 9" not in lists.labels and lists.counts == pairs.counts
+
+
+def f1(Y, P):
+    tp = (Y & P).sum()
+    return 2 * tp / max(Y.sum() + P.sum(), 1)
+
+
+def test_multi_label_answers_shapes_monotonicity_and_learned_cuts():
+    # hard, overlapping labels (top-1 right ~40% of the time), where a calibrated q rarely reaches 0.5
+    X, ys, centers = multi_label_data(960, K=12, noise=5.0, dim=64)
+    Xq, yq, _ = multi_label_data(400, K=12, seed=1, centers=centers, noise=5.0, dim=64)
+    lrn = FewShotLearner(64, score_scale=20.0)
+    for part in np.array_split(np.arange(len(ys)), 120):  # batches of 8
+        lrn.update(X[part], [ys[i] for i in part])
+    pred = lrn.compile()
+    K = len(lrn.labels)
+    Y = np.array([[lab in labs for lab in lrn.labels] for labs in yq])
+    z = pred.decision_function(Xq)
+    q = pred.label_probs(z)
+    assert q.shape == (len(Xq), K) and np.all((q > 0) & (q < 1)) and pred.label_cuts.shape == (K,)
+    bump = z.copy()
+    bump[:, 0] += 1.0  # a label's own probability never falls when its logit rises
+    assert np.all(pred.label_probs(bump)[:, 0] >= q[:, 0])
+    loose, strict = pred.multi_label(z, 0.2), pred.multi_label(z, 0.6)
+    assert loose.dtype == bool and loose.shape == (len(Xq), K) and np.all(loose >= strict)
+    np.testing.assert_array_equal(loose, q >= 0.2)
+    for bad in (0.0, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError):
+            pred.multi_label(z, bad)
+    learned = pred.multi_label(z, None)
+    assert learned.shape == (len(Xq), K)
+    np.testing.assert_array_equal(learned, share_log_odds(z) >= pred.label_cuts)  # the cuts are on u
+    assert f1(Y, learned) > f1(Y, q >= 0.5) + 0.1  # learned per-label cuts beat one fixed cut at 0.5
+    assert f1(Y, learned) > f1(Y, np.eye(K, dtype=bool)[z.argmax(1)])  # and the top label alone
+    # a single-label classifier answers in multi-label mode too
+    Xs, ysingle, _ = clusters(k=4, n=30, dim=64)
+    single = stream(FewShotLearner(64, score_scale=20.0), Xs, ysingle, 15).compile()
+    assert single.label_map is not None and single.multi_label(single.decision_function(Xs), None).any(1).mean() > 0.8
+
+
+def test_state_round_trip_keeps_the_records_and_version_3_states_answer_as_before():
+    d = 64
+    X, ys, centers = multi_label_data(200, dim=d)
+    Xq, _, _ = multi_label_data(50, seed=1, centers=centers, dim=d)
+    lrn = FewShotLearner(d, score_scale=20.0)
+    for part in np.array_split(np.arange(len(ys)), 10):
+        lrn.update(X[part], [ys[i] for i in part])
+    state = lrn.to_state()
+    assert state["version"] == 4 and state["label_hist"].shape == (len(lrn.labels), 2, 32)
+    assert lrn.state_nbytes() == _state_bytes(d, len(lrn.labels), True)  # the budget formula is exact
+    restored = FewShotLearner.from_state(_through_json_and_npz(state))
+    a, b = lrn.compile(), restored.compile()
+    for field in ("W", "b", "oos_mean", "oos_std", "label_map", "label_cuts"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    more, more_y, _ = multi_label_data(30, seed=2, centers=centers, dim=d)
+    lrn.update(more, more_y)
+    restored.update(more, more_y)  # and it goes on recording exactly like the original
+    assert np.array_equal(lrn.compile().label_cuts, restored.compile().label_cuts)
+    assert lrn.calibration_temperature == restored.calibration_temperature
+    # a version-3 state (before the records): tau = 1, no label calibration, the old predictor exactly
+    v3 = {k: v for k, v in state.items() if k not in ("temp_profile", "temp_weight", "label_pooled", "label_hist")}
+    v3["version"] = 3
+    v3["config"] = {k: v for k, v in v3["config"].items() if "calibration" not in k or k.startswith("oos")}
+    old = FewShotLearner.from_state(_through_json_and_npz(v3))
+    p = old.compile()
+    A, bias = old._fit()
+    assert old.calibration_temperature == 1.0 and np.array_equal(p.W, A) and np.array_equal(p.b, bias)
+    assert p.label_map is None and p.label_cuts is None and p.multi_label(p.decision_function(Xq), None) is None
+    np.testing.assert_array_equal(p.label_probs(p.decision_function(Xq)), p.predict_proba(Xq))  # the share
+    assert np.array_equal(p.predict_proba(Xq), old.predict_proba(Xq))
+    assert old.state_nbytes() == lrn.state_nbytes()  # it now carries (empty) records
+
+
+def test_records_score_at_most_512_rows_per_chunk_and_start_on_declared_labels():
+    X, y, _ = clusters(k=2, n=1000, seed=7, dim=32)
+    lrn = FewShotLearner(32, score_scale=20.0, config=LearnerConfig(calibration_recency=0.0,
+                                                                     label_calibration_recency=0.0))
+    lrn.update(X, y)  # one call: chunks of 8, 8, 16, ..., 512, then 976 rows
+    assert lrn._temp.weight == 8 + 16 + 32 + 64 + 128 + 256 + 512 + 512
+    assert lrn._label_rec.pooled[0].sum() == 2 * lrn._temp.weight  # each scored row is a pair per known class
+    decl = FewShotLearner(32, score_scale=20.0)
+    decl.declare({"class 0": unit(X[0]), "class 1": unit(X[-1])})
+    decl.update(X[:8], y[:8])  # scored by the zero-shot logits before its first example
+    assert decl._temp.weight == 8 and decl.num_examples == 8
