@@ -8,6 +8,8 @@ Under a route prefix (a small proxy mounting the app at /acct) the page calls /a
 When Chromium is missing, scripts/install_browser.sh installs it (apt); without apt access the test skips."""
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import subprocess
@@ -182,6 +184,24 @@ def click_label_groups(d) -> None:
     assert "topic: weather" in got[0]["text"] and "mood:" in got[0]["text"]
 
 
+def click_multi_label(d) -> None:
+    """The multi-label toggle: each result lists every label that applies ("applies: ..."), the bars of those labels
+    are marked, and each bar is that label's own probability; unticked again for the steps after."""
+    set_text(d, "zs-labels", "weather, sport, cooking")
+    by_id(d, "zs-multi").click()
+    try:
+        got = run_and_wait(d, "zs-run", "zs-results", 2)
+        shown = [json.loads(e.get_attribute("data-labels")) for e in d.find_elements("css selector", "#zs-results .labels")]
+        assert len(shown) == 2 and all(g["prediction"] in labels for g, labels in zip(got, shown, strict=True)), (got, shown)
+        for g, labels in zip(got, shown, strict=True):
+            marked = {b["label"] for b in g["bars"] if b["top"]} | {
+                e.get_attribute("data-label") for e in d.find_elements("css selector", "#zs-results .bar.applies")}
+            assert set(labels) <= marked
+            assert [b["label"] for b in sorted(g["bars"], key=lambda b: -b["score"]) if b["label"] in labels] == labels
+    finally:
+        by_id(d, "zs-multi").click()
+
+
 def click_refused_request(d) -> None:
     """A refused request shows the error body: code, detail and request id."""
     set_text(d, "zs-labels", "weather, weather")
@@ -271,6 +291,7 @@ def test_click_through_zero_shot_error_images_few_shot(browser, serve_url, http,
     select_model(d, MODEL)
     click_zero_shot(d)
     click_label_groups(d)
+    click_multi_label(d)
     click_refused_request(d)
     click_image(d, tmp_path)
     click_final_zero_shot(d)
