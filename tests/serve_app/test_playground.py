@@ -9,7 +9,6 @@ When Chromium is missing, scripts/install_browser.sh installs it (apt); without 
 from __future__ import annotations
 
 import json
-
 import re
 import shutil
 import subprocess
