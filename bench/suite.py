@@ -887,7 +887,7 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="measure and print; do not touch docs/")
     ap.add_argument("--gpu", action="store_true",
                     help="on a GPU node: torch models on fractional GPUs in float16 (GPU_EMBEDDER), 4 ingress replicas; "
-                    "writes docs/benchmarks_gpu.md and docs/bench/gpu/")
+                    "writes docs/benchmarks_gpu_suite.md and docs/bench/gpu/")
     ap.add_argument("--_serve", help=argparse.SUPPRESS)
     ap.add_argument("--_port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_env", default="{}", help=argparse.SUPPRESS)
@@ -899,7 +899,7 @@ def main() -> None:
     if args.gpu:
         global DOC, PLOTS
         os.environ["BENCH_GPU"] = "1"  # inherited by the service and naive children
-        DOC, PLOTS = ROOT / "docs" / "benchmarks_gpu.md", ROOT / "docs" / "bench" / "gpu"
+        DOC, PLOTS = ROOT / "docs" / "benchmarks_gpu_suite.md", ROOT / "docs" / "bench" / "gpu"
     if args.render_only:
         res = json.loads(Path(args.results).read_text())
         write_doc(render(res, res.get("command", command)))

