@@ -8,9 +8,9 @@
 
 Run it as ``flock /tmp/e2e.lock python bench/cpu_profile.py ...`` beside other heavy work: it starts Ray.
 
-The service is started exactly as ``bench/suite.py`` does (``start_service``: the shipped switches of
+The service is started exactly as ``bench/suite.py`` does (``bench.peers.start_service``: the shipped switches of
 ``serve_app.switches.default_switches`` plus the suite's quick drain, rate limits off), warmed up, then measured
-with ``bench.suite.measured_wrk``: CPU seconds of every process of the service's tree from /proc
+with ``bench.loadgen.measured_wrk``: CPU seconds of every process of the service's tree from /proc
 (``bench/cpu.py``), the embedder's split into model calls (timed in the replica, ``/v1/stats``) and the rest.
 Printed per request in milliseconds: proxy (HAProxy and Ray's proxy actor), ingress, embedder model, embedder
 other, state (shards, accounts actor), ray (raylet, GCS, controller, ...), other, and "outside the model"
@@ -53,20 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cpu  # noqa: E402  (needs ROOT on sys.path)
-from bench.suite import (  # noqa: E402
-    SWITCH_COMMON_ENV,
-    ensure_debian,
-    measured_wrk,
-    model_cpu_s,
-    payloads,
-    post,
-    spawn,
-    start_service,
-    stop,
-    wait_ready,
-    wrk,
-)
-from bench.suite import free_port as suite_free_port  # noqa: E402
+from bench.loadgen import measured_wrk, model_cpu_s, payloads, post, wrk  # noqa: E402
+from bench.machine import ensure_debian  # noqa: E402
+from bench.peers import SWITCH_COMMON_ENV, spawn, start_service, stop, wait_ready  # noqa: E402
+from bench.peers import free_port as suite_free_port  # noqa: E402
 from serve_app.switches import default_switches  # noqa: E402  (imports no Ray)
 
 PATH = "/v1/classify"

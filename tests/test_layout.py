@@ -1,8 +1,10 @@
 """The code's layout rules, checked on the source with ``ast`` (nothing is imported):
 
-* no file under classifiers/ is above 600 lines;
+* no file under classifiers/, serve_app/, deployments/ or bench/ is above 600 lines;
 * no function (def line to last line, methods and nested functions included) is above 80 lines in classifiers/,
-  deployments/, serve_app/ or tests/ (bench/ is exempt);
+  deployments/, serve_app/, bench/ or tests/;
+* the files of ``TEMPORARY_EXCEPTIONS`` are exempt from both while they wait for the split that their entry names,
+  and the list holds only files that still break a rule;
 * imports point downward only: the classifiers sub-packages are layered, bottom to top, as ``LAYERS`` (the order
   classifiers/__init__.py documents), and a module imports only from its own package or those below it;
   nothing in classifiers/ imports Ray, deployments or serve_app; deployments/ never imports serve_app.
@@ -18,7 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
-FUNCTION_ROOTS = ("classifiers", "deployments", "serve_app", "tests")
+FILE_ROOTS = ("classifiers", "serve_app", "deployments", "bench")
+FUNCTION_ROOTS = ("classifiers", "deployments", "serve_app", "bench", "tests")
+# Files that break the rules above until the work named beside each lands; clear an entry with that work (the
+# last test below fails once an entry is no longer needed).
+TEMPORARY_EXCEPTIONS = {
+    "serve_app/client.py": "above 600 lines; issue 31 moves the client out",
+    "bench/eval_fewshot.py": "above 600 lines, main/_new_sections/write_report above 80; issue 30 splits it by job",
+}
 LAYERS = ("protocol", "catalog", "request", "storage", "accounts", "images", "embedding", "zeroshot", "fewshot")
 NOT_IN_CLASSIFIERS = ("ray", "deployments", "serve_app")
 
@@ -62,6 +71,11 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
                 yield from ((node.lineno, f"{module}.{alias.name}") for alias in node.names)
 
 
+def long_files() -> list[str]:
+    return [f"{rel(p)} is {n} lines" for p in sources(*FILE_ROOTS)
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
+
+
 def long_functions() -> list[str]:
     found = []
     for path in sources(*FUNCTION_ROOTS):
@@ -92,18 +106,24 @@ def upward_imports() -> list[str]:
     return found
 
 
-def test_no_file_under_classifiers_is_above_600_lines():
-    long = [
-        f"{rel(p)} is {n} lines"
-        for p in sources("classifiers")
-        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES
-    ]
+def not_excepted(found: list[str]) -> list[str]:
+    return [f for f in found if f.split()[0].split(":")[0] not in TEMPORARY_EXCEPTIONS]
+
+
+def test_no_file_is_above_600_lines():
+    long = not_excepted(long_files())
     assert not long, f"split these files (at most {MAX_FILE_LINES} lines):\n" + "\n".join(long)
 
 
 def test_no_function_is_above_80_lines():
-    long = long_functions()
+    long = not_excepted(long_functions())
     assert not long, f"split these functions (at most {MAX_FUNCTION_LINES} lines):\n" + "\n".join(long)
+
+
+def test_every_temporary_exception_is_still_needed():
+    breaking = {f.split()[0].split(":")[0] for f in long_files() + long_functions()}
+    stale = sorted(set(TEMPORARY_EXCEPTIONS) - breaking)
+    assert not stale, "these files keep the rules now: remove them from TEMPORARY_EXCEPTIONS:\n" + "\n".join(stale)
 
 
 def test_the_layers_are_every_classifiers_package_in_the_documented_order():
