@@ -20,8 +20,10 @@ import numpy as np
 from ray import serve
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.batch import BatchStats, ImageEmbedRequest, ImageEmbedResult, embed_image_batch
+from classifiers.embedding.batch import embed_image_batch
 from classifiers.embedding.engines import Encoder, load_encoder
+from classifiers.embedding.requests import ImageEmbedRequest, ImageEmbedResult
+from classifiers.embedding.turns import BatchStats
 from classifiers.images.budget import fetch_failure_counts, image_memory_stats
 from classifiers.images.config import ImageFetchConfig
 from classifiers.images.decode import DEFAULT_SHORT_SIDE

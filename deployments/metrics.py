@@ -6,6 +6,7 @@ route templates, models are served model names (anything else is ``unknown``), r
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from typing import cast
@@ -37,18 +38,19 @@ WAIT_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000]
 
 
 class IngressMetrics:
-    """What the ingress records: requests, latency, inputs and tokens, refusals, few-shot operations, label cache."""
+    """What the ingress records: requests, inputs and tokens, refusals, few-shot operations, label cache.
+
+    Counted in memory per request (a dict increment) and handed to Ray's metrics once a second by :meth:`flush`
+    (the replica's maintenance loop): a ``Counter.inc`` through Ray costs some 10 µs, and a request made four of them.
+    Request latency is Serve's own ``serve_http_request_latency_ms`` (recorded by the replica per route and status),
+    not recorded twice."""
 
     def __init__(self):
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter
 
         self.requests = Counter(
             "classifier_requests_total", description="HTTP requests by route, method, status and model.",
             tag_keys=tag_keys_of("route", "method", "status", "model"),
-        )
-        self.latency = Histogram(
-            "classifier_request_latency_ms", description="HTTP request latency at the ingress (ms).",
-            boundaries=LATENCY_MS, tag_keys=tag_keys_of("route", "status"),
         )
         self.inputs = Counter("classifier_inputs_total", description="Inputs of successful requests.", tag_keys=tag_keys_of("mode", "model"))
         self.tokens = Counter("classifier_tokens_total", description="Tokens charged (usage).", tag_keys=tag_keys_of("mode", "model"))
@@ -60,37 +62,47 @@ class IngressMetrics:
         self.fewshot = Counter("classifier_fewshot_operations_total", description="Few-shot operations that succeeded.", tag_keys=("op",))
         self.label_cache = Counter("classifier_label_cache_lookups_total", description="Label-cache lookups.", tag_keys=("result",))
         self._cache_seen = (0, 0)
+        # pending increments per counter and tag values, flushed by flush()
+        self._pending: dict[str, CounterDict] = {name: collections.Counter() for name in _TAGS}
 
-    @best_effort
     def http(self, route: str, method: str, status: int, model: str, latency_ms: float) -> None:
-        self.requests.inc(tags={"route": route, "method": method, "status": str(status), "model": model})
-        self.latency.observe(latency_ms, tags={"route": route, "status": str(status)})
+        self._pending["requests"][(route, method, str(status), model)] += 1
 
-    @best_effort
     def served(self, mode: str, model: str, inputs: int, tokens: int) -> None:
-        # Ray's Counter.inc refuses 0 (ValueError): a /train of declared labels only has no inputs and no tokens.
         if inputs > 0:
-            self.inputs.inc(inputs, tags={"mode": mode, "model": model})
+            self._pending["inputs"][(mode, model)] += inputs
         if tokens > 0:
-            self.tokens.inc(tokens, tags={"mode": mode, "model": model})
+            self._pending["tokens"][(mode, model)] += tokens
 
-    @best_effort
     def refused(self, code: str) -> None:
-        self.refusals.inc(tags={"code": code})
+        self._pending["refusals"][(code,)] += 1
 
-    @best_effort
     def op(self, op: str) -> None:
-        self.fewshot.inc(tags={"op": op})
+        self._pending["fewshot"][(op,)] += 1
 
     @best_effort
-    def label_cache_totals(self, hits: int, misses: int) -> None:
-        """Export the cache's running totals as counter increments."""
+    def flush(self, cache_hits: int = 0, cache_misses: int = 0) -> None:
+        """Hand what was counted since the last flush to Ray's counters (one ``inc`` per counter and tag set), and
+        the label cache's running totals as increments."""
+        pending, self._pending = self._pending, {name: collections.Counter() for name in _TAGS}
+        for name, counts in pending.items():
+            metric, keys = getattr(self, name), _TAGS[name]
+            for values, n in counts.items():
+                if n > 0:  # Ray's Counter.inc refuses 0
+                    metric.inc(n, tags=dict(zip(keys, values, strict=True)))
         h0, m0 = self._cache_seen
-        if hits > h0:
-            self.label_cache.inc(hits - h0, tags={"result": "hit"})
-        if misses > m0:
-            self.label_cache.inc(misses - m0, tags={"result": "miss"})
-        self._cache_seen = (hits, misses)
+        if cache_hits > h0:
+            self.label_cache.inc(cache_hits - h0, tags={"result": "hit"})
+        if cache_misses > m0:
+            self.label_cache.inc(cache_misses - m0, tags={"result": "miss"})
+        self._cache_seen = (cache_hits, cache_misses)
+
+
+CounterDict = collections.Counter
+_TAGS: dict[str, tuple[str, ...]] = {
+    "requests": ("route", "method", "status", "model"), "inputs": ("mode", "model"), "tokens": ("mode", "model"),
+    "refusals": ("code",), "fewshot": ("op",),
+}
 
 
 class EmbedderMetrics:

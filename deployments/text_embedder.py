@@ -10,31 +10,27 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from ray import serve
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.batch import (
-    BatchStats,
-    CountRequest,
-    EmbedRequest,
-    EmbedResult,
-    FairTurns,
-    count_in_slices,
-    embed_batch,
-)
+from classifiers.embedding.batch import Tokenized, count_in_slices, embed_batch, tokenize_request
 from classifiers.embedding.engines import Encoder, load_encoder
-from classifiers.embedding.engines.base import default_max_batch_tokens
+from classifiers.embedding.engines.base import Tokens, default_max_batch_tokens
+from classifiers.embedding.requests import CountRequest, EmbedRequest, EmbedResult
 from classifiers.embedding.tokens import TextCount
+from classifiers.embedding.turns import BatchStats, FairTurns
 from deployments.config import EmbedderConfig
 from deployments.metrics import EmbedderMetrics
 from deployments.process import memory
 
 logger = logging.getLogger("ray.serve")
+INLINE_TOKENIZE_CHARS = 2048  # a request with at most this much text is tokenised on the event loop (< 1 ms)
 
 
 @dataclass(frozen=True)
 class ThreadPolicy:
-    """Engine threads per model call: ``small`` for calls with little text, ``large`` from ``large_from_chars``.
+    """Engine threads per model call: ``small`` for calls with little text, ``large`` from ``large_from_tokens``.
 
     Measured on 2 cores (docs/benchmarks.md): a one-text call is overhead-bound, and torch's second thread there
     only takes the core the ingress, the HTTP proxy and Ray need (single-input requests/s at 64 clients: 318 with
@@ -44,10 +40,10 @@ class ThreadPolicy:
 
     small: int
     large: int
-    large_from_chars: int = 1024  # about 250 tokens: 32 short texts, or one paragraph
+    large_from_tokens: int = 256  # 32 short texts, or one paragraph
 
-    def for_chars(self, chars: int) -> int:
-        return self.large if chars >= self.large_from_chars else self.small
+    def for_tokens(self, tokens: int) -> int:
+        return self.large if tokens >= self.large_from_tokens else self.small
 
 
 def available_cores() -> int:
@@ -107,12 +103,26 @@ class TextSide:
         method.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        self._enqueued[id(request)] = time.perf_counter()
+        """Tokenise (or take the ingress's tokens) outside the model lock, refuse a text over its limit, then wait
+        for a fair turn and a batch: the lock covers the forward pass alone."""
+        tokens, over = await self._tokenize(request)
+        if over is not None:
+            return EmbedResult(vectors=None, tokens=tokens.counts, too_long=over)
+        item = Tokenized(request, tokens)
+        self._enqueued[id(item)] = time.perf_counter()
         try:
-            async with self.turn(request.tenant, request.cost or sum(len(t) for t in request.texts) // 4):
-                return await self._batch(request)
+            async with self.turn(request.tenant, sum(tokens.counts)):
+                vectors = await self._batch(item)
         finally:
-            self._enqueued.pop(id(request), None)
+            self._enqueued.pop(id(item), None)
+        return EmbedResult(vectors=vectors, tokens=tokens.counts)
+
+    async def _tokenize(self, request: EmbedRequest) -> tuple[Tokens, int | None]:
+        """On the event loop when there is nothing (or little) to tokenise, else on a worker thread."""
+        given = request.counts is not None and (request.ids is not None or not self.encoder.takes_ids)
+        if given or sum(len(t) for t in request.texts) <= INLINE_TOKENIZE_CHARS:
+            return tokenize_request(self.encoder, request)
+        return await asyncio.to_thread(tokenize_request, self.encoder, request)
 
     async def count(self, request: CountRequest) -> TextCount:
         """Count texts for an ingress that has no tokenizer of this model (before it admits the request): slice by
@@ -120,22 +130,22 @@ class TextSide:
         return await count_in_slices(self.encoder, request, self._model_lock)
 
     @serve.batch  # sizes come from EmbedderConfig (_configure_batching)
-    async def _batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
-        self._stats.record([len(r.texts) for r in requests])
+    async def _batch(self, batch: list[Tokenized]) -> list[np.ndarray]:
+        self._stats.record([len(b.tokens) for b in batch])
         now = time.perf_counter()
-        for r in requests:
-            self.metrics.waited(1000 * (now - self._enqueued.get(id(r), now)))
-        self.metrics.batch("texts", len(requests), sum(len(r.texts) for r in requests))
-        threads = self.threads.for_chars(sum(len(t) for r in requests for t in r.texts))
+        for b in batch:
+            self.metrics.waited(1000 * (now - self._enqueued.get(id(b), now)))
+        self.metrics.batch("texts", len(batch), sum(len(b.tokens) for b in batch))
+        threads = self.threads.for_tokens(sum(n for b in batch for n in b.tokens.counts))
         # Off the event loop, so the replica keeps accepting requests (the next batch fills meanwhile).
-        return await asyncio.to_thread(self._embed, requests, threads)
+        return await asyncio.to_thread(self._embed, batch, threads)
 
-    def _embed(self, requests: list[EmbedRequest], threads: int) -> list[EmbedResult]:
+    def _embed(self, batch: list[Tokenized], threads: int) -> list[np.ndarray]:
         with self._model_lock:
             self.encoder.set_threads(threads)
             started = time.process_time()
             try:
-                return embed_batch(self.encoder, requests)
+                return embed_batch(self.encoder, batch)
             finally:
                 self._stats.add_model_cpu(time.process_time() - started)
 

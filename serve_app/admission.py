@@ -11,6 +11,7 @@ No Ray and no HTTP: a route passes where the rate-limit headers go (``serve_app.
 import asyncio
 import contextlib
 import sys
+from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 from classifiers.accounts.gate import AccountsGate, Ticket
@@ -86,6 +87,21 @@ class InflightLimits:
             self.leave(client)
 
 
+@dataclass(frozen=True)
+class OperationContext:
+    """One request's admission facts, built once at the edge (``serve_app/operations.py``) and passed down: who is
+    calling, the rate-limit mode and the operation, the model it names (a bounded metrics tag), its input count,
+    where its rate-limit headers go (HTTP only) and whether the HTTP edge already took its place."""
+
+    principal: Principal
+    mode: Mode
+    model: str = ""
+    inputs: int = 0
+    op: str | None = None
+    rate_headers: HeaderSink | None = None
+    placed: bool = False
+
+
 class AdmissionControl:
     """One replica's admission: a place (:class:`InflightLimits`; taken by the HTTP edge already, or here for a
     handle call), the gate's limits and balance (429 / 403) for one request, then the work under
@@ -107,35 +123,30 @@ class AdmissionControl:
     def shed(self) -> dict[str, int]:
         return {**self.places.shed, "timeouts": self.timeouts}
 
-    async def run(
-        self, principal: Principal, mode: Mode, work: Callable[[Ticket], Awaitable[R]],
-        charge: Callable[[R], int | None], *, rate_headers: HeaderSink | None = None, model: str = "", inputs: int = 0,
-        op: str | None = None, placed: bool = False,
-    ) -> R:
-        """Take a place unless ``placed`` (the HTTP edge took it), admit (limits 429, balance 403) before any model
-        work, run ``work`` under the request timeout (504), and charge ``charge(result)`` tokens (None: paid before,
-        not again). ``rate_headers`` gets the rate-limit headers for the response, each time they change."""
-        if placed:
-            return await self._admitted(principal, mode, work, charge, rate_headers, model, inputs, op)
-        with self.places.held(principal.rate_subject):
-            return await self._admitted(principal, mode, work, charge, rate_headers, model, inputs, op)
+    async def run(self, ctx: OperationContext, work: Callable[[Ticket], Awaitable[R]], charge: Callable[[R], int | None]) -> R:
+        """Take a place unless the HTTP edge did, admit (limits 429, balance 403) before any model work, run
+        ``work`` under the request timeout (504), and charge ``charge(result)`` tokens (None: paid before, not
+        again). ``ctx.rate_headers`` gets the rate-limit headers for the response, each time they change."""
+        if ctx.placed:
+            return await self._admitted(ctx, work, charge)
+        with self.places.held(ctx.principal.rate_subject):
+            return await self._admitted(ctx, work, charge)
 
     async def _admitted(
-        self, principal: Principal, mode: Mode, work: Callable[[Ticket], Awaitable[R]],
-        charge: Callable[[R], int | None], rate_headers: HeaderSink | None, model: str, inputs: int, op: str | None,
+        self, ctx: OperationContext, work: Callable[[Ticket], Awaitable[R]], charge: Callable[[R], int | None]
     ) -> R:
-        ticket = await self._admit(principal, mode, rate_headers)
-        result = await self._work(ticket, work, rate_headers)
+        ticket = await self._admit(ctx.principal, ctx.mode, ctx.rate_headers)
+        result = await self._work(ticket, work, ctx.rate_headers)
         tokens = charge(result)
         if tokens is None:  # paid before (an idempotent replay): not again
             ticket.refund()
         else:
             ticket.done(tokens)
-        self.metrics.served(mode, model, inputs, tokens or 0)
-        if op is not None:
-            self.metrics.op(op)
-        if rate_headers is not None:
-            rate_headers(ticket.headers())
+        self.metrics.served(ctx.mode, ctx.model, ctx.inputs, tokens or 0)
+        if ctx.op is not None:
+            self.metrics.op(ctx.op)
+        if ctx.rate_headers is not None:
+            ctx.rate_headers(ticket.headers())
         return result
 
     async def _admit(self, principal: Principal, mode: Mode, rate_headers: HeaderSink | None) -> Ticket:

@@ -2,7 +2,7 @@
 
 from ray.serve.handle import DeploymentHandle
 
-from classifiers.embedding.batch import CountRequest, EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
+from classifiers.embedding.requests import CountRequest, EmbedRequest, EmbedResult, ImageEmbedRequest, ImageEmbedResult
 from classifiers.embedding.tokens import TextCount
 
 # What crosses the handle is plain importable dataclasses and numpy arrays (classifiers/embedding/batch.py): the

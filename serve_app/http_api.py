@@ -15,12 +15,13 @@ import logging
 import math
 import time
 import uuid
-from typing import Callable
+from typing import Callable, TypeVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.datastructures import MutableHeaders
@@ -179,31 +180,82 @@ class BodyLimit(RequestBodyLimitMiddleware):
             self.inflight_bytes -= mine
 
 
-class StrictJSONRequest(Request):
-    """A request whose JSON body is RFC 8259 JSON: ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser
-    accepts) are invalid JSON, answered 400 ``INPUT_INVALID_JSON`` like any other; a client's
-    ``"threshold": NaN`` must never silently turn a feature off."""
-
-    async def json(self):
-        if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_constant=_not_json)
-        return self._json
+def loads_strict(raw: bytes):
+    """RFC 8259 JSON: ``NaN``, ``Infinity`` and numbers out of float range are not JSON (Python's parser takes them),
+    so a client's ``"threshold": NaN`` can never silently turn a feature off. orjson parses (3-5x the standard
+    parser's speed, nesting bounded at 1,024 levels); it also refuses lone surrogate escapes, which RFC 8259 allows
+    and the inputs' cleaning replaces, so those bodies get the standard parser, as strict about numbers."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+        except (ValueError, RecursionError):
+            raise exc from None
 
 
 def _not_json(token: str):
     raise json.JSONDecodeError(f"{token} is not a JSON value (RFC 8259)", token, 0)
 
 
-class StrictJSONRoute(APIRoute):
-    """Every route of the app reads its body as :class:`StrictJSONRequest`."""
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise json.JSONDecodeError(f"{text} is out of range for a JSON number here", text, 0)
+    return value
 
-    def get_route_handler(self):
-        handler = super().get_route_handler()
 
-        async def strict(request: Request):
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+M = TypeVar("M", bound=BaseModel)
 
-        return strict
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """The request's JSON body as ``model``, parsed once here instead of by FastAPI (whose per-route validation
+    costs more): invalid JSON is a 400 INPUT_INVALID_JSON and a wrong shape a 422 INPUT_VALIDATION_FAILED with its
+    ``errors``, exactly as FastAPI's own body errors (the same handler, ``_validation_error``)."""
+    raw = await request.body()
+    try:
+        data = loads_strict(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+        raise RequestValidationError(errors) from None
+
+
+def json_body(answer: BaseModel, *, exclude_none: bool = False) -> Response:
+    """An answer we built ourselves, serialised once by pydantic (no re-validation against the route's
+    ``response_model``, which stays for the schema)."""
+    return Response(answer.model_dump_json(exclude_none=exclude_none), media_type="application/json")
+
+
+def request_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` declaring a route's JSON body (read by :func:`read_body`, so FastAPI does not see it)."""
+    schema = {"$ref": f"{REF}{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+REF = "#/components/schemas/"
+
+
+def with_body_schemas(api: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put the request models :func:`request_body` names into the app's OpenAPI components (once, when the
+    document is first built), so ``/openapi.json`` and ``/docs`` stay complete."""
+    build = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            doc = build()
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template=REF + "{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            api.openapi_schema = doc
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
 
 
 ERROR_STATUSES = {
@@ -257,7 +309,6 @@ def make_api(
     api.add_exception_handler(RayActorError, _unavailable)
     api.add_exception_handler(Exception, _unhandled)
     # Inside the guard: a body over the limit is counted while it arrives.
-    api.router.route_class = StrictJSONRoute  # before any route is added
     api.add_middleware(
         BodyLimit, max_body_size=max_request_bytes, max_inflight_bytes=max_inflight_body_bytes or 4 * max_request_bytes,
         body_timeout_s=body_timeout_s, min_body_rate=min_body_rate,

@@ -94,11 +94,13 @@ class Ticket:
         bounds = [b for b in (self.limits.tpm if self.admission is not None else None, self.balance_left) if b is not None]
         return min(bounds) if bounds else None
 
-    def over_limit(self, at_least: int) -> RateLimited | InsufficientBalance:
+    async def over_limit(self, at_least: int) -> RateLimited | InsufficientBalance:
         """The refusal of a request counted past :attr:`stop_at`. The tokens counted use the token rate limit
-        (never the balance or the usage): counting is work, and a client must not make the service count for free."""
+        (never the balance or the usage): counting is work, and a client must not make the service count for free.
+        They are settled with the accounts actor at once, so every ingress replica sees them (a debt parked on this
+        replica's lease would let the key's next request through another replica)."""
         if self.admission is not None:
-            self.admission.charge(at_least)
+            await self.admission.debit(at_least)
         if self.balance_left is not None and at_least > self.balance_left and (
             self.admission is None or self.balance_left < self.limits.tpm
         ):
@@ -117,13 +119,13 @@ class Ticket:
         refusal; a refused request holds nothing."""
         stop = self.stop_at
         if stop is not None and tokens > stop:
-            raise self.over_limit(tokens)
+            raise await self.over_limit(tokens)
         subject = self.principal.subject
         if self.principal.balance is not None:
             left = await self.gate.meter.balance_left(subject, self.principal.balance)
             if tokens > left:
                 self.balance_left = left
-                raise self.over_limit(tokens)
+                raise await self.over_limit(tokens)
             self.gate.meter.reserve(subject, tokens)
         try:
             if self.admission is not None:

@@ -194,6 +194,11 @@ class Admission:
         self.remaining = await self.limiter.reserve(self.subject, self.mode, self.limits, tokens)
         return self.remaining
 
+    async def debit(self, tokens: int) -> Remaining:
+        """Take ``tokens`` from the budget at once, into debt if need be, settled with the authority now."""
+        self.remaining = await self.limiter.debit(self.subject, self.mode, self.limits, tokens)
+        return self.remaining
+
 
 class LeaseLimiter:
     """One ingress replica's view of the limits: leases from a :class:`BudgetSource`, spent locally."""
@@ -304,6 +309,28 @@ class LeaseLimiter:
                 lease.level_tokens = grant.level
                 lease.tokens_retry_at = now + grant.retry_after_s if grant.granted == 0 else 0.0
         lease.used_at = now
+
+    async def debit(self, subject: str, mode: Mode, limits: RateLimit, tokens: int) -> Remaining:
+        """Charge ``tokens`` and settle this replica's debt for the subject with the authority in the same call, so
+        every replica sees it before the subject's next request (a lazily settled debt would only show here). An
+        exchange that fails keeps the debt for the next one."""
+        lease = self._leases.get((subject, mode))
+        if lease is None:
+            lease = self._leases[(subject, mode)] = _Lease(limits=limits)
+        lease.tokens -= tokens
+        if lease.tokens >= 0:
+            return self._remaining(lease)
+        debt = -lease.tokens
+        lease.tokens = 0.0
+        try:
+            (grant,) = await self.source.exchange([LeaseRequest(subject, mode, "tokens", limits.tpm, debit=debt)])
+        except BaseException:
+            lease.tokens -= debt
+            raise
+        lease.level_tokens = grant.level
+        if grant.level < 0:
+            lease.tokens_retry_at = self._clock() + (-grant.level + 1) / (limits.tpm / 60.0)
+        return self._remaining(lease)
 
     def charge(self, subject: str, mode: Mode, limits: RateLimit, tokens: int) -> Remaining:
         lease = self._leases.get((subject, mode))

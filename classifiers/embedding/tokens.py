@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.engines.base import Role
+from classifiers.embedding.engines.base import Role, Tokens
 from classifiers.protocol.errors import ServiceError
 
 logger = logging.getLogger("ray.serve")
@@ -29,6 +29,17 @@ class TokenCounter(Protocol):
     def count_tokens(self, texts: list[str], role: Role) -> list[int]: ...
 
 
+@runtime_checkable
+class TokenizingCounter(Protocol):
+    """A counter whose tokens are the engine's own ids (``WindowedTokenizer``: the ``hf`` and ``clip`` engines'
+    rules on the model's ``tokenizer.json``), so a small request's ids go to the replica, which then does not
+    tokenise again."""
+
+    def count_tokens(self, texts: list[str], role: Role) -> list[int]: ...
+
+    def tokenize(self, texts: list[str], role: Role) -> Tokens: ...
+
+
 class TokenBudget(Protocol):
     """What a request may spend (``classifiers.accounts.gate.Ticket``): where counting stops, and the admission of
     the count before any model work."""
@@ -37,8 +48,8 @@ class TokenBudget(Protocol):
     def stop_at(self) -> int | None:
         """The most tokens the request may count; above it, it can never be admitted (None: no limit)."""
 
-    def over_limit(self, at_least: int) -> ServiceError:
-        """The refusal of a request that counted past :attr:`stop_at`."""
+    async def over_limit(self, at_least: int) -> ServiceError:
+        """The refusal of a request that counted past :attr:`stop_at` (what it counted is settled first)."""
 
     async def admit_tokens(self, tokens: int) -> None:
         """Reserve the counted tokens, or raise the refusal; before any model work."""
@@ -51,6 +62,7 @@ class TextCount:
     tokens: list[int] = field(default_factory=list)
     complete: bool = True  # False: counting stopped once the total passed stop_at
     too_long: int | None = None  # index of the first text over the per-text limit (counting stopped there)
+    ids: list[list[int]] | None = None  # the texts' content ids, when a tokenizing counter counted them
 
     @property
     def total(self) -> int:
@@ -98,6 +110,17 @@ def count_texts(
                     max_tokens=max_tokens, already=already)
         if not done.complete:
             break
+    return done
+
+
+def tokenize_texts(
+    counter: TokenizingCounter, texts: list[str], role: Role, *, stop_at: int | None, max_tokens: int
+) -> TextCount:
+    """:func:`count_texts` by tokenising, keeping the ids (for small requests: the ids go to the replica)."""
+    tokens = counter.tokenize(texts, role)
+    done = count_slice(lambda _: tokens.counts, texts, TextCount(), stop_at=stop_at, max_tokens=max_tokens)
+    if done.complete:
+        done.ids = tokens.ids
     return done
 
 

@@ -20,9 +20,18 @@ from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from classifiers.catalog.registry import ModelSpec, pool_label_vectors
-from classifiers.embedding.batch import CountRequest, Embedder, EmbedRequest, ImageEmbedRequest
 from classifiers.embedding.engines.base import Role
-from classifiers.embedding.tokens import TextCount, TokenBudget, TokenCounter, count_slice, count_texts, slice_spans
+from classifiers.embedding.requests import CountRequest, Embedder, EmbedRequest, ImageEmbedRequest
+from classifiers.embedding.tokens import (
+    TextCount,
+    TokenBudget,
+    TokenCounter,
+    TokenizingCounter,
+    count_slice,
+    count_texts,
+    slice_spans,
+    tokenize_texts,
+)
 from classifiers.images.stream import image_tokens
 from classifiers.protocol.errors import InputTooLong
 from classifiers.request.inputs import Item
@@ -89,6 +98,7 @@ class Counted:
     image_tokens: int
     n_images: int
     label_tokens: dict[str, int]
+    text_ids: list[list[int]] | None = None  # the texts' content ids, when this process tokenised them (small requests)
 
     @property
     def inputs(self) -> int:
@@ -192,8 +202,8 @@ class Vectors:
             )
         if not counted.complete or (limit is not None and limit < 0):
             assert budget is not None  # only a budget stops counting early
-            raise budget.over_limit((fixed + counted.total) * multiplier)
-        result = Counted(counted.tokens, per_image, n_images, label_tokens)
+            raise await budget.over_limit((fixed + counted.total) * multiplier)
+        result = Counted(counted.tokens, per_image, n_images, label_tokens, counted.ids)
         if budget is not None:
             await budget.admit_tokens(result.total * multiplier)
         return result
@@ -229,6 +239,8 @@ class Vectors:
         if counter is None:
             return await self.embedder.count(spec.name, CountRequest(texts, role, max_tokens, stop_at))
         if sum(len(t) for t in texts) <= INLINE_COUNT_CHARS:
+            if isinstance(counter, TokenizingCounter):  # its ids are the engine's: the replica need not tokenise
+                return tokenize_texts(counter, texts, role, stop_at=stop_at, max_tokens=max_tokens)
             return count_texts(counter, texts, role, stop_at=stop_at, max_tokens=max_tokens)
         if self._counting is None:
             self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-count")
@@ -257,7 +269,7 @@ class Vectors:
         images = [i for i, it in enumerate(items) if it.kind == "image"]
         jobs, parts_at = [], []
         if texts:
-            jobs.append(self._texts(spec, [items[i].value for i in texts], texts, counted.text_tokens, tenant))
+            jobs.append(self._texts(spec, [items[i].value for i in texts], texts, counted, tenant))
             parts_at.append(texts)
         if images:
             jobs.append(self._images(spec, [items[i].value for i in images], images, tenant))
@@ -269,7 +281,7 @@ class Vectors:
         return out, counted.inputs
 
     async def _texts(
-        self, spec: ModelSpec, texts: list[str], positions: list[int], tokens: list[int], tenant: str
+        self, spec: ModelSpec, texts: list[str], positions: list[int], counted: Counted, tenant: str
     ) -> np.ndarray:
         """Embed in chunks of at most CHUNK_TEXTS texts / CHUNK_TOKENS tokens (:func:`in_chunks`).
 
@@ -277,8 +289,11 @@ class Vectors:
         every short request batched with it waits for. Chunks enter the embedder's fair queue a few at a time and
         other tenants' requests go first or in between; a big request costs the others at most a chunk's time."""
 
+        tokens, ids = counted.text_tokens, counted.text_ids
+
         async def one(lo: int, hi: int) -> np.ndarray:
-            request = EmbedRequest(texts[lo:hi], "input", self.limits.max_input_tokens, tenant, sum(tokens[lo:hi]))
+            request = EmbedRequest(texts[lo:hi], "input", self.limits.max_input_tokens, tenant, sum(tokens[lo:hi]),
+                                   counts=tokens[lo:hi], ids=None if ids is None else ids[lo:hi])
             result = await self.embedder.embed(spec.name, request)
             if result.too_long is not None:  # counted before admission: only a tokenizer mismatch gets here
                 i = result.too_long

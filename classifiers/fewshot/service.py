@@ -14,6 +14,7 @@ import json
 import re
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -72,6 +73,15 @@ def train_fingerprint(caller: str, req: TrainRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What a /train did: its response, and whether it was an idempotent replay (answered as the first time and
+    paid for then, so not charged again). The billing fact stays out of the wire model."""
+
+    response: TrainingResponse
+    replayed: bool = False
+
+
 def humanize(label: str) -> str:
     """`book_flight` -> `book flight`: the label-name prior embeds words, not identifiers."""
     return " ".join(label.replace("_", " ").replace("-", " ").split()) or label
@@ -104,7 +114,7 @@ class FewShotService:
     async def train(
         self, req: TrainRequest, caller: str, *, update_id: str | None = None, budget: TokenBudget | None = None,
         on_submit: Callable[[int], None] | None = None, tenant: str = "",
-    ) -> TrainingResponse:
+    ) -> TrainResult:
         """``update_id``: the client's retry key, bound to this request's :func:`train_fingerprint` (a retry of the
         same request is applied once and answers as the first time; the key with another request is refused,
         IdempotencyKeyReused; while the first is still being applied, IdempotencyKeyInUse);
@@ -134,8 +144,7 @@ class FewShotService:
         response = TrainingResponse(
             classifier_id=outcome.classifier_id, num_samples=outcome.num_samples, usage=Usage(total_tokens=tokens),
         )
-        response._replayed = outcome.replayed
-        return response
+        return TrainResult(response, outcome.replayed)
 
     def _checked_examples(self, req: TrainRequest) -> tuple[list[Item], list[ExampleLabels], list[str]]:
         """The request's examples (items and their labels: one, or every label that applies) and declared classes,

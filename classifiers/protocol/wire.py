@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 
 class TextDoc(BaseModel):
@@ -178,11 +178,6 @@ class TrainingResponse(BaseModel):
     classifier_id: str
     num_samples: int
     usage: Usage
-    _replayed: bool = PrivateAttr(default=False)  # an idempotent retry: answered as the first time, not charged again
-
-    def replayed(self) -> bool:
-        """An idempotent retry answered as the first time: paid for when first submitted."""
-        return self._replayed
 
 
 class ClassifierSummary(BaseModel):

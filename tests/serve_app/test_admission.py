@@ -19,7 +19,7 @@ from classifiers.protocol.errors import (
 )
 from classifiers.storage.store import LocalDirStore
 from deployments.metrics import IngressMetrics
-from serve_app.admission import AdmissionControl, InflightLimits
+from serve_app.admission import AdmissionControl, InflightLimits, OperationContext
 
 
 class Setup:
@@ -44,7 +44,8 @@ class Setup:
         return (await self.ledger.spent([key_id])).get(key_id, 0)
 
     def run(self, principal: Principal, work, charge=lambda r: r, mode="zeroshot"):
-        return self.admission.run(principal, mode, work, charge, rate_headers=self.headers.append, model="m", inputs=1)
+        ctx = OperationContext(principal, mode, "m", 1, rate_headers=self.headers.append)
+        return self.admission.run(ctx, work, charge)
 
 
 async def _value(v):

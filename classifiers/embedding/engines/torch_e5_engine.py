@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
-from classifiers.embedding.engines.base import Encoder, Role, TorchThreads, torch_dtype
+from classifiers.embedding.engines.base import Encoder, Role, Tokens, TorchThreads, torch_dtype
 from classifiers.embedding.engines.e5_format import E5File, E5Tokenizer, load_e5
 
 DEFAULT_FILE = "e5-small-q4.bin"
@@ -88,16 +88,22 @@ class TorchE5Encoder(TorchThreads, Encoder):
     def count_tokens(self, texts: list[str], role: Role) -> list[int]:
         return [len(ids) + 2 for ids in self._content_ids(texts, role)]
 
+    def tokenize(self, texts: list[str], role: Role) -> Tokens:
+        ids = self._content_ids(texts, role)
+        return Tokens(role, [len(x) + 2 for x in ids], ids=ids)
+
     # ---------------------------------------------------------------- vectors
-    def encode(self, texts: list[str], role: Role) -> np.ndarray:
-        if not texts:
+    def encode_tokens(self, tokens: Tokens) -> np.ndarray:
+        n = len(tokens)
+        if not n:
             return np.zeros((0, self.dim), np.float32)
+        assert tokens.ids is not None  # tokenize() gives ids
         step = self.window - 2
         windows: list[list[int]] = []
         owner: list[int] = []
         weight: list[float] = []
         tok = self.tokenizer
-        for i, ids in enumerate(self._content_ids(texts, role)):
+        for i, ids in enumerate(tokens.ids):
             for a in range(0, max(len(ids), 1), step):
                 chunk = ids[a : a + step]
                 windows.append([tok.bos, *chunk, tok.eos])
@@ -105,9 +111,9 @@ class TorchE5Encoder(TorchThreads, Encoder):
                 weight.append(float(max(len(chunk), 1)))
         means = self._embed_windows(windows)
         w = np.asarray(weight, np.float32)
-        out = np.zeros((len(texts), self.dim), np.float32)
+        out = np.zeros((n, self.dim), np.float32)
         np.add.at(out, np.asarray(owner), means * w[:, None])
-        wsum = np.zeros(len(texts), np.float64)
+        wsum = np.zeros(n, np.float64)
         np.add.at(wsum, np.asarray(owner), w)
         out *= (1.0 / wsum).astype(np.float32)[:, None]
         norms = np.sqrt(np.maximum(np.einsum("ij,ij->i", out, out), 1e-12))

@@ -24,7 +24,7 @@ from bench.gpu.models import (
 )
 from bench.gpu.prepare import WHEEL_PACKAGES, normalise, requirement_closure
 from bench.gpu.report import cores_per_gpu, markdown
-from classifiers.embedding.engines.base import split_windows, windowed_token_counts
+from classifiers.embedding.engines.tokenizer import split_windows, windowed_token_counts
 
 
 @pytest.mark.parametrize("key", list(ARCHS))

@@ -101,7 +101,7 @@ def test_a_count_over_the_token_limit_is_refused_and_what_was_counted_uses_the_b
     p = run(gate.principal(f"Bearer {key}", None))
     t = run(gate.admit(p, "zeroshot"))
     assert t.stop_at == 600
-    refusal = t.over_limit(601)
+    refusal = run(t.over_limit(601))
     assert isinstance(refusal, RateLimited) and refusal.code == "RATE_TOKEN_LIMIT_EXCEEDED"
     assert "at least 601 tokens" in refusal.detail and "split it" in refusal.detail
     with pytest.raises(RateLimited) as info:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from classifiers.catalog.registry import build_registry
-from classifiers.embedding.batch import LocalEmbedder
+from classifiers.embedding.local import LocalEmbedder
 from classifiers.embedding.service import EmbeddingsService, truncate
 from classifiers.embedding.vectors import LabelCache, Vectors
 from classifiers.protocol.errors import InvalidInput, RateLimited, UnsupportedModality

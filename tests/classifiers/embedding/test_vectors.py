@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from classifiers.catalog.registry import build_registry
-from classifiers.embedding.batch import LocalEmbedder
+from classifiers.embedding.local import LocalEmbedder
 from classifiers.embedding.vectors import CHUNK_TOKENS, LabelCache, Vectors, chunk_spans, entry_bytes
 from classifiers.protocol.errors import InputTooLong, InsufficientBalance, RateLimited
 from classifiers.request.inputs import Item

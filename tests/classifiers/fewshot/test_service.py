@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from classifiers.catalog.registry import build_registry
-from classifiers.embedding.batch import LocalEmbedder
+from classifiers.embedding.local import LocalEmbedder
 from classifiers.embedding.vectors import LabelCache, Vectors
 from classifiers.fewshot.service import FewShotService, train_fingerprint
 from classifiers.fewshot.table import ClassifierTable
@@ -57,12 +57,12 @@ def run(coro):
 
 
 def test_train_classify_update_list_delete(service):
-    out = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice"))
+    out = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice")).response
     cid = out.classifier_id
     assert out.num_samples == 4 and out.usage.total_tokens > 0
     resp = run(service.classify(ClassifyRequest(classifier_id=cid, input=["Will it rain on Sunday?", "Who won the cup final?"]), "alice"))
     assert [d.prediction for d in resp.data] == ["weather", "sport"]
-    up = run(service.train(TrainRequest(classifier_id=cid, input=[{"text": "Bake the bread for an hour", "label": "cooking "}]), "alice"))
+    up = run(service.train(TrainRequest(classifier_id=cid, input=[{"text": "Bake the bread for an hour", "label": "cooking "}]), "alice")).response
     assert up.num_samples == 1
     (summary,) = run(service.list("alice"))
     assert summary.labels == ["weather", "sport", "cooking"] and summary.num_samples == 5 and summary.user_id == "alice"
@@ -72,7 +72,7 @@ def test_train_classify_update_list_delete(service):
 
 
 def test_one_repository_call_per_classify_and_update_once_the_classifier_is_known(service):
-    cid = run(service.train(TrainRequest(model=MODEL, input=TRAIN), "alice")).classifier_id
+    cid = run(service.train(TrainRequest(model=MODEL, input=TRAIN), "alice")).response.classifier_id
     service.repo.calls.clear()
     run(service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "alice"))
     run(service.train(TrainRequest(classifier_id=cid, input=[{"text": "sunny", "label": "weather"}]), "alice"))
@@ -81,7 +81,7 @@ def test_one_repository_call_per_classify_and_update_once_the_classifier_is_know
 
 
 def test_private_classifiers_stay_invisible_to_others_even_when_cached(service):
-    cid = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice")).classifier_id
+    cid = run(service.train(TrainRequest(model=MODEL, access="private", input=TRAIN), "alice")).response.classifier_id
     run(service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "alice"))  # cached now
     for call in (
         service.classify(ClassifyRequest(classifier_id=cid, input=["rain?"]), "mallory"),
@@ -123,15 +123,15 @@ def test_the_fingerprint_is_the_request_as_parsed_not_its_bytes():
 
 def test_an_update_id_with_another_body_is_refused_and_with_the_same_body_replayed(service):
     weather = TrainRequest(model=MODEL, input=TRAIN)
-    first = run(service.train(weather, "alice", update_id="k-123"))
+    first = run(service.train(weather, "alice", update_id="k-123")).response
     other = TrainRequest(model=MODEL, input=[{"text": "Stocks fell sharply today", "label": "finance"},
                                               {"text": "The derby ended in a draw", "label": "sports"}])
     with pytest.raises(IdempotencyKeyReused):
         run(service.train(other, "alice", update_id="k-123"))
     again = run(service.train(weather, "alice", update_id="k-123"))
-    assert again.replayed() and again.model_dump() == first.model_dump()
+    assert again.replayed and again.response.model_dump() == first.model_dump()
     (summary,) = run(service.list("alice"))
     assert summary.labels == ["weather", "sport"] and summary.num_samples == 4
     # the same id from another account names another classifier (and the ingress scopes ids by account anyway)
     theirs = run(service.train(other, "bob", update_id="k-123"))
-    assert not theirs.replayed() and theirs.classifier_id != first.classifier_id
+    assert not theirs.replayed and theirs.response.classifier_id != first.classifier_id

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from classifiers.catalog.registry import build_registry
-from classifiers.embedding.batch import LocalEmbedder
+from classifiers.embedding.local import LocalEmbedder
 from classifiers.embedding.vectors import LabelCache, Vectors
 from classifiers.protocol.errors import InputTooLong, InvalidInput, ModelNotFound
 from classifiers.protocol.wire import ClassifyRequest

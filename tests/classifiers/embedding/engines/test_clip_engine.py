@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifiers.embedding.batch import BatchStats, embed_image_batch
+from classifiers.embedding.batch import embed_image_batch
 from classifiers.embedding.engines import load_encoder
 from classifiers.embedding.engines.base import CPU_MAX_BATCH_TOKENS
 from classifiers.embedding.engines.clip_engine import CLIPEncoder, open_clip_name
+from classifiers.embedding.turns import BatchStats
 from tests.clip_fixture import TINY_DIM, make_tiny_clip, tiny_clip_spec
 
 

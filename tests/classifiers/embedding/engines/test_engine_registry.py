@@ -10,11 +10,12 @@ import pytest
 from classifiers.catalog.engines import ENGINES, EngineInfo
 from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.engines import Encoder, load_encoder, resolve_loader
+from classifiers.embedding.engines.base import TextEncoder
 
 FAKE = "fake_engine"
 
 
-class FakeEncoder(Encoder):
+class FakeEncoder(TextEncoder):
     """An engine module's loader, registered under FAKE by the `fake_engine` fixture."""
 
     dim = 3
