@@ -54,8 +54,8 @@ class FairTurns:
             except asyncio.CancelledError:
                 if waiter.let_in.done() and not waiter.let_in.cancelled():
                     self._leave()  # let in, then cancelled before it ran: its place in the group is freed
-                else:
-                    self._waiting.remove(waiter)
+                else:  # still waiting (or already dropped by _let_in_next_group): it leaves no trace
+                    self._waiting = [w for w in self._waiting if w is not waiter]
                 raise
         else:
             self._waiting.remove(waiter)
@@ -80,6 +80,11 @@ class FairTurns:
             self._let_in_next_group()
 
     def _let_in_next_group(self) -> None:
+        # A waiter whose task was cancelled has a cancelled future before its task runs its handler: never let in
+        # (it would take a place nobody gives back).
+        self._waiting = [w for w in self._waiting if not w.let_in.done()]
+        if not self._waiting:
+            return
         order = sorted(self._waiting, key=lambda w: (w.start, w.seq))
         group: list[_Waiter] = []
         tokens = 0

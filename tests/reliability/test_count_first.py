@@ -169,3 +169,4 @@ def test_one_tenants_large_request_cannot_hold_the_model_from_anothers_one_input
     reliability.measure("worst one-input wait behind A", f"{worst:.2f} s over {len(waits)} requests (alone: {max(alone):.2f} s)")
     # Without the fair queue B waited for A's whole request (~15 s here); the bound only catches that.
     assert worst < 5.0, f"one-input requests waited up to {worst:.2f} s behind another tenant"
+

@@ -195,3 +195,36 @@ def test_a_waiter_cancelled_before_its_turn_leaves_no_trace():
         assert turns.inside == 0 and turns.waiting == 0
 
     asyncio.run(main())
+
+
+def test_a_waiter_cancelled_just_before_its_group_is_let_in_takes_no_place():
+    """The client of a waiting request goes away (its task is cancelled: its future is cancelled at once, its
+    handler runs later) and, before that handler runs, the request inside leaves and lets the next group in: the
+    cancelled waiter must not be let in (its place would never be given back and every later request would wait
+    for ever: seen as a service answering nothing after a load test's clients disconnected)."""
+    async def main():
+        turns = FairTurns(max_tokens=100, max_requests=8)
+        release = asyncio.Event()
+        entered = asyncio.Event()
+        doomed: list[asyncio.Future] = []
+
+        async def holder():
+            async with turns.turn("A", 10):
+                entered.set()
+                await release.wait()
+                doomed[0].cancel()  # then it leaves in the same step, before the cancelled task's handler runs
+
+        task = asyncio.ensure_future(holder())
+        await entered.wait()
+        doomed.append(asyncio.ensure_future(_enter(turns)))
+        kept = asyncio.ensure_future(_enter(turns))
+        await asyncio.sleep(0.01)
+        release.set()
+        await task
+        assert await asyncio.wait_for(kept, 1) == "in"
+        with pytest.raises(asyncio.CancelledError):
+            await doomed[0]
+        assert turns.inside == 0 and turns.waiting == 0
+        assert await asyncio.wait_for(_enter(turns), 1) == "in"  # and the door still opens
+
+    asyncio.run(main())
