@@ -117,6 +117,11 @@ class TextSide:
             self._enqueued.pop(id(item), None)
         return EmbedResult(vectors=vectors, tokens=tokens.counts)
 
+    async def embed_many(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        """Several small requests in one handle call (the ingress coalesces them: ``serve_app.embedders``), each
+        with its own fair turn, so they share model calls as separate calls would."""
+        return list(await asyncio.gather(*(self.embed(r) for r in requests)))
+
     async def _tokenize(self, request: EmbedRequest) -> tuple[Tokens, int | None]:
         """On the event loop when there is nothing (or little) to tokenise, else on a worker thread."""
         given = request.counts is not None and (request.ids is not None or not self.encoder.takes_ids)

@@ -52,6 +52,11 @@ class IngressParts:
     places: InflightLimits
     admission: AdmissionControl
     operations: Operations
+    handles: HandleEmbedder
+
+    def embedder_calls(self) -> dict[str, int]:
+        """Small requests to the embedders and the handle calls that carried them (coalescing, /v1/stats)."""
+        return {"requests": self.handles.coalescer.requests, "calls": self.handles.coalescer.calls}
 
 
 def accounts_gate(blobs: BlobStore, accounts: AccountsConfig) -> AccountsGate:
@@ -76,7 +81,8 @@ def build_parts(
     before any model work; the effective config is logged once."""
     blobs = open_blob_store(state.store_url)
     cache = LabelCache(ingress.label_cache_size, ingress.label_cache_bytes)
-    vectors = Vectors(HandleEmbedder(embedders), limits, cache, load_counters([registry.get(n) for n in embedders]))
+    embedder = HandleEmbedder(embedders, calls_in_flight=ingress.embed_calls_in_flight)
+    vectors = Vectors(embedder, limits, cache, load_counters([registry.get(n) for n in embedders]))
     repo = ShardedRepo(blobs, state, limits, generation=generation)
     fewshot = FewShotService(registry=registry, limits=limits, vectors=vectors, repo=repo)
     gate = accounts_gate(blobs, accounts)
@@ -90,7 +96,7 @@ def build_parts(
     )
     log_effective_config(registry, generation, limits=limits, ingress=ingress, state=state, accounts=accounts)
     return IngressParts(registry, ingress, accounts, embedders, vectors, repo, fewshot, gate, metrics, places, admission,
-                        operations)
+                        operations, embedder)
 
 
 def log_effective_config(registry: Registry, generation: int, **parts) -> None:

@@ -50,6 +50,12 @@ class IngressConfig(DeploymentConfig):
         description="Requests one client (account, or IP when anonymous) may have in flight on one replica; beyond "
         "it, 429 RATE_REQUEST_LIMIT_EXCEEDED: no client can take a replica's whole capacity.",
     )
+    embed_calls_in_flight: int = Field(
+        default=4, ge=1,
+        description="Handle calls to one model's embedders a replica keeps in flight for small requests; requests "
+        "arriving while that many are out go together in the next call (serve_app/embedders.py). Raise it with the "
+        "embedder replicas per ingress replica (each call keeps one embedder replica busy).",
+    )
     body_timeout_s: float = Field(
         default=10.0, gt=0,
         description="A request body must arrive within this long plus one second per `min_body_bytes_per_s` that "

@@ -90,5 +90,6 @@ class ServiceInfo:
             "rate_limit_refusals": dict(p.gate.limiter.refused),
             "shed": dict(p.admission.shed),
             "ingress": {"inflight": p.admission.inflight, **memory()},
+            "embed_calls": p.embedder_calls(),
             "usage_flush_failures": p.gate.meter.failed_flushes,
         }

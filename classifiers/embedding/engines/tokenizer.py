@@ -96,11 +96,17 @@ def backend_parts(backend) -> FastTokenizerParts:
     backend.no_truncation()
     backend.no_padding()
 
+    def encodings(texts: list[str]) -> list:
+        # one text: `encode`, a third cheaper than a batch of one (a one-input request is the common case)
+        if len(texts) == 1:
+            return [backend.encode(texts[0], add_special_tokens=False)]
+        return backend.encode_batch(texts, add_special_tokens=False)
+
     def encode_batch(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in encodings(texts)]
 
     def length_batch(texts: list[str]) -> list[int]:
-        return [len(e) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return [len(e) for e in encodings(texts)]
 
     head, tail = special_wrapping(lambda text, specials: backend.encode(text, add_special_tokens=specials).ids)
     special = frozenset(i for i, tok in backend.get_added_tokens_decoder().items() if tok.special)
