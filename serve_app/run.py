@@ -58,16 +58,18 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
 
     on_signals()
-    # Ray Serve's switches (RAY_SERVE_*: serve_app.switches' defaults plus any given) must reach every worker.
+    # Ray Serve's switches (RAY_SERVE_*: serve_app.switches' defaults plus any given) must reach every worker. A
+    # Ray instance started here inherits this process's environment, so its workers have them (and a runtime_env
+    # would keep the workers Ray starts ahead from serving the replicas: each would start its own, ~1 s more);
+    # joining a cluster, they travel in the job's runtime_env.
     switches = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
-    runtime_env = {"env_vars": switches} if switches else None
     own_ray = "RAY_ADDRESS" not in os.environ
     started = time.monotonic()
     if not own_ray:
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": switches} if switches else None)
     else:
         # A new instance ("local"): never attach to another Ray that happens to run on this machine.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     ray_up = time.monotonic()
     logger.info("Ray Serve switches: %s", switches)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
