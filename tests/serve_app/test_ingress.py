@@ -231,7 +231,7 @@ def test_models_health_ready(http):
     assert {"multilingual-e5-small", "all-MiniLM-L6-v2", "jina-embeddings-v3"} <= set(models)
     assert models["jina-embeddings-v3"]["alias_of"] == "multilingual-e5-small"
     assert models["multilingual-e5-small"]["input_modalities"] == ["text"]
-    assert http.get("/v1/models/all-MiniLM-L6-v2").json()["served_by"]["backend"] == "hf"
+    assert http.get("/v1/models/all-MiniLM-L6-v2").json()["served_by"]["backend"] == "torch_bert"
     _check_error(http.get("/v1/models/nope"), 400, "INPUT_MODEL_NOT_FOUND")
     assert http.get("/health").json() == {"status": "ok"}
     assert http.get("/live").status_code == 200

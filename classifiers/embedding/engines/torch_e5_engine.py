@@ -24,6 +24,7 @@ import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
 from classifiers.embedding.engines.base import Encoder, Role, Tokens, TorchThreads, torch_dtype
+from classifiers.embedding.engines.bert import BertLayer, pool, run_layers
 from classifiers.embedding.engines.e5_format import E5File, E5Tokenizer, load_e5
 
 DEFAULT_FILE = "e5-small-q4.bin"
@@ -164,13 +165,11 @@ class _E5Net:
             p = f"l{i}."
             qkv_w = np.concatenate([f.q4(p + n + ".w", H, H) for n in ("q", "k", "v")])
             qkv_b = np.concatenate([f.f32(p + n + ".b") for n in ("q", "k", "v")])
-            self.layers.append((
-                t(qkv_w), t(qkv_b),
-                t(f.q4(p + "ao.w", H, H)), t(f.f32(p + "ao.b")),
-                t(f.f32(p + "aln.w")), t(f.f32(p + "aln.b")),
-                t(f.q4(p + "fi.w", FF, H)), t(f.f32(p + "fi.b")),
-                t(f.q4(p + "fo.w", H, FF)), t(f.f32(p + "fo.b")),
-                t(f.f32(p + "oln.w")), t(f.f32(p + "oln.b")),
+            self.layers.append(BertLayer(
+                t(qkv_w), t(qkv_b), t(f.q4(p + "ao.w", H, H)), t(f.f32(p + "ao.b")),
+                (t(f.f32(p + "aln.w")), t(f.f32(p + "aln.b"))),
+                t(f.q4(p + "fi.w", FF, H)), t(f.f32(p + "fi.b")), t(f.q4(p + "fo.w", H, FF)), t(f.f32(p + "fo.b")),
+                (t(f.f32(p + "oln.w")), t(f.f32(p + "oln.b"))),
             ))
         self.device, self.dtype = device, dtype
 
@@ -181,17 +180,9 @@ class _E5Net:
         ids = torch.from_numpy(ids_np).to(self.device)
         valid_np = np.arange(L)[None, :] < lengths_np[:, None]  # [B, L], built here: no device sync to ask
         valid = torch.from_numpy(valid_np).to(self.device)
-        lengths = torch.from_numpy(lengths_np.astype(np.float32)).to(self.device)
         qs = self.word_qs[ids]  # [B, L, nb, 16]
         w = torch.cat([(qs & 0x0F), (qs >> 4)], dim=-1).to(torch.float32).sub_(8.0)
         x = (w * self.word_d[ids].unsqueeze(-1)).reshape(B, L, H) + self.pos_type[:L]
         x = F.layer_norm(x.to(self.dtype), (H,), *self.emb_ln, self.eps)
-        mask = None if valid_np.all() else valid[:, None, None, :]  # keys only; padded queries are ignored
-        hd = H // NH
-        for qkv_w, qkv_b, ao_w, ao_b, aln_w, aln_b, fi_w, fi_b, fo_w, fo_b, oln_w, oln_b in self.layers:
-            q, k, v = F.linear(x, qkv_w, qkv_b).view(B, L, 3, NH, hd).permute(2, 0, 3, 1, 4)
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, L, H)
-            x = F.layer_norm(x + F.linear(ctx, ao_w, ao_b), (H,), aln_w, aln_b, self.eps)
-            x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, fi_w, fi_b)), fo_w, fo_b), (H,), oln_w, oln_b, self.eps)
-        m = valid.unsqueeze(-1).to(torch.float32)
-        return (x.float() * m).sum(1) / lengths[:, None]
+        x = run_layers(torch, x, self.layers, valid_np, valid, NH, self.eps)
+        return pool(torch, x, valid, lengths_np, "mean")

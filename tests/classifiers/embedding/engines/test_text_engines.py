@@ -18,8 +18,11 @@ def test_unit_norm_float32_and_batch_independence(encoders, model):
 
 def test_minilm_token_counts_match_its_tokenizer(encoders):
     enc = encoders["all-MiniLM-L6-v2"]
+    from transformers import AutoTokenizer  # the checkpoint's own tokenizer, as the hf engine loads it
+
     texts = ["hello world", "tokenization of unusual words like antidisestablishmentarianism"]
-    expected = [len(enc.tokenizer(t)["input_ids"]) for t in texts]
+    tokenizer = AutoTokenizer.from_pretrained(enc.spec.resolve_source())
+    expected = [len(tokenizer(t)["input_ids"]) for t in texts]
     assert enc.count_tokens(texts, "input") == expected
 
 
@@ -43,18 +46,20 @@ def test_long_inputs_are_chunk_pooled(encoders, model):
     assert a @ food > b @ food and b @ sport > a @ sport
 
 
-def test_half_precision_weights_keep_the_vectors(encoders):
+@pytest.mark.parametrize("backend", ["torch_bert", "hf"])
+def test_half_precision_weights_keep_the_vectors(encoders, backend):
     """``dtype`` (EmbedderConfig, float16 on GPUs) reaches the torch model through load_encoder. bfloat16 runs on
     CPU, so it stands for the half-precision path here: float32 unit vectors out, within bf16's rounding of the
     float32 model's, and the same nearest label."""
     from classifiers.catalog.registry import build_registry
     from classifiers.embedding.engines import load_encoder
 
-    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2")
+    spec = build_registry(["all-MiniLM-L6-v2"]).get("all-MiniLM-L6-v2").model_copy(update={"backend": backend})
     # No num_threads: torch's thread count is per process, and setting it here would change the `encoders`
     # fixture's MiniLM for every later test (CLASSIFIER_TEST_ENGINE_THREADS, tests/conftest.py).
     half = load_encoder(spec, dtype="bfloat16")
-    assert next(half.model.parameters()).dtype.__repr__() == "torch.bfloat16"
+    weight = half._net.layers[0].qkv_w if backend == "torch_bert" else next(half.model.parameters())
+    assert str(weight.dtype) == "torch.bfloat16"
     texts = ["will it rain in paris tomorrow", "play some jazz music", "transfer money to my savings account"]
     full, low = encoders["all-MiniLM-L6-v2"].encode(texts, "input"), half.encode(texts, "input")
     assert low.dtype == np.float32 and np.allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-3)
