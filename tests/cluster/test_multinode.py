@@ -162,7 +162,8 @@ def test_node_loss_under_load_recovers_on_the_remaining_nodes(app, record):
     capacity = replicas_per_gpu_node()
     try:
         # In place: one replica more than the victim holds, so the victim is full and another GPU node serves too.
-        app.deploy(app.config(embedder_scaling={"min_replicas": capacity + 1}), wait=False)
+        # (max_replicas too: the config's own maximum for this model is one GPU node's worth)
+        app.deploy(app.config(embedder_scaling={"min_replicas": capacity + 1, "max_replicas": capacity + 1}), wait=False)
         wait_for("the embedder on two GPU nodes", lambda: (
             replica_states(EMBEDDER) == {"RUNNING": capacity + 1}
             and len({r.node_id for r in replicas(EMBEDDER)}) == 2), 240, describe=describe_embedders(app.store_url))

