@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from classifiers.catalog.registry import ModelSpec
+from classifiers.fewshot.record import migrate_legacy_owners
 from classifiers.fewshot.repository import (
     ClassifierInfo,
     LabelQuery,
@@ -37,7 +38,7 @@ from classifiers.fewshot.repository import (
     TrainOutcome,
     id_for_create,
 )
-from classifiers.fewshot.table import ClassifierTable, migrate_legacy_owners
+from classifiers.fewshot.table import ClassifierTable
 from classifiers.protocol.errors import IdempotencyKeyInUse, ServiceUnavailable, StaleWriter
 from classifiers.protocol.wire import ClassifierSummary
 from classifiers.request.limits import Limits
@@ -85,7 +86,8 @@ class ClassifierShard:
         self.index = index
         self.store = StateStore(blobs, writer=writer)
         self.table = ClassifierTable(
-            self.store, limits, capacity=settings.capacity, owns=lambda cid: shard_of(cid, num_shards) == index
+            self.store, limits, capacity=settings.capacity, owns=lambda cid: shard_of(cid, num_shards) == index,
+            learning=settings.learning,
         )
         self.settings = settings
         self.metrics = ShardMetrics(index)
@@ -122,6 +124,7 @@ class ClassifierShard:
         """Apply the deploying replica's limits and capacities (no new shard set needed for them)."""
         self._ensure_loop()
         self.table.limits, self.table.capacity, self.settings = limits, settings.capacity, settings
+        self.table.configure_learning(settings.learning)
 
     async def create(self, new: NewClassifier, batch: TrainBatch, classifier_id: str) -> TrainOutcome:
         self._ensure_loop()

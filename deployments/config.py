@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from classifiers.fewshot.input_learning import InputLearningConfig
+
 
 class DeploymentConfig(BaseModel):
     """Serve options every deployment has."""
@@ -79,7 +81,7 @@ class EmbedderConfig(DeploymentConfig):
         default=0.0, ge=0,
         description="How long a batch waits to fill after its first request. 0 (default): continuous batching, "
         "requests that arrive while the model runs wait and join the next batch together "
-        "(classifiers.embedding.batch.ModelTurns), so batches grow with load without a timer; on 2 cores a 5 ms wait lost "
+        "(classifiers.embedding.turns.FairTurns), so batches grow with load without a timer; on 2 cores a 5 ms wait lost "
         "at 1, 16 and 64 clients (docs/benchmarks.md). Above 0: Serve's own timer instead, without continuous batching.",
     )
     num_threads: int | None = Field(
@@ -126,6 +128,11 @@ class StateConfig(BaseModel):
     fence_check_s: float = Field(
         default=2.0, gt=0,
         description="How often a shard re-reads the store's fence; a shard of a replaced set stops serving within this.",
+    )
+    learning: InputLearningConfig = Field(
+        default_factory=InputLearningConfig,
+        description="How a shard gathers the classified inputs its classifiers learn from (`learn_from_inputs`): "
+        "chunk size, wait, and the memory bound on what waits.",
     )
 
     @field_validator("store_url")

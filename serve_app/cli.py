@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--access", choices=["private", "public"], default="private", help="of a new classifier (default private)")
     t.add_argument("--labels", help="ours: declare classes (a,b,c), with or without examples")
     t.add_argument("--idempotency-key", help="reuse to make a repeated command apply once (default: a new one)")
+    t.add_argument("--learn-from-inputs", choices=["on", "off"],
+                   help="ours: learn (on) or stop learning (off) from the inputs you classify with it; alone with "
+                   "--classifier, an update of this setting only")
 
     command("list", "the caller's classifiers")
     d = command("delete", "delete a classifier")
@@ -290,7 +293,7 @@ def read_examples(opts: argparse.Namespace, stdin: TextIO) -> list[dict]:
         except OSError as e:
             raise UsageError(f"{opts.csv}: {e.strerror or e}") from None
     examples += [parse_example(x) for x in opts.example]
-    if not examples and not opts.labels:
+    if not examples and not opts.labels and not (opts.classifier and opts.learn_from_inputs):
         raise UsageError("no examples: give a CSV file, --example TEXT=LABEL, or declared --labels")
     return examples
 
@@ -319,13 +322,16 @@ def run(opts: argparse.Namespace, client: Client, stdin: TextIO, out: TextIO, er
         examples = read_examples(opts, stdin)
         trained = client.train(examples, model=default_model(opts), classifier_id=opts.classifier, access=opts.access,
                                num_iters=opts.num_iters, labels=split_labels(opts.labels) if opts.labels else None,
-                               idempotency_key=opts.idempotency_key)
+                               idempotency_key=opts.idempotency_key,
+                               learn_from_inputs=None if opts.learn_from_inputs is None else opts.learn_from_inputs == "on")
         table = format_table(["CLASSIFIER_ID", "NUM_SAMPLES", "TOKENS"],
                              [[trained.classifier_id, trained.num_samples, trained.usage.total_tokens]], right=[1, 2])
     elif opts.command == "list":
         rows = [[s.classifier_id, s.model, s.access, "-" if s.num_samples is None else s.num_samples,
+                 f"{s.inputs_learned}" + ("" if s.learn_from_inputs else " (off)"),
                  clip(", ".join(s.labels), 40), s.updated_at] for s in client.list()]
-        table = format_table(["CLASSIFIER_ID", "MODEL", "ACCESS", "SAMPLES", "LABELS", "UPDATED_AT"], rows, right=[3])
+        table = format_table(["CLASSIFIER_ID", "MODEL", "ACCESS", "SAMPLES", "INPUTS_LEARNED", "LABELS", "UPDATED_AT"],
+                             rows, right=[3, 4])
     elif opts.command == "delete":
         deleted = client.delete(opts.classifier_id)
         table = f"deleted {deleted.classifier_id}" if deleted.deleted else f"not deleted: {deleted.classifier_id}"

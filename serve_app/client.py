@@ -261,11 +261,12 @@ def classify_body(
 
 def train_body(
     examples: Iterable[Any], *, model: str | None = None, classifier_id: str | None = None, access: str | None = "private",
-    num_iters: int | None = 10, labels: Sequence[str] | None = None,
+    num_iters: int | None = 10, labels: Sequence[str] | None = None, learn_from_inputs: bool | None = None,
 ) -> dict:
     """The JSON body of ``POST /v1/train``. A create (no ``classifier_id``) sends ``model`` (if given), ``access``,
     ``input`` and ``num_iters``; an update sends ``classifier_id``, ``input`` and ``num_iters`` (the model and access
-    of a classifier are fixed at its creation). ``labels`` (declared classes, ours) only when given."""
+    of a classifier are fixed at its creation). ``labels`` (declared classes, ours) and ``learn_from_inputs`` (ours)
+    only when given."""
     body: dict[str, Any] = {}
     if classifier_id is not None:
         body["classifier_id"] = classifier_id
@@ -279,6 +280,8 @@ def train_body(
         body["num_iters"] = num_iters
     if labels is not None:
         body["labels"] = _labels(labels)
+    if learn_from_inputs is not None:
+        body["learn_from_inputs"] = bool(learn_from_inputs)
     return body
 
 
@@ -412,8 +415,10 @@ class _Base:
                              multi_label=multi_label)
         return _Call("POST", "/v1/classify", body, parse=ClassificationResponse.model_validate)
 
-    def _train_call(self, examples, model, classifier_id, access, num_iters, labels, idempotency_key) -> _Call:
-        body = train_body(examples, model=model, classifier_id=classifier_id, access=access, num_iters=num_iters, labels=labels)
+    def _train_call(self, examples, model, classifier_id, access, num_iters, labels, idempotency_key,
+                    learn_from_inputs=None) -> _Call:
+        body = train_body(examples, model=model, classifier_id=classifier_id, access=access, num_iters=num_iters, labels=labels,
+                          learn_from_inputs=learn_from_inputs)
         key = idempotency_key or uuid.uuid4().hex
         return _Call("POST", "/v1/train", body, {"Idempotency-Key": key}, parse=_parse_train, resend_safe=True,
                      retry_statuses=IDEMPOTENT_RETRY_STATUSES)
@@ -512,11 +517,14 @@ class Client(_Base):
     def train(
         self, examples: Iterable[Any], model: str | None = None, classifier_id: str | None = None, access: str = "private",
         num_iters: int = 10, labels: Sequence[str] | None = None, idempotency_key: str | None = None,
+        learn_from_inputs: bool | None = None,
     ) -> TrainingResponse:
         """Create a classifier (no ``classifier_id``) or update one. ``examples``: ``(text, label)`` pairs,
         ``{"text"|"image", "label"}`` dicts or TrainingItems. ``labels`` (ours): classes to declare with or without
-        examples. An ``Idempotency-Key`` (``idempotency_key``, else a new UUID) is sent, the same on every retry."""
-        return self._run(self._train_call(examples, model, classifier_id, access, num_iters, labels, idempotency_key))
+        examples. ``learn_from_inputs`` (ours): learn from the inputs you classify with it (True), stop (False).
+        An ``Idempotency-Key`` (``idempotency_key``, else a new UUID) is sent, the same on every retry."""
+        return self._run(self._train_call(examples, model, classifier_id, access, num_iters, labels, idempotency_key,
+                                          learn_from_inputs))
 
     def list(self) -> list[ClassifierSummary]:
         """The caller's classifiers (``GET /v1/classifiers``)."""
@@ -591,9 +599,11 @@ class AsyncClient(_Base):
     async def train(
         self, examples: Iterable[Any], model: str | None = None, classifier_id: str | None = None, access: str = "private",
         num_iters: int = 10, labels: Sequence[str] | None = None, idempotency_key: str | None = None,
+        learn_from_inputs: bool | None = None,
     ) -> TrainingResponse:
         """See :meth:`Client.train`."""
-        return await self._run(self._train_call(examples, model, classifier_id, access, num_iters, labels, idempotency_key))
+        return await self._run(self._train_call(examples, model, classifier_id, access, num_iters, labels, idempotency_key,
+                                                learn_from_inputs))
 
     async def list(self) -> list[ClassifierSummary]:
         """See :meth:`Client.list`."""

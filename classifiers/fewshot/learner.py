@@ -27,27 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from classifiers.fewshot import calibration as cal
+from classifiers.fewshot import state as fewshot_state
 from classifiers.fewshot.calibration import LabelRecord, TemperatureRecord
 from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.fewshot.predictor import LinearPredictor
+from classifiers.fewshot.state import READABLE_VERSIONS, STATE_VERSION
+from classifiers.fewshot.state import scatter_bytes as _scatter_bytes
+from classifiers.fewshot.state import state_bytes as _state_bytes
+from classifiers.fewshot.unlabeled import UnlabeledRecord, anchored
 
-__all__ = ["FewShotLearner", "LearnerConfig", "LinearPredictor"]
+__all__ = ["FewShotLearner", "LearnerConfig", "LinearPredictor", "READABLE_VERSIONS", "STATE_VERSION", "_state_bytes"]
 
-# 2 adds `declared`, 3 `oos_moments`, 4 the calibration records (`temp_profile`, `temp_weight`, `label_pooled`,
-# `label_hist`); older states still load, with empty records where theirs are missing.
-STATE_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
 PREQUENTIAL_MIN_CHUNK = 8  # smallest chunk an update is scored in before it is learned (see FewShotLearner.update)
-
-
-def _scatter_bytes(dim: int, full: bool) -> int:
-    return 8 * dim * (dim + 1) // 2 if full else 8 * dim
-
-
-def _state_bytes(dim: int, classes: int, full: bool) -> int:
-    """Bytes of a state's arrays: the scatter, the records, and per class its count, sum, label vector (float32),
-    two flags and its label histograms (the OOS moments: 24 bytes)."""
-    return _scatter_bytes(dim, full) + 24 + cal.RECORD_BYTES + classes * (8 + 12 * dim + 2 + cal.LABEL_CLASS_BYTES)
 
 
 @dataclass(frozen=True)
@@ -105,6 +96,7 @@ class FewShotLearner:
         # training inputs, each scored *before* it was learned (FewShotLearner.update). 3 floats, no example.
         self._oos_moments = np.zeros(3, np.float64)
         self._temp, self._label_rec = TemperatureRecord(), LabelRecord(0)  # calibration records, same prequential loop
+        self._unl = UnlabeledRecord(0, self.dim)  # what the classified inputs taught it (learn_unlabeled)
         self._stats: dict | None = None
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self._diag: dict = {}
@@ -129,6 +121,7 @@ class FewShotLearner:
         self._has_L = np.append(self._has_L, False)
         self._declared = np.append(self._declared, False)
         self._label_rec.add_class()
+        self._unl.add_class()
         return k
 
     def declare(self, label_vectors: dict[str, np.ndarray]) -> list[str]:
@@ -167,6 +160,41 @@ class FewShotLearner:
     def num_examples(self) -> float:
         """Total weighted example count N (0 for a classifier that only has declared labels)."""
         return float(self._n.sum())
+
+    @property
+    def inputs_learned(self) -> int:
+        """Unlabelled inputs folded in by :meth:`learn_unlabeled` (persisted; 0 for states before version 5)."""
+        return self._unl.learned
+
+    def learn_unlabeled(self, X: np.ndarray) -> int:
+        """Learn from inputs the classifier already answered, without their labels (issue 29).
+
+        ``X``: (n, dim) float32 L2-normalised embeddings, a chunk (typically 8-256 rows; a chunk of one stores that
+        input's scaled vector in the sums, so feed at least 8). Each row is given to the declared classes by the
+        zero-shot posterior on their label vectors and folded into bounded per-class sums (8 + 8 dim bytes per
+        class, whatever the traffic; nothing else is kept), which move the classifier's zero-shot part toward its
+        inputs once it has learned ``unlabeled_min_per_class`` inputs per class on average
+        (classifiers/fewshot/unlabeled.py). Works with declared labels alone and with labelled examples; the
+        labelled statistics are never touched, and the zero-shot part weighs ``N0 / (N + N0)`` once there are N
+        labelled examples, so labels outweigh any amount of traffic. Cost O(n K D), no fit.
+
+        Returns the number of rows learned, the increment of :attr:`inputs_learned`: ``n``, or 0 where the
+        classifier has no zero-shot part to adapt (no declared label, or a class without its label vector), in
+        which case nothing changes. Must not run concurrently with :meth:`update` or anything else on this object
+        (the service adapts a copy, as for ``update``). ValueError on a wrong shape or non-finite values.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"X must have shape (n, {self.dim}), got {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X contains non-finite values")
+        if len(X) == 0 or self._zero_shot(0.0) is None:
+            return 0
+        cfg = self.config
+        self._unl.observe(X, self._L.astype(np.float64), self.score_scale, cfg.unlabeled_sharpness,
+                          cfg.unlabeled_class_cap)
+        self._cache = None
+        return len(X)
 
     def update(
         self,
@@ -262,7 +290,7 @@ class FewShotLearner:
         """
         cols = np.flatnonzero(known)
         N = self.num_examples
-        if len(cols) == 0 or (N <= 0 and self._zero_shot_weights() is None):
+        if len(cols) == 0 or (N <= 0 and self._zero_shot() is None):
             return  # nothing known yet, or (declared classes without their label vectors) no model to score with
         A, b = self._fit()
         z = X @ A + b
@@ -306,20 +334,20 @@ class FewShotLearner:
         Logits are ``x @ A + b`` (already divided by the temperature). With no example at all (only declared
         classes) they are the zero-shot logits ``score_scale * x . l_k``; with declared classes, the
         zero-shot logits are blended in with weight ``N0 / (N + N0)`` (``N0 = zero_shot_pseudo_count``), so the
-        classifier moves smoothly from zero-shot to the few-shot model as examples arrive.
+        classifier moves smoothly from zero-shot to the few-shot model as examples arrive. The zero-shot logits are
+        those adapted to the classified inputs (:meth:`learn_unlabeled`), exactly the plain ones without any.
         """
         if self._cache is not None:
             return self._cache
         cfg = self.config
         n, s = self._n, self._s
-        K = len(n)
         N = float(n.sum())
-        zs_A = self._zero_shot_weights()
-        if N <= 0:  # only declared classes: exactly zero-shot
+        zs = self._zero_shot()
+        if N <= 0:  # only declared classes: (adapted) zero-shot
             self._diag = {"zero_shot_weight": 1.0, "examples": 0.0}
             self._stats = None
-            assert zs_A is not None  # no examples: every class is declared, with its label vector
-            self._cache = (zs_A.copy(), np.zeros(K))
+            assert zs is not None  # no examples: every class is declared, with its label vector
+            self._cache = (zs[0].copy(), zs[1].copy())
             return self._cache
         seen = n > 0
         g = s.sum(0) / N
@@ -331,24 +359,37 @@ class FewShotLearner:
         A, b = self._discriminant(cov.Sigma, mu)
         T = float(cfg.temperature)
         A, b = A / T, b / T
-        lam = 0.0
-        if zs_A is not None and cfg.zero_shot_pseudo_count > 0:
+        lam, shrink = 0.0, 1.0
+        if zs is not None and cfg.zero_shot_pseudo_count > 0:
             lam = cfg.zero_shot_pseudo_count / (N + cfg.zero_shot_pseudo_count)
-            A = (1.0 - lam) * A + lam * zs_A
-            b = (1.0 - lam) * b
+            A, b, shrink = self._blend(A, b, lam)
         self._diag = {"beta": beta, "gate": gate, "t2": t2, "nu": cov.nu, "sigma2": cov.sigma2, "temperature": T,
-                      "shrinkage": cov.dof0 / (cov.dof + cov.dof0), "zero_shot_weight": lam, "examples": N}
+                      "shrinkage": cov.dof0 / (cov.dof + cov.dof0), "zero_shot_weight": lam, "examples": N,
+                      "unlabeled_shrink": shrink}
         self._stats = {"Sigma": cov.Sigma, "Sigma_w": cov.within(), "mu": mu, "lam": lam}
         self._cache = (A, b)
         return self._cache
 
-    def _zero_shot_weights(self) -> np.ndarray | None:
-        """(D, K) weights of the zero-shot logits ``score_scale * cos(x, l_k)`` (unit label vectors), where the
-        classifier has declared classes and every class has its label vector; else None."""
+    def _zero_shot(self, shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weights (D, K) and biases (K,) of the zero-shot logits ``score_scale * cos(x, l_k)`` (unit label vectors)
+        adapted to the classified inputs (``shrink`` scales the adaptation; classifiers/fewshot/unlabeled.py), where
+        the classifier has declared classes and every class has its label vector; else None."""
         if self._declared.any() and self._has_L.all():
-            Lz = self._L.astype(np.float64)
-            return self.score_scale * Lz.T
+            return self._unl.zero_shot(self._L.astype(np.float64), self.score_scale, self.config, shrink)
         return None
+
+    def _blend(self, A: np.ndarray, b: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(1 - lam)`` of the few-shot logits plus ``lam`` of the adapted zero-shot ones, the adaptation scaled
+        back until every labelled class mean keeps the class the unadapted blend gives it (unlabeled.anchored)."""
+        def blend(shrink: float) -> tuple[np.ndarray, np.ndarray]:
+            zs = self._zero_shot(shrink)
+            assert zs is not None
+            return (1.0 - lam) * A + lam * zs[0], (1.0 - lam) * b + lam * zs[1]
+
+        if self._unl.empty:
+            return (*blend(0.0), 1.0)
+        seen = np.flatnonzero(self._n > 0)
+        return anchored(blend, self._s[seen] / self._n[seen, None], seen)
 
     def _shrunk_covariance(self, N: float, seen: np.ndarray, g: np.ndarray) -> _Covariance:
         """The shared within-class covariance, shrunk toward ``nu * I`` with ``dof0`` pseudo degrees of freedom
@@ -539,56 +580,15 @@ class FewShotLearner:
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict:
-        """Everything needed to restore the learner: JSON-able scalars/lists and numpy arrays only."""
-        S = self._S[np.triu_indices(self.dim)] if self.covariance == "full" else self._S
-        return {
-            "version": STATE_VERSION,
-            "dim": self.dim,
-            "score_scale": self.score_scale,
-            "config": self.config.model_dump(),
-            "covariance": self.covariance,
-            "labels": list(self._labels),
-            "n": self._n.copy(),
-            "s": self._s.copy(),
-            "S": S.copy(),
-            "L": self._L.copy(),
-            "has_L": self._has_L.copy(),
-            "declared": self._declared.copy(),
-            "oos_moments": self._oos_moments.copy(),
-            "temp_profile": self._temp.profile.copy(),
-            "temp_weight": self._temp.weight,
-            "label_pooled": self._label_rec.pooled.copy(),
-            "label_hist": self._label_rec.per_class.copy(),
-        }
+        """Everything needed to restore the learner: JSON-able scalars/lists and numpy arrays only (state.py)."""
+        return fewshot_state.to_state(self)
 
     @classmethod
     def from_state(cls, state: dict) -> FewShotLearner:
-        if int(state.get("version", -1)) not in READABLE_VERSIONS:
-            raise ValueError(f"unsupported few-shot state version {state.get('version')!r}")
+        fewshot_state.check_version(state)
         cfg = LearnerConfig(**{**state["config"], "covariance": state["covariance"]})
         self = cls(int(state["dim"]), score_scale=float(state["score_scale"]), config=cfg)
-        D = self.dim
-        self._labels = [str(x) for x in state["labels"]]
-        self._index = {lab: i for i, lab in enumerate(self._labels)}
-        K = len(self._labels)
-        self._n = np.asarray(state["n"], np.float64).reshape(K).copy()
-        self._s = np.asarray(state["s"], np.float64).reshape(K, D).copy()
-        self._L = np.asarray(state["L"], np.float32).reshape(K, D).copy()
-        self._has_L = np.asarray(state["has_L"], bool).reshape(K).copy()
-        declared = state.get("declared")  # absent in version-1 states: nothing was declared
-        self._declared = np.zeros(K, bool) if declared is None else np.asarray(declared, bool).reshape(K).copy()
-        moments = state.get("oos_moments")  # absent before version 3: no record, the Gaussian calibration alone
-        self._oos_moments = np.zeros(3) if moments is None else np.asarray(moments, np.float64).reshape(3).copy()
-        # absent before version 4: empty records, i.e. tau = 1 and no label calibration (the old answers exactly)
-        self._temp = TemperatureRecord(state.get("temp_profile"), float(state.get("temp_weight", 0.0)))
-        self._label_rec = LabelRecord(K, state.get("label_pooled"), state.get("label_hist"))
-        S = np.asarray(state["S"], np.float64)
-        if self.covariance == "full":
-            full = np.zeros((D, D))
-            full[np.triu_indices(D)] = S
-            self._S = full + np.triu(full, 1).T
-        else:
-            self._S = S.reshape(D).copy()
+        fewshot_state.restore(self, state)
         return self
 
     def state_nbytes(self) -> int:

@@ -18,6 +18,19 @@ CALIBRATION_PRIOR_COUNT_DEFAULT = 16.0
 # recency 1: MiniLM 0.114 / 0.169 / 0.242 / 0.323, e5 0.162 / 0.248 / 0.326 / 0.391 (the study's figures);
 # recency 2: MiniLM 0.119 / 0.167 / 0.241 / 0.317, e5 0.164 / 0.246 / 0.324 / 0.386 (and ECE of q >= 0.1 no better).
 LABEL_RECENCY_DEFAULT = 1.0
+# Learning from classified inputs (issue 29; classifiers/fewshot/unlabeled.py): tuned on CLINC150 *train* streams only
+# (declared labels, chunks of 50, 3 seeds, both models, 150-way and per domain, plus streams of a fifth of the
+# intents; bench/eval_unlabeled.py --ablations); docs/eval/unlabeled.md reports the test streams.
+UNLABELED_PSEUDO_COUNT_DEFAULT = 2.0
+UNLABELED_MAX_SHARE_DEFAULT = 0.8
+UNLABELED_SHARPNESS_DEFAULT = 1.25
+UNLABELED_BIAS_DEFAULT = 0.5
+UNLABELED_SCALE_GAIN_DEFAULT = 1.4
+UNLABELED_CLASS_CAP_DEFAULT = 1000.0
+# minimum evidence: train streams, 150-way, lowest cumulative gain over zero-shot at a checkpoint of 200 inputs
+# (e5 / MiniLM): no gate -0.012 / +0.005, 1 input per class -0.007 / +0.007, 2: 0.000 / 0.000 (the gain after 1,000
+# inputs unchanged); 3 costs more on the stream of a fifth of the intents (+0.034 / +0.023 vs +0.039 / +0.033 at 2).
+UNLABELED_MIN_PER_CLASS_DEFAULT = 2.0
 
 
 class LearnerConfig(BaseModel):
@@ -116,4 +129,44 @@ class LearnerConfig(BaseModel):
         "calibration_recency. It bins the share log-odds of the temperature-calibrated logits, which do not drift "
         "with the model's scale, so it can keep more history: 1 was measured (GoEmotions stream, 2 is up to 0.006 "
         "lower in macro-F1). The label record costs 512 bytes of state per class.",
+    )
+    unlabeled_pseudo_count: float = Field(
+        default=UNLABELED_PSEUDO_COUNT_DEFAULT, gt=0.0,
+        description="Learning from classified inputs (FewShotLearner.learn_unlabeled): a class's zero-shot prototype "
+        "moves from its label vector toward the mean of the inputs given to it by lam = n / (n + this), n its soft "
+        "count of inputs. Per class, so a class the traffic rarely brings keeps most of its label vector.",
+    )
+    unlabeled_min_per_class: float = Field(
+        default=UNLABELED_MIN_PER_CLASS_DEFAULT, ge=0.0,
+        description="Minimum evidence: no prototype moves before the classifier has learned this many inputs per "
+        "declared class on average (300 for 150 classes); the first inputs, one or two per class, made the "
+        "adapted classifier worse than zero-shot.",
+    )
+    unlabeled_max_share: float = Field(
+        default=UNLABELED_MAX_SHARE_DEFAULT, ge=0.0, le=1.0,
+        description="Drift limit: the most a prototype moves toward its inputs (the label vector keeps 1 - this).",
+    )
+    unlabeled_sharpness: float = Field(
+        default=UNLABELED_SHARPNESS_DEFAULT, gt=0.0,
+        description="Inputs are given to classes by softmax(this * score_scale * cos(x, label)), the zero-shot "
+        "posterior (never the adapted model's, so learning cannot feed on its own errors), sharpened by this.",
+    )
+    unlabeled_bias: float = Field(
+        default=UNLABELED_BIAS_DEFAULT, ge=0.0, le=1.0,
+        description="Adapted logits score_scale * t * (x . p + bias * (1 - |p|^2) / 2) for a prototype p: 1 is the "
+        "Euclidean distance to it, 0 the dot product. Train streams (e5 / MiniLM), 150-way gain after 1,000 inputs: "
+        "0: +0.032 / +0.062; 0.5: +0.067 / +0.080; 1: +0.079 / +0.080 but its lowest cumulative gain -0.005 on e5 and "
+        "less on a stream of a fifth of the intents (+0.035 / +0.026 vs +0.039 / +0.033).",
+    )
+    unlabeled_scale_gain: float = Field(
+        default=UNLABELED_SCALE_GAIN_DEFAULT, ge=1.0,
+        description="Scale of the adapted scores: t = 1 + (gain - 1) * mean share moved, so 1 where nothing was "
+        "learned (exactly zero-shot). The moved prototypes' own scores are under-confident: ECE on 150-way CLINC train "
+        "streams (e5 / MiniLM) 0.122 / 0.106 at gain 1, 0.070 / 0.054 at 1.2, 0.043 / 0.048 at 1.4, 0.037 / 0.049 "
+        "at 1.6 (per domain 0.017 / 0.018 at 1.4, 0.029 / 0.027 at 1.6).",
+    )
+    unlabeled_class_cap: float = Field(
+        default=UNLABELED_CLASS_CAP_DEFAULT, gt=0.0,
+        description="Per-class cap on the soft count of classified inputs: beyond it the class's count and sum are "
+        "scaled back to it, so old traffic fades and no input weighs more than 1 / cap of its class.",
     )

@@ -33,10 +33,12 @@ class TrainBatch:
     label_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # label-name embeddings (the prior)
     update_id: str = ""  # a retry with the same id is applied once (a create's id derives from it: see id_for_create)
     declared: dict[str, np.ndarray] = field(default_factory=dict)  # classes to know without examples: label vectors
-    # What the update id was first used for (fewshot_service.train_fingerprint): a later batch under the same id
+    # What the update id was first used for (classifiers.fewshot.service.train_fingerprint): a later batch under the same id
     # but another fingerprint is a different request reusing the key, refused (IdempotencyKeyReused), never a
     # replay. "" (a caller without one) matches anything, as before fingerprints.
     fingerprint: str = ""
+    # Ours: turn learning from the owner's classified inputs on or off (None: as it is; a create: off).
+    learn_from_inputs: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,12 @@ def train_fingerprint(caller: str, req: TrainRequest) -> str:
     defaults filled in, unknown fields dropped, one item as a list of one). So whitespace, key order or spelling
     out a default never make a genuine retry look different, and any change to what would be applied does."""
     body = req.model_dump(mode="json")
-    if not isinstance(body["input"], list):
+    if body["input"] is None:  # a settings-only update: the same request as with `input: []`
+        body["input"] = []
+    elif not isinstance(body["input"], list):
         body["input"] = [body["input"]]
+    if body["learn_from_inputs"] is None:  # absent: fingerprints stay those of requests from before the field
+        del body["learn_from_inputs"]
     canonical = json.dumps({"route": TRAIN_ROUTE, "account": caller, "body": body}, sort_keys=True,
                            separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -132,6 +136,7 @@ class FewShotService:
             fingerprint=train_fingerprint(caller, req) if update_id else "",
             label_vectors={lab: prior[humanize(lab)] for lab in distinct},
             declared={lab: prior[humanize(lab)] for lab in declared},
+            learn_from_inputs=req.learn_from_inputs,
         )
         tokens = counted.inputs * req.num_iters
         if on_submit is not None:
@@ -154,7 +159,9 @@ class FewShotService:
         declared = parse_declared_labels(req.labels, max_label_chars=self.limits.max_label_chars)
         items: list[Item] = []
         labels: list[ExampleLabels] = []
-        if not (req.input == [] and declared):  # declared classes alone: a classifier that starts as zero-shot
+        settings_only = req.classifier_id is not None and req.learn_from_inputs is not None
+        # no examples: declared classes alone (a classifier that starts as zero-shot), or an update of a setting
+        if not (req.input is None or (req.input == [] and (declared or settings_only))):
             items, labels = parse_training_items(
                 req.input, max_items=self.limits.max_train_items, max_tokens=self.limits.max_input_tokens,
                 max_label_chars=self.limits.max_label_chars,
@@ -189,6 +196,8 @@ class FewShotService:
         """The examples' vectors and the label-name vectors (the learner's prior, and what a declared class is
         predicted from) by the model's label recipe; the label cache makes known ones free, and they are not
         charged."""
+        if not items and not distinct:  # an update of a setting alone: nothing to embed
+            return np.zeros((0, 0), np.float32), {}
         label_job = self.vectors.labels(spec, [humanize(lab) for lab in distinct], tenant=tenant)
         if not items:
             prior, _ = await label_job

@@ -23,26 +23,30 @@ thin actor around one. Rules it enforces:
   its stored record (so across restarts), and the id of its create for as long as it exists.
 * Once the store's fence names another writer (a newer deploy took over), every call raises StaleWriter, reads
   included: a replaced table never serves predictions the current one may have updated.
+* ``learn_from_inputs``: the inputs of the owner's classify calls wait, after their answer was computed, in
+  bounded memory (:class:`~classifiers.fewshot.input_learning.PendingInputs`) and are folded in a chunk at a
+  time by a background step that takes the same per-classifier lock and fenced write as a /train; a failed step
+  is logged and its chunk dropped, never surfaced to a classify and never in the way of a train.
 """
 from __future__ import annotations
 
 import asyncio
 import builtins
-import io
-import json
+import contextlib
+import dataclasses
+import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from classifiers.catalog.registry import ModelSpec
+from classifiers.fewshot.input_learning import InputLearningConfig, PendingInputs
 from classifiers.fewshot.learner import FewShotLearner
 from classifiers.fewshot.learner_config import LearnerConfig
-from classifiers.fewshot.predictor import LinearPredictor
+from classifiers.fewshot.record import ClassifierRecord
 from classifiers.fewshot.repository import (
     ClassifierInfo,
     LabelQuery,
@@ -64,152 +68,14 @@ from classifiers.protocol.errors import (
 from classifiers.protocol.wire import ClassifierSummary
 from classifiers.request.inputs import labels_of
 from classifiers.request.limits import Limits
-from classifiers.storage.store import ANONYMOUS_OWNER, StateStore
+from classifiers.storage.store import StateStore
 from classifiers.zeroshot.oos import fewshot_oos_score
 from classifiers.zeroshot.scoring import softmax
 
+logger = logging.getLogger(__name__)
+
 RECENT_UPDATES = 64
 STALE_RESERVATION_S = 600.0  # a create takes seconds; a reservation this old without its classifier is a crash
-FORMAT_VERSION = 2  # 2: owners are account UUIDs (1 wrote the anonymous owner as "anonymous")
-_LEGACY_OWNERS = {"anonymous": ANONYMOUS_OWNER}
-
-
-class UnsupportedStateFormat(RuntimeError):
-    """A stored classifier written by a newer version of this service: never guess at its layout."""
-
-
-@dataclass
-class ClassifierRecord:
-    """A classifier's metadata with its learner (when loaded for an update) or just its compiled predictor."""
-
-    classifier_id: str
-    owner: str
-    model: str
-    access: str
-    learner: FewShotLearner | None
-    created_at: float
-    updated_at: float
-    updated_number: int = 0
-    num_samples: int = 0
-    recent_updates: dict[str, int] = field(default_factory=dict)  # update id -> num_samples it added
-    fingerprints: dict[str, str] = field(default_factory=dict)  # update id -> its request's fingerprint (if any)
-    created_by: dict | None = None  # the create's {"update_id", "fingerprint", "num_samples"}: kept for good
-    used_number: int = 0
-    used_at: float | None = None
-    predictor: LinearPredictor | None = None
-    state_bytes: int = 0
-
-    @property
-    def info(self) -> ClassifierInfo:
-        return ClassifierInfo(self.classifier_id, self.model, self.owner, self.access)
-
-    def compiled(self) -> "ClassifierRecord":
-        """Compile the predictor and drop the statistics: what a table keeps in memory."""
-        if self.learner is not None:
-            self.predictor = self.learner.compile()
-            self.state_bytes = self.learner.state_nbytes()
-            self.learner = None
-        return self
-
-    @property
-    def labels(self) -> list[str]:
-        if self.learner is not None:
-            return list(self.learner.labels)
-        assert self.predictor is not None  # a record holds its learner or its compiled predictor
-        return list(self.predictor.labels)
-
-    def to_bytes(self) -> bytes:
-        assert self.learner is not None, "only a record with its learner (the statistics) is stored"
-        state = self.learner.to_state()
-        arrays: dict[str, Any] = {f"learner.{k}": v for k, v in state.items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-        meta = {
-            "format": FORMAT_VERSION,
-            "classifier_id": self.classifier_id,
-            "owner": self.owner,
-            "model": self.model,
-            "access": self.access,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "updated_number": self.updated_number,
-            "num_samples": self.num_samples,
-            "recent_updates": self.recent_updates,
-            # Optional fields (a reader that predates them ignores them, and replays by id alone, as it did):
-            "recent_fingerprints": self.fingerprints,
-            "created_by": self.created_by,
-            "learner": scalars,
-        }
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> "ClassifierRecord":
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            version = meta.get("format", 1)
-            if version > FORMAT_VERSION:
-                raise UnsupportedStateFormat(
-                    f"classifier {meta.get('classifier_id')!r} was stored in state format {version}; this version "
-                    f"reads formats up to {FORMAT_VERSION}: upgrade the service"
-                )
-            state = {**meta["learner"], **{k[len("learner.") :]: z[k] for k in z.files if k.startswith("learner.")}}
-        owner = meta["owner"] if version >= 2 else _LEGACY_OWNERS.get(meta["owner"], meta["owner"])
-        return cls(
-            classifier_id=meta["classifier_id"],
-            owner=owner,
-            model=meta["model"],
-            access=meta["access"],
-            learner=FewShotLearner.from_state(state),
-            created_at=meta["created_at"],
-            updated_at=meta["updated_at"],
-            updated_number=meta["updated_number"],
-            num_samples=meta["num_samples"],
-            recent_updates=dict(meta["recent_updates"]),
-            fingerprints=dict(meta.get("recent_fingerprints") or {}),
-            created_by=meta.get("created_by"),
-        )
-
-    def applied(self, update_id: str) -> tuple[int, str] | None:
-        """(num_samples, fingerprint) of an update id this classifier applied and still remembers, else None."""
-        if not update_id:
-            return None
-        if update_id in self.recent_updates:
-            return self.recent_updates[update_id], self.fingerprints.get(update_id, "")
-        if self.created_by is not None and self.created_by["update_id"] == update_id:
-            return self.created_by["num_samples"], self.created_by["fingerprint"]
-        return None
-
-    def summary(self) -> ClassifierSummary:
-        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat() if t is not None else None  # noqa: E731
-        return ClassifierSummary(
-            classifier_id=self.classifier_id,
-            user_id=self.owner,
-            model=self.model,
-            labels=self.labels,
-            access=self.access,
-            num_samples=self.num_samples,
-            updated_number=self.updated_number,
-            used_number=self.used_number,
-            created_at=iso(self.created_at),
-            updated_at=iso(self.updated_at),
-            used_at=iso(self.used_at),
-            metadata_={"state_bytes": self.state_bytes},
-        )
-
-
-async def migrate_legacy_owners(store: StateStore) -> int:
-    """Move owner-index markers written under format 1's owner names to the owners' UUIDs (idempotent; run
-    when a deploy claims the store). Records themselves are read with the new owner and rewritten on update."""
-    moved = 0
-    for legacy, owner in _LEGACY_OWNERS.items():
-        for cid in await store.owned(legacy):
-            await store.add_owned(owner, cid, await store.owned_since(legacy, cid) or time.time())
-            await store.remove_owned(legacy, cid)
-            moved += 1
-    return moved
-
-
 async def _apply(learner: FewShotLearner, batch: TrainBatch) -> None:
     """Declared classes first (they may be all a batch has), then the examples.
 
@@ -235,7 +101,7 @@ class ClassifierTable:
 
     def __init__(
         self, store: StateStore, limits: Limits, *, capacity: int = 2000, clock: Callable[[], float] = time.time,
-        owns: Callable[[str], bool] = lambda cid: True,
+        owns: Callable[[str], bool] = lambda cid: True, learning: InputLearningConfig | None = None,
     ):
         self.store = store
         self.limits = limits
@@ -252,6 +118,10 @@ class ClassifierTable:
         # (classifier id, update id) of creates and updates being applied now. This table is the only writer of
         # its classifiers, so this set is authoritative: a second request with the same key meanwhile is a 409.
         self._inflight: set[tuple[str, str]] = set()
+        self._pending = PendingInputs(learning or InputLearningConfig())
+        self._learning: dict[str, asyncio.Task] = {}  # classifier id -> the task that learns its waiting inputs
+        self._wake: dict[str, asyncio.Event] = {}  # set when a classifier's waiting inputs make a full chunk
+        self.learning_stats = {"inputs_learned": 0, "steps": 0, "failed_steps": 0}
 
     # -- loading --------------------------------------------------------------------------------------------
     @staticmethod
@@ -269,6 +139,8 @@ class ClassifierTable:
         """Stop serving: another shard set owns the store now (its updates are invisible to this table)."""
         self._stale = error
         self._loaded.clear()
+        for cid in list(self._learning):
+            self._pending.drop(cid)
 
     async def _load(self, cid: str) -> ClassifierRecord | None:
         """A classifier's full record (statistics included) from the store, without its use counters."""
@@ -388,6 +260,7 @@ class ClassifierTable:
                 fingerprints={batch.update_id: batch.fingerprint} if batch.fingerprint else {},
                 created_by={"update_id": batch.update_id, "fingerprint": batch.fingerprint, "num_samples": len(batch.y)}
                 if batch.update_id else None,
+                learn_from_inputs=bool(batch.learn_from_inputs),
             )
             blob = rec.to_bytes()
             # The owner's marker first: a crash between the two writes leaves a counted marker without a
@@ -441,9 +314,12 @@ class ClassifierTable:
                 created_at=rec.created_at, updated_at=self._clock(), updated_number=rec.updated_number + 1,
                 num_samples=rec.num_samples + len(batch.y), recent_updates=recent, fingerprints=fingerprints,
                 created_by=rec.created_by, used_number=rec.used_number, used_at=rec.used_at,
+                learn_from_inputs=rec.learn_from_inputs if batch.learn_from_inputs is None else batch.learn_from_inputs,
             )
             await self._persist(cid, new.to_bytes())  # durable before it is visible or acknowledged
             self._remember(new)
+            if not new.learn_from_inputs:
+                self._pending.drop(cid)  # turned off: what waits is not learned
             return self._outcome(new, len(batch.y))
 
     def _check_classes(self, new: set[str], known: set[str]) -> None:
@@ -483,6 +359,8 @@ class ClassifierTable:
         rec.used_number += 1
         rec.used_at = self._clock()
         self._dirty_usage.add(classifier_id)
+        if rec.learn_from_inputs and rec.owner == caller and len(X):  # another account's inputs are not the owner's
+            self._queue_inputs(classifier_id, X)
         return Scores(list(predictor.labels), softmax(logits), oos, label_probs, predicted)
 
     async def list(self, owner: str) -> list[ClassifierSummary]:
@@ -523,7 +401,70 @@ class ClassifierTable:
             self._loaded.pop(cid, None)
             self._dirty_usage.discard(cid)
             self._evicted_usage.pop(cid, None)
+            self._pending.drop(cid)
         self._locks.pop(cid, None)
+
+    # -- learning from inputs ---------------------------------------------------------------------------------
+    def _queue_inputs(self, cid: str, X: np.ndarray) -> None:
+        """Keep ``X`` (within the bounds) for ``cid``'s next adaptation step; start or wake its learning task."""
+        full = self._pending.add(cid, X)
+        if cid not in self._learning:
+            self._learning[cid] = asyncio.get_running_loop().create_task(self._learn_when_due(cid))
+        elif full and cid in self._wake:
+            self._wake[cid].set()
+
+    async def _learn_when_due(self, cid: str) -> None:
+        """Learn ``cid``'s waiting inputs a chunk at a time (full, or ``max_wait_s`` old) until none wait."""
+        try:
+            while (delay := self._pending.due_in(cid)) is not None:
+                if delay > 0:
+                    wake = self._wake.setdefault(cid, asyncio.Event())
+                    wake.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                    continue
+                X = self._pending.take(cid)
+                if X is not None:
+                    await self._learn_inputs(cid, X)
+        finally:
+            self._learning.pop(cid, None)
+            self._wake.pop(cid, None)
+
+    async def _learn_inputs(self, cid: str, X: np.ndarray) -> None:
+        """One adaptation step: the stored statistics, ``learn_unlabeled``, a fenced write, swapped in (as a
+        /train, under the classifier's lock, so a concurrent train is never lost). Failures only cost the chunk."""
+        try:
+            async with self._lock(self._locks, cid):
+                rec = await self._get(cid)
+                if rec is None or not rec.learn_from_inputs:  # deleted, or learning turned off meanwhile
+                    return
+                stored = await self._load(cid)
+                if stored is None or stored.learner is None:
+                    self._loaded.pop(cid, None)
+                    return
+                learner = stored.learner
+                learned = await asyncio.to_thread(learner.learn_unlabeled, X)
+                new = dataclasses.replace(rec, learner=learner, predictor=None)
+                await self._persist(cid, new.to_bytes())
+                self._remember(new)
+                self.learning_stats["inputs_learned"] += learned
+                self.learning_stats["steps"] += 1
+        except StaleWriter:
+            logger.warning("classifier %s: not learning from inputs, this table lost the store's fence", cid)
+        except Exception:  # noqa: BLE001 - a step is best effort: it must never fail a classify or a train
+            self.learning_stats["failed_steps"] += 1
+            logger.exception("classifier %s: learning from %d inputs failed; they are dropped", cid, len(X))
+
+    def configure_learning(self, config: InputLearningConfig) -> None:
+        """New chunking and bounds (a redeploy's settings); what waits stays and is learned under them."""
+        self._pending.config = config
+
+    async def learn_waiting_now(self) -> None:
+        """Learn every classifier's waiting inputs now, whatever their age (tools, tests, an orderly shutdown)."""
+        for cid in list(self._learning):
+            X = self._pending.take(cid)
+            if X is not None:
+                await self._learn_inputs(cid, X)
 
     @property
     def loaded_count(self) -> int:
@@ -535,6 +476,10 @@ class ClassifierTable:
             "capacity": self.capacity,
             "stored_state_bytes": int(sum(r.state_bytes for r in self._loaded.values())),
             "memory_bytes": int(sum(r.predictor.nbytes for r in self._loaded.values() if r.predictor is not None)),
+            "inputs_waiting": self._pending.total,
+            "inputs_waiting_bytes": self._pending.nbytes,
+            "inputs_dropped": self._pending.dropped,
+            **self.learning_stats,
         }]
 
     # -- usage counters -------------------------------------------------------------------------------------

@@ -132,13 +132,30 @@ class TrainRequest(BaseModel):
     model: str | None = Field(default=None, description="Embedding model of a new classifier.")
     classifier_id: str | None = Field(default=None, description="Classifier to update.")
     access: Literal["public", "private"] = Field(default="public", description="Who may use the new classifier.")
-    input: TrainingItem | list[TrainingItem] = Field(description="Labeled examples (may be [] when `labels` declares classes).")
+    input: TrainingItem | list[TrainingItem] | None = Field(
+        default=None,
+        description="Labeled examples (may be [] when `labels` declares classes). Required, except on an update "
+        "that only sets `learn_from_inputs`.",
+    )
     num_iters: int = Field(default=10, description="How strongly this batch counts (weight num_iters/10).")
     labels: list[str] | None = Field(
         default=None,
         description="Ours: classes the classifier must know, with or without examples. A class without examples is "
         "predicted from its label name like zero-shot; examples move it smoothly to the few-shot model.",
     )
+    learn_from_inputs: StrictBool | None = Field(
+        default=None,
+        description="Ours: true makes the classifier learn, without labels, from the inputs its owner classifies "
+        "with it (after each answer; nothing is stored but its statistics); false stops that and keeps what was "
+        "learned. Omitted: unchanged (off for a new classifier). Other accounts' requests never change it.",
+    )
+
+    @model_validator(mode="after")
+    def _input_or_setting(self) -> "TrainRequest":
+        if self.input is None and (self.classifier_id is None or self.learn_from_inputs is None):
+            raise ValueError("`input` is required (labeled examples, or [] with `labels`); only an update that sets "
+                             "`learn_from_inputs` may leave it out")
+        return self
 
 
 class PredictionLabel(BaseModel):
@@ -194,6 +211,8 @@ class ClassifierSummary(BaseModel):
     created_at: str = Field(description="ISO 8601 date-time.")
     updated_at: str = Field(description="ISO 8601 date-time.")
     used_at: str | None = Field(default=None, description="ISO 8601 date-time of the last classify, if any.")
+    learn_from_inputs: bool = Field(default=False, description="Ours: it learns from its owner's classified inputs.")
+    inputs_learned: int = Field(default=0, description="Ours: unlabeled inputs it has learned from so far.")
     is_active: bool = True
     is_latest: bool = True
     metadata_: dict = Field(default_factory=dict, description="Ours: `state_bytes`, the stored statistics' size.")

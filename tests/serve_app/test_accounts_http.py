@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from classifiers.accounts.keys import AccountStore
-from classifiers.fewshot.table import ClassifierRecord
+from classifiers.fewshot.record import ClassifierRecord
 from classifiers.storage.store import LocalDirStore, owner_key
 from serve_app.app import bind_app
 from serve_app.config import load_config

@@ -151,9 +151,10 @@ def test_256_classes_keep_the_full_covariance():
     lrn.update(X, y)
     assert len(lrn.compile().labels) == 256
     # + 3 floats: the prequential out-of-scope record (count, sum, sum of squares); per class 2 x 32 floats of the
-    # label record, and 41 floats of the temperature profile (its weight is a scalar) plus 2 x 32 of the pooled record
-    assert lrn.state_nbytes() == (8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1 + 2 * 32 * 8) + 3 * 8
-                                  + (41 + 2 * 32) * 8)
+    # label record and 1 + 384 of the unlabelled statistics, and 41 floats of the temperature profile (its weight is a
+    # scalar) plus 2 x 32 of the pooled record
+    assert lrn.state_nbytes() == (8 * 384 * 385 // 2 + 256 * (8 + 8 * 384 + 4 * 384 + 1 + 1 + 2 * 32 * 8 + 8 + 8 * 384)
+                                  + 3 * 8 + (41 + 2 * 32) * 8)
     assert FewShotLearner(1024, score_scale=SCALE).covariance == "diagonal"
 
 

@@ -370,7 +370,7 @@ def test_state_round_trip_keeps_the_records_and_version_3_states_answer_as_befor
     for part in np.array_split(np.arange(len(ys)), 10):
         lrn.update(X[part], [ys[i] for i in part])
     state = lrn.to_state()
-    assert state["version"] == 4 and state["label_hist"].shape == (len(lrn.labels), 2, 32)
+    assert state["version"] == 5 and state["label_hist"].shape == (len(lrn.labels), 2, 32)
     assert lrn.state_nbytes() == _state_bytes(d, len(lrn.labels), True)  # the budget formula is exact
     restored = FewShotLearner.from_state(_through_json_and_npz(state))
     a, b = lrn.compile(), restored.compile()

@@ -8,16 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from classifiers.fewshot.record import FORMAT_VERSION, ClassifierRecord, UnsupportedStateFormat, migrate_legacy_owners
 from classifiers.fewshot.repository import ClassifierRepo, NewClassifier, TrainBatch, id_for_create
-from classifiers.fewshot.table import (
-    ANONYMOUS_OWNER,
-    FORMAT_VERSION,
-    RECENT_UPDATES,
-    ClassifierRecord,
-    ClassifierTable,
-    UnsupportedStateFormat,
-    migrate_legacy_owners,
-)
+from classifiers.fewshot.table import RECENT_UPDATES, ClassifierTable
 from classifiers.protocol.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -27,7 +20,7 @@ from classifiers.protocol.errors import (
     StaleWriter,
 )
 from classifiers.request.limits import Limits
-from classifiers.storage.store import LocalDirStore, StateStore
+from classifiers.storage.store import ANONYMOUS_OWNER, LocalDirStore, StateStore
 from tests.slow_store import SwitchableSlowStore
 
 D = 16
