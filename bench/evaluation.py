@@ -275,7 +275,7 @@ PROB_METHODS = ("zero-shot", "ours", "ours, no prior", "ours, opaque ids")
 
 def accuracy_only(config=None):
     """The learner config for runs that measure accuracy only: without the prequential out-of-scope record,
-    whose extra fit per batch does not change any prediction (tests/classifiers/test_declared_oos.py) and
+    whose extra fit per batch does not change any prediction (tests/classifiers/fewshot/test_declared_oos.py) and
     would only slow the evaluation down. Runs that score out-of-scope inputs keep the served default."""
     from classifiers.fewshot.learner_config import LearnerConfig
 

@@ -8,7 +8,12 @@
 * imports point downward only: the classifiers sub-packages are layered, bottom to top, as ``LAYERS`` (the order
   classifiers/__init__.py documents), and a module imports only from its own package or those below it;
   nothing in classifiers/ imports Ray, deployments or serve_app; deployments/ never imports serve_app.
-  Every import counts, also those inside functions.
+  Every import counts, also those inside functions;
+* every repository path cited in docs/, the README, docstrings, comments and configs exists (``classifiers/x.py``,
+  ``tests/...``, a Markdown link relative to its document), and every dotted reference into our packages
+  (``classifiers.embedding.local.LocalEmbedder``) names a module that exists and a name defined or imported there;
+  exempt: paths outside the repository (``../shared/``, absolute paths), the outputs the tools generate
+  (``GENERATED``) and state-store object keys (``*.npz``).
 """
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ TEMPORARY_EXCEPTIONS = {
     "serve_app/client.py": "above 600 lines; issue 31 moves the client out",
     "bench/eval_fewshot.py": "above 600 lines, main/_new_sections/write_report above 80; issue 30 splits it by job",
 }
+CITING_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".toml", ".html", ".cfg")
+CITED_ROOTS = ("classifiers", "serve_app", "deployments", "bench", "tests", "docs", "scripts", "deploy")
+SKIPPED_DIRS = {".venv", ".git", ".cache", "node_modules", "build", "dist", ".gpu_assets", "__pycache__"}
+GENERATED = ("bench/results/", "docs/bench/gpu", "docs/benchmarks_gpu_suite.md")  # written by the tools that cite them
+_CITED_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*\w)" % "|".join(CITED_ROOTS))
+_CITED_DOTTED = re.compile(r"(?<![\w./-])((?:classifiers|serve_app|deployments|bench)(?:\.[A-Za-z_]\w*)+)")
 LAYERS = ("protocol", "catalog", "request", "storage", "accounts", "images", "embedding", "zeroshot", "fewshot")
 NOT_IN_CLASSIFIERS = ("ray", "deployments", "serve_app")
 
@@ -157,3 +168,145 @@ def test_the_import_scan_sees_relative_and_function_level_imports(tmp_path, monk
         "classifiers/catalog/registry.py:4 (catalog) imports classifiers.fewshot.learner from a layer above it",
         "classifiers/catalog/registry.py:5 imports ray.serve",
     ]
+
+
+def citing_files() -> Iterator[Path]:
+    for path in sorted(ROOT.rglob("*")):
+        rel_parts = path.relative_to(ROOT).parts
+        if path.is_file() and not SKIPPED_DIRS.intersection(rel_parts) and path.name != "test_layout.py" and (
+                path.suffix in CITING_SUFFIXES or rel_parts[0] == "scripts"):
+            yield path
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    base = ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_dotted(ref: str) -> str | None:
+    """Why ``pkg.module.name`` does not resolve, or None: the longest prefix that is a module or package, and the
+    first name after it defined (or imported) in that module's source."""
+    parts = ref.split(".")
+    k = len(parts)
+    while k and _module_file(parts[:k]) is None and not ROOT.joinpath(*parts[:k]).is_dir():
+        k -= 1
+    if k < 2 and len(parts) > 1:
+        return "no such module"
+    if k == len(parts) or (source := _module_file(parts[:k])) is None:
+        return None
+    if not re.search(rf"\b{re.escape(parts[k])}\b", source.read_text()):
+        return f"no `{parts[k]}` in {rel(source)}"
+    return None
+
+
+def stale_citations() -> list[str]:
+    found = []
+    for path in citing_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for m in _CITED_PATH.finditer(line):
+                cited = m.group(1).rstrip(".")
+                if cited.endswith(".npz") or cited.startswith(GENERATED) or any(c in cited for c in "*<{"):
+                    continue
+                if not (ROOT / cited).exists() and not (path.parent / cited).exists():
+                    found.append(f"{rel(path)}:{number}: {cited}")
+            for m in _CITED_DOTTED.finditer(line):
+                why = missing_dotted(m.group(1))
+                if why:
+                    found.append(f"{rel(path)}:{number}: {m.group(1)} ({why})")
+    return found
+
+
+def test_every_cited_repository_path_exists():
+    stale = stale_citations()
+    assert not stale, "these cite paths or names that do not exist (moved? fix the reference):\n" + "\n".join(stale)
+
+
+def test_the_citation_check_sees_moved_paths_and_names(tmp_path, monkeypatch):
+    (tmp_path / "classifiers" / "pkg").mkdir(parents=True)
+    (tmp_path / "classifiers" / "pkg" / "mod.py").write_text("class Here: ...\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text(
+        "`classifiers/pkg/mod.py`, classifiers/pkg/gone.py, classifiers.pkg.mod.Here, classifiers.pkg.mod.Gone,\n"
+        "classifiers.nothing.x, ../shared/data/x.csv, /abs/classifiers/x.py, bench/results/gpu/r.json, ![p](pkg/)\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert stale_citations() == ["docs/a.md:1: classifiers/pkg/gone.py",
+                                 "docs/a.md:1: classifiers.pkg.mod.Gone (no `Gone` in classifiers/pkg/mod.py)",
+                                 "docs/a.md:2: classifiers.nothing.x (no such module)"]
+
+
+def import_graph(*roots: str) -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (every import, TYPE_CHECKING and function-level ones included;
+    ``from pkg import name`` counts as importing ``pkg.name`` where that is a module, else ``pkg``)."""
+    files = {".".join(module_parts(p)): p for p in sources(*roots)}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        parts = module_parts(path)
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    stem = ".".join(package[: len(package) - (node.level - 1)])
+                    base = f"{stem}.{base}" if base else stem
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            graph[module].update(t for t in targets if t in files and t != module)
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return circles
+
+
+def test_no_import_circles():
+    circles = import_circles(import_graph("classifiers", "deployments", "serve_app"))
+    assert not circles, "modules that import each other (move the shared piece down):\n" + "\n".join(map(str, circles))
+
+
+def test_the_circle_check_finds_a_circle():
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []

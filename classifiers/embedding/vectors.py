@@ -5,7 +5,7 @@ Every service needs the same three things: a request's tokens counted and admitt
 its inputs embedded in request order (texts and images of one request concurrently, errors naming each item's
 position), and label names embedded in the model's label template, cached. This module is that one piece; the
 embedder behind it is the Ray deployments' handles in the service (``serve_app.embedders.HandleEmbedder``) or an in-process encoder
-(:class:`classifiers.embedding.batch.LocalEmbedder`) in tests, benchmarks and tools.
+(:class:`classifiers.embedding.local.LocalEmbedder`) in tests, benchmarks and tools.
 """
 from __future__ import annotations
 

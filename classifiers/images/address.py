@@ -4,21 +4,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Callable, Union
+from typing import Callable
 
+from classifiers.images.allowlist import IPAddress, IPNetwork, allow_entries, ip_allowed, name_allowed
+from classifiers.images.config import ImageFetchConfig
 from classifiers.images.errors import ImageLoadError, short_url
-
-if TYPE_CHECKING:  # config.py imports this module (allow_hosts validation); only the type is needed here
-    from classifiers.images.config import ImageFetchConfig
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 def _nets(*pairs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -104,64 +97,6 @@ def address_problem(ip: IPAddress) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class AllowEntry:
-    host: str | None  # lower-case ASCII hostname
-    network: IPNetwork | None
-    port: int | None
-
-
-_ALLOW_FORMS = "hostname, IP, IP network (CIDR), each optionally ':port' (IPv6 with port as '[addr]:port')"
-
-
-def parse_allow_entry(entry: str) -> AllowEntry:
-    """One ``allow_hosts`` entry; raises ValueError naming it and the accepted forms."""
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"allow_hosts entry {entry!r} is not valid ({why}); accepted forms: {_ALLOW_FORMS}")
-
-    if not entry:
-        raise bad("empty")
-    text, port = entry, None
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
-    if m:
-        text, port = m.group(1), m.group(2)
-    elif text.count(":") == 1:
-        text, port = text.split(":")
-    if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise bad(f"port {port!r} is not 1-65535")
-        port = int(port)
-    try:
-        return AllowEntry(None, ipaddress.ip_network(text, strict=False), port)
-    except ValueError:
-        pass
-    try:
-        host = text.lower().rstrip(".").encode("idna").decode("ascii")
-    except UnicodeError:
-        raise bad("not a hostname") from None
-    if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", host) or ".." in host:
-        raise bad("not a hostname")
-    return AllowEntry(host, None, port)
-
-
-@lru_cache(maxsize=64)
-def _allow_entries(allow_hosts: tuple[str, ...]) -> tuple[AllowEntry, ...]:
-    return tuple(parse_allow_entry(e) for e in allow_hosts)
-
-
-def _name_allowed(entries: tuple[AllowEntry, ...], host: str, port: int) -> bool:
-    return any(e.host == host and e.port in (None, port) for e in entries)
-
-
-def _ip_allowed(entries: tuple[AllowEntry, ...], ip: IPAddress, port: int) -> bool:
-    plain = ipaddress.ip_address(ip.packed)
-    return any(
-        e.network is not None and e.network.version == plain.version and plain in e.network and e.port in (None, port)
-        for e in entries
-    )
-
-
 class Resolver:
     """Host lookups for image URLs, in a bounded thread pool of their own, each under a timeout.
 
@@ -238,15 +173,15 @@ def check_url(url, config: ImageFetchConfig) -> None:
     if not host:
         raise ImageLoadError(f"URL {short_url(str(url))!r} has no host")
     port = _url_port(url)
-    entries = _allow_entries(config.allow_hosts)
-    if _name_allowed(entries, host, port):
+    entries = allow_entries(config.allow_hosts)
+    if name_allowed(entries, host, port):
         return
     port_refused = ImageLoadError(
         f"port {port} is not allowed for image URLs; allowed: {', '.join(map(str, config.allowed_ports))}"
     )
     if _is_ip_literal(host):
         ip = ipaddress.ip_address(host)
-        if _ip_allowed(entries, ip, port):
+        if ip_allowed(entries, ip, port):
             return
         problem = address_problem(ip)
         if problem is not None:
@@ -263,13 +198,13 @@ async def vetted_addresses(url, config: ImageFetchConfig) -> list[IPAddress]:
     check_url(url, config)
     host = url.raw_host.decode("ascii").lower().rstrip(".")
     port = _url_port(url)
-    entries = _allow_entries(config.allow_hosts)
+    entries = allow_entries(config.allow_hosts)
     addresses = await resolver(config).resolve(host, port)
-    if _name_allowed(entries, host, port):
+    if name_allowed(entries, host, port):
         return addresses
     allowed, first_problem = [], None
     for ip in addresses:
-        if _ip_allowed(entries, ip, port):
+        if ip_allowed(entries, ip, port):
             problem = None
         elif port not in config.allowed_ports:
             problem = f"port {port} (not an allowed port) of a host that is not allowlisted"

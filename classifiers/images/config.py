@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from classifiers.images.address import parse_allow_entry
+from classifiers.images.allowlist import parse_allow_entry
 
 SUPPORTED_SCHEMES = ("http", "https")
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")

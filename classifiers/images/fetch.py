@@ -6,7 +6,8 @@ import ssl
 import zlib
 from functools import lru_cache
 
-from classifiers.images.address import IPAddress, check_url, vetted_addresses
+from classifiers.images.address import check_url, vetted_addresses
+from classifiers.images.allowlist import IPAddress
 from classifiers.images.config import ImageFetchConfig
 from classifiers.images.errors import FetchFailed, ImageLoadError, short_url
 
