@@ -70,7 +70,8 @@ class LearnerConfig(BaseModel):
         description="Shared covariance kind. `full` keeps the D x D scatter (state ~ 8*D*(D+1)/2 bytes: 591 KB "
         "at D=384); `diagonal` keeps only its diagonal (8*D bytes, lower accuracy); `auto` picks `full` when "
         "the scatter fits `max_state_bytes`, else `diagonal` (e.g. D=1024). Class rows (count, sum, label vector, "
-        "flags and 512 B of label-record histograms: 5.1 KB per class at D=384, 12.8 KB at D=1024) and the "
+        "flags, 512 B of label-record histograms and the unlabelled count and sum: 8.2 KB per class at D=384, 21 KB "
+        "at D=1024) and the "
         "records' fixed 864 B come on top in both kinds.",
     )
     max_state_bytes: int = Field(

@@ -7,19 +7,43 @@ load, with empty records and statistics where theirs are missing. A newer versio
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from classifiers.fewshot import calibration as cal
 from classifiers.fewshot.calibration import LabelRecord, TemperatureRecord
+from classifiers.fewshot.learner_config import LearnerConfig
 from classifiers.fewshot.unlabeled import CLASS_BYTES_PER_DIM, UnlabeledRecord
-
-if TYPE_CHECKING:
-    from classifiers.fewshot.learner import FewShotLearner
 
 STATE_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
+
+
+class LearnerFields(Protocol):
+    """What of a learner its state holds (FewShotLearner has these): typed here so that this module needs nothing
+    from learner.py, which imports it."""
+
+    @property
+    def dim(self) -> int: ...
+    @property
+    def score_scale(self) -> float: ...
+    @property
+    def config(self) -> LearnerConfig: ...
+    @property
+    def covariance(self) -> str: ...
+    _labels: list[str]
+    _index: dict[str, int]
+    _n: np.ndarray
+    _s: np.ndarray
+    _S: np.ndarray
+    _L: np.ndarray
+    _has_L: np.ndarray
+    _declared: np.ndarray
+    _oos_moments: np.ndarray
+    _temp: TemperatureRecord
+    _label_rec: LabelRecord
+    _unl: UnlabeledRecord
 
 
 def scatter_bytes(dim: int, full: bool) -> int:
@@ -38,7 +62,7 @@ def check_version(state: dict) -> None:
         raise ValueError(f"unsupported few-shot state version {state.get('version')!r}")
 
 
-def to_state(lrn: FewShotLearner) -> dict:
+def to_state(lrn: LearnerFields) -> dict:
     """Everything needed to restore the learner (copies, nothing shared with it)."""
     S = lrn._S[np.triu_indices(lrn.dim)] if lrn.covariance == "full" else lrn._S
     return {
@@ -65,7 +89,7 @@ def to_state(lrn: FewShotLearner) -> dict:
     }
 
 
-def restore(lrn: FewShotLearner, state: dict) -> None:
+def restore(lrn: LearnerFields, state: dict) -> None:
     """Fill a new learner (built with the state's dim, score_scale and config) from ``state``."""
     D = lrn.dim
     lrn._labels = [str(x) for x in state["labels"]]
