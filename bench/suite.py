@@ -156,6 +156,20 @@ def multi_label_cost(results: list, model: str, url: str, args, ids: list[str] |
             one_input_cells(results, model, url, args.window, f"{kind}-{mode}-label", bodies)
 
 
+def learning_cost(results: list, model: str, url: str, args, ids: list[str]) -> None:
+    """Few-shot one-short-input requests on classifiers with `learn_from_inputs` off and then on (the same owner,
+    so every input is queued and learned after its answer): the answer must not wait for learning (issue 29)."""
+    pool = texts("short", 128)
+    learning = make_classifiers(url, model)
+    for cid in learning:
+        status, _, _ = post(url + "/v1/train", {"classifier_id": cid, "learn_from_inputs": True})
+        if status != 200:
+            raise RuntimeError(f"/v1/train (learn_from_inputs) answered {status}")
+    for mode, cids in (("off", ids), ("on", learning)):
+        one_input_cells(results, model, url, args.window, f"fewshot-learning-{mode}",
+                        [{"classifier_id": cids[i % len(cids)], "input": [t]} for i, t in enumerate(pool)])
+
+
 def service(results: list, model: str, args) -> None:
     # The shipped defaults, as `python -m serve_app` sets them (serve_app/switches.py), plus the quick drain.
     with peers.service(model, {**default_switches(os.environ), **peers.SWITCH_COMMON_ENV}) as (proc, url):
@@ -164,6 +178,8 @@ def service(results: list, model: str, args) -> None:
         if "zeroshot" in args.endpoints:
             label_cost(results, model, url, args)
             multi_label_cost(results, model, url, args, ids)
+        if ids and "fewshot" in args.endpoints:
+            learning_cost(results, model, url, args, ids)
 
 
 def switch_cells(results: list, name: str, url: str, args) -> None:

@@ -1,4 +1,4 @@
-"""The targets table of the bench suite: issue 30's table (plus issue 28's multi_label rows), each row computed from
+"""The targets table of the bench suite: issue 30's table (plus issue 28's multi_label rows and issue 29's learn_from_inputs rows), each row computed from
 a run's cells, MET or NOT MET.
 
 A row holds one or more values (e.g. the ratio at 16 and at 64 clients); it is MET when every value is measured and
@@ -138,6 +138,12 @@ def multi_label(kind: str, model: str) -> Callable[[Cells], list[Value]]:
                             unit="requests/s (single vs multi)") for n in (1, 16)]
 
 
+def learning(model: str) -> Callable[[Cells], list[Value]]:
+    return lambda c: [ratio(c, f"{n}", ("service", "fewshot-learning-off", model, 1, n),
+                            ("service", "fewshot-learning-on", model, 1, n), field="rps",
+                            unit="requests/s (learning off vs on)") for n in (1, 16)]
+
+
 def at_least(x: float) -> Callable[[float], bool]:
     return lambda v: v >= x
 
@@ -167,6 +173,9 @@ TABLE: list[Target] = [
              f"({'MiniLM' if model == MINILM else 'e5'})", "≤ 1.1 × the time", multi_label(kind, model), at_most(1.1),
              times)
       for model in (MINILM, E5) for kind in ("zeroshot", "fewshot")],
+    *[Target(f"few-shot classify with `learn_from_inputs` on vs off, 1 / 16 clients "
+             f"({'MiniLM' if model == MINILM else 'e5'})", "≤ 1.1 × the time", learning(model), at_most(1.1), times)
+      for model in (MINILM, E5)],
 ]
 
 
