@@ -15,6 +15,9 @@ What it measures, on the SAME cached embeddings (computed once through the real 
   few-shot classifier knows), and every method, zero-shot included, chooses among exactly those labels.
 
 CLINC150 (--data): per domain (15-way, 10 domains, averaged) and one 150-way run (class limit raised).
+Calibrated scores (issue 28): the single-label ECE protocol on CLINC (bench/eval_calibration.py) and multi-label
+classification on GoEmotions (--goemotions, bench/eval_multilabel.py), with reliability diagrams; accuracies are
+checked against the previous report's results.json (--baseline).
 Any CSV with text,label columns: --csv train.csv [--test test.csv | split off --test-fraction].
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -31,8 +35,10 @@ from sklearn.metrics import accuracy_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import eval_calibration, eval_multilabel  # noqa: E402
 from bench.evaluation import (  # noqa: E402
     ALL_METHODS,
+    CACHE_DIR,
     METHODS,
     PROB_METHODS,
     Task,
@@ -584,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-prompts", action="store_true", help="skip the zero-shot prompt study")
     ap.add_argument("--skip-all-classes", action="store_true",
                     help="skip the all-classes protocol (declared labels) and the out-of-scope evaluation")
+    ap.add_argument("--skip-calibration", action="store_true", help="skip the single-label ECE protocol (CLINC)")
+    ap.add_argument("--goemotions", default="../shared/data/goemotions",
+                    help="GoEmotions folder for the multi-label evaluation, or 'none'")
+    ap.add_argument("--ml-seeds", type=int, default=3, help="stream permutations of the multi-label evaluation")
+    ap.add_argument("--baseline", default=None,
+                    help="results.json whose accuracies must not change (default: the one in --out, read before writing)")
     args = ap.parse_args(argv)
 
     from classifiers.fewshot.learner_config import LearnerConfig
@@ -617,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         return [f"all ({k})" if k == n and "all" in ck_labels else str(k) for k in ks]
 
     report: dict = {"dataset": dataset, "models": {}, "args": vars(args)}
+    baseline_path = Path(args.baseline) if args.baseline else out / "results.json"
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
     for model in models:
+        tasks, task, ks_domains, ks_all, cfg_all = [], None, [], [], None
         spec = get_spec(model)
         info: dict = {"registry": {"label_prefix": spec.label_prefix, "label_template": spec.label_template,
                                    "input_prefix": spec.input_prefix, "score_scale": spec.score_scale}}
@@ -639,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in tqdm(tasks, desc=f"{model} tune logreg C", unit="task"):
                 t.C = tune_logreg_C(t.Xtr, t.ytr)
             C_domains = float(np.median([t.C for t in tasks]))
-            ks = checkpoints(max(len(t.ytr) for t in tasks))
+            ks = ks_domains = checkpoints(max(len(t.ytr) for t in tasks))
             runs[f"per domain ({len(tasks)} domains x {len(domains[next(iter(domains))])}-way)"] = dict(
                 res=run_curves(tasks, list(range(args.seeds)), ks, score_scale=spec.score_scale,
                                batch_size=args.batch_size, num_iters=args.num_iters, learner_config=LearnerConfig(),
@@ -666,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = LearnerConfig(max_classes=max_classes,
                                 max_state_bytes=max(1_000_000, _state_bytes(task.Xtr.shape[1], max_classes, True)))
-            ks = checkpoints(len(task.ytr))
+            ks = ks_all = checkpoints(len(task.ytr))
+            cfg_all = cfg
             runs[f"all {K} labels"] = dict(
                 res=run_curves([task], list(range(args.seeds_all)), ks, score_scale=spec.score_scale,
                                batch_size=args.batch_size, num_iters=args.num_iters, learner_config=cfg,
@@ -679,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                                          batch_size=args.batch_size, num_iters=args.num_iters, learner_config=cfg,
                                          desc=f"{model} OOS all {K}"), classes=K)
         info["runs"] = runs
+        issue28_evaluations(info, args, model, spec, tasks, task, ks_domains, ks_all, cfg_all, out)
         info["cost"] = learner_cost(spec.dim or 384, spec.score_scale, LearnerConfig())
         info["class_scaling"] = class_scaling(spec.dim or 384, spec.score_scale)
         report["models"][model] = info
@@ -690,10 +707,49 @@ def main(argv: list[str] | None = None) -> int:
             info["all_classes"].pop("roc")
 
     report["cost_1024"] = learner_cost(1024, 30.0, LearnerConfig())
+    report["accuracy_check"] = {"baseline": str(baseline_path) if baseline else None,
+                                "rows": eval_calibration.accuracy_check(report["models"], baseline)}
     report["seconds"] = time.time() - t0
+    # the run's results as computed (numpy arrays kept), so the report's text can be rendered again without a rerun:
+    # write_report(pickle.load(open(path, "rb")), out)
+    (CACHE_DIR / "last_report.pkl").write_bytes(pickle.dumps(report))
     write_report(report, out)
     print(f"wrote {out / 'report.md'} in {report['seconds']:.0f} s")
     return 0
+
+
+def issue28_evaluations(info: dict, args, model: str, spec, tasks: list[Task], task: Task | None,
+                        ks_domains: list[int], ks_all: list[int], cfg_all, out: Path) -> None:
+    """Issue 28's evaluations of one model into ``info``: single-label calibration on CLINC (the domain tasks and
+    the all-label task just run), multi-label on GoEmotions, and the model's reliability diagrams."""
+    from classifiers.fewshot.learner_config import LearnerConfig
+
+    if not args.skip_calibration and not args.csv and (tasks or task is not None):
+        info["calibration"] = eval_calibration.run(
+            tasks, task, spec=spec, seeds=args.seeds, seeds_all=args.seeds_all, checkpoints=ks_domains,
+            checkpoints_all=ks_all, batch_size=args.batch_size, num_iters=args.num_iters,
+            config_domains=LearnerConfig(), config_all=cfg_all)
+    if args.goemotions != "none":
+        info["multilabel"] = eval_multilabel.run(model, spec, args.goemotions, seeds=args.ml_seeds,
+                                                 batch_size=args.batch_size)
+    eval_calibration.plot_reliability(model, info, out / f"reliability_{model}.png")
+
+
+def issue28_summary_rows(model: str, info: dict) -> list[str]:
+    """The summary table's rows for issue 28's calibration and multi-label targets of one model."""
+    L = []
+    for run_name, key, targets in (("calibration (CLINC)", "calibration", eval_calibration.targets),
+                                   ("multi-label (GoEmotions)", "multilabel", eval_multilabel.targets)):
+        for what, ok, detail in targets(info[key]) if key in info else []:
+            L.append(f"| {model} | {run_name} | {what} | {'MET' if ok else 'NOT MET'} | {detail} |")
+    return L
+
+
+def accuracy_check_rows(report: dict) -> list[str]:
+    """The summary table's rows of the accuracy check against the previous report (``--baseline``)."""
+    check = report.get("accuracy_check", {})
+    return [f"| {model} | all runs | {what} | {'MET' if ok else 'NOT MET'} | {detail} (baseline: the previous "
+            f"`{check['baseline']}`) |" for model, what, ok, detail in check.get("rows", [])]
 
 
 def _new_sections(report: dict) -> list[str]:
@@ -859,7 +915,8 @@ def write_report(report: dict, out: Path) -> None:
           "scatter is kept, see docs/fewshot.md), measured here on the same 384-d embeddings.", ""]
     L += ["## Summary", "",
           "Targets of issue 5 are stated for the CLINC per-domain task (15-way); other runs are checked the same "
-          "way for information.", "",
+          "way for information. Calibration and multi-label targets are issue 28's (a row marked *information* is not "
+          "one of them, and says why); the accuracy check compares every accuracy with the previous report's.", "",
           "| model | run | target | result | detail |", "|---|---|---|---|---|"]
     for model, info in report["models"].items():
         for name, run in info["runs"].items():
@@ -877,7 +934,10 @@ def write_report(report: dict, out: Path) -> None:
                      f"{'MET' if d_all >= 0.03 and d_dom >= 0 else 'NOT MET'} | 150-way {a['test_all']:.3f} -> "
                      f"{b['test_all']:.3f} ({d_all:+.3f}); per domain {a['test_domain']:.3f} -> {b['test_domain']:.3f} "
                      f"({d_dom:+.3f}) |")
+        L += issue28_summary_rows(model, info)
+    L += accuracy_check_rows(report)
     L.append("")
+    L += eval_calibration.section(report["models"]) + eval_multilabel.section(report["models"])
     L += _new_sections(report)
     for model, info in report["models"].items():
         L += [f"## {model}", ""]
