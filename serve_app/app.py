@@ -11,6 +11,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from classifiers.catalog.registry import ModelSpec, Registry
+from classifiers.protocol.info import ModelCard, ModelPricing, ServedBy
 from deployments.config import DeploymentConfig
 from deployments.image_embedder import ImageEmbedder
 from deployments.text_embedder import TextEmbedder
@@ -23,35 +24,32 @@ def build_app(args: dict) -> Application:
     return bind_app(load_config(args))
 
 
-def model_card(name: str, spec: ModelSpec, context_length: int) -> dict:
+def model_card(name: str, spec: ModelSpec, context_length: int) -> ModelCard:
     """Jina's ModelInfo for one API name (aliases included), plus `alias_of`, `served_by`, `score_scale`."""
-    return {
-        "id": name,
-        "object": "model",
-        "name": name,
-        "alias_of": spec.name if spec.name != name else None,
-        "hugging_face_id": spec.source if not spec.source.startswith("package:") else "",
-        "served_by": {"backend": spec.backend, "source": spec.source, "window_tokens": spec.max_tokens},
-        "description": spec.description,
-        "input_modalities": sorted(spec.modalities),
-        "output_modalities": ["embeddings"],
-        "context_length": context_length,
-        "max_output_length": spec.dim,
-        "score_scale": spec.score_scale,
-        "multi_label_threshold": spec.multi_label_threshold,
-        "quantization": spec.engine.quantization,
-        "created": 0,
-        "pricing": {
-            "prompt": "0", "completion": "0", "image": "0", "request": "0", "input_cache_read": "0", "input_cache_write": "0",
-        },
-        "supported_features": ["zero-shot", "few-shot", "embeddings"],
-        "matryoshka": spec.matryoshka,
-        "supported_sampling_parameters": [],
-        "datacenters": [],
-    }
+    return ModelCard(
+        id=name,
+        name=name,
+        alias_of=spec.name if spec.name != name else None,
+        hugging_face_id=spec.source if not spec.source.startswith("package:") else "",
+        served_by=ServedBy(backend=spec.backend, source=spec.source, window_tokens=spec.max_tokens),
+        description=spec.description,
+        input_modalities=sorted(spec.modalities),
+        output_modalities=["embeddings"],
+        context_length=context_length,
+        max_output_length=spec.dim,
+        score_scale=spec.score_scale,
+        multi_label_threshold=spec.multi_label_threshold,
+        quantization=spec.engine.quantization,
+        created=0,
+        pricing=ModelPricing(),
+        supported_features=["zero-shot", "few-shot", "embeddings"],
+        matryoshka=spec.matryoshka,
+        supported_sampling_parameters=[],
+        datacenters=[],
+    )
 
 
-def model_cards(registry: Registry, context_length: int) -> dict[str, dict]:
+def model_cards(registry: Registry, context_length: int) -> dict[str, ModelCard]:
     names = registry.names() + sorted(registry.aliases())
     return {name: model_card(name, registry.get(name), context_length) for name in names}
 

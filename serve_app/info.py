@@ -12,6 +12,15 @@ from fastapi.responses import HTMLResponse
 
 from classifiers.accounts.keys import Principal
 from classifiers.protocol.errors import ServiceUnavailable
+from classifiers.protocol.info import (
+    EmbedCalls,
+    Health,
+    IngressStats,
+    ModelCard,
+    ModelList,
+    Readiness,
+    ServiceStats,
+)
 from classifiers.protocol.wire import UsageReport
 from deployments.process import memory
 from serve_app.composition import IngressParts
@@ -22,7 +31,7 @@ PLAYGROUND = Path(__file__).parent / "playground.html"
 class ServiceInfo:
     """The informational routes of one Ingress replica (bound as ``info.*`` in ``serve_app.ingress.ROUTES``)."""
 
-    def __init__(self, parts: IngressParts, model_cards: dict[str, dict], principal: Callable[[Request], Awaitable[Principal]]):
+    def __init__(self, parts: IngressParts, model_cards: dict[str, ModelCard], principal: Callable[[Request], Awaitable[Principal]]):
         self.parts = parts
         self.model_cards = model_cards
         self.principal = principal  # names an HTTP caller (the Ingress's rule: keys, anonymous, loopback)
@@ -34,20 +43,20 @@ class ServiceInfo:
             curl -s http://127.0.0.1:8000/v1/usage -H "Authorization: Bearer $KEY"
         """
         principal = await self.principal(request)
-        e = await self.parts.gate.meter.usage(principal.subject, principal.account_id)
-        left = None if principal.balance is None else principal.balance - e["tokens"]
-        return UsageReport(key_id=principal.subject, account_id=e["account_id"], tokens=e["tokens"],
-                           requests=e["requests"], by_mode=e["by_mode"], balance=principal.balance, balance_left=left)
+        used = await self.parts.gate.meter.usage(principal.subject, principal.account_id)
+        left = None if principal.balance is None else principal.balance - used.tokens
+        return UsageReport(key_id=principal.subject, account_id=used.account_id, tokens=used.tokens,
+                           requests=used.requests, by_mode=used.by_mode, balance=principal.balance, balance_left=left)
 
-    async def models(self, request: Request) -> dict:
+    async def models(self, request: Request) -> ModelList:
         """Models this deployment serves, and what each name (aliases included) really runs.
 
             curl -s http://127.0.0.1:8000/v1/models
         """
         await self.principal(request)
-        return {"object": "list", "data": list(self.model_cards.values())}
+        return ModelList(data=list(self.model_cards.values()))
 
-    async def model(self, model_id: str, request: Request) -> dict:
+    async def model(self, model_id: str, request: Request) -> ModelCard:
         """One model's card, e.g. `curl -s http://127.0.0.1:8000/v1/models/multilingual-e5-small`."""
         await self.principal(request)
         self.parts.registry.get(model_id)  # an unknown name raises INPUT_MODEL_NOT_FOUND, listing the known ones
@@ -59,15 +68,15 @@ class ServiceInfo:
             self._playground_html = PLAYGROUND.read_text(encoding="utf-8")
         return HTMLResponse(self._playground_html)
 
-    async def health(self) -> dict:
+    async def health(self) -> Health:
         """Liveness of the ingress (same as /live)."""
-        return {"status": "ok"}
+        return Health()
 
-    async def live(self) -> dict:
+    async def live(self) -> Health:
         """The ingress process is up."""
-        return {"status": "ok"}
+        return Health()
 
-    async def ready(self) -> dict:
+    async def ready(self) -> Readiness:
         """200 once every served model is loaded and answering; 503 with the missing ones otherwise."""
         embedders = self.parts.embedders
         results = await asyncio.gather(
@@ -76,20 +85,20 @@ class ServiceInfo:
         missing = [n for n, r in zip(embedders, results, strict=True) if r is not True]
         if missing:
             raise ServiceUnavailable(f"models not ready: {missing}")
-        return {"status": "ready", "models": list(embedders)}
+        return Readiness(models=list(embedders))
 
-    async def stats(self, request: Request) -> dict:
+    async def stats(self, request: Request) -> ServiceStats:
         """Batching, cache and rate-limit statistics (per replica answering). Admin keys only when keys are required."""
         p = self.parts
         p.gate.require_admin(await self.principal(request))
         embedders = await asyncio.gather(*(h.stats.remote() for h in p.embedders.values()))
-        return {
-            "embedders": dict(zip(p.embedders, embedders, strict=True)),
-            "label_cache": p.vectors.label_cache.stats(),
-            "classifier_shards": await p.repo.stats(),
-            "rate_limit_refusals": dict(p.gate.limiter.refused),
-            "shed": dict(p.admission.shed),
-            "ingress": {"inflight": p.admission.inflight, **memory()},
-            "embed_calls": p.embedder_calls(),
-            "usage_flush_failures": p.gate.meter.failed_flushes,
-        }
+        return ServiceStats(
+            embedders=dict(zip(p.embedders, embedders, strict=True)),
+            label_cache=p.vectors.label_cache.stats(),
+            classifier_shards=await p.repo.stats(),
+            rate_limit_refusals=dict(p.gate.limiter.refused),
+            shed=dict(p.admission.shed),
+            ingress=IngressStats(inflight=p.admission.inflight, **memory()),
+            embed_calls=EmbedCalls(**p.embedder_calls()),
+            usage_flush_failures=p.gate.meter.failed_flushes,
+        )

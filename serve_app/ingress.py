@@ -24,6 +24,7 @@ from classifiers.accounts.gate import AccountsConfig
 from classifiers.accounts.keys import Principal
 from classifiers.catalog.registry import Registry
 from classifiers.protocol.errors import InvalidInput, MissingApiKey
+from classifiers.protocol.info import Health, ModelCard, ModelList, Readiness, ServiceStats
 from classifiers.protocol.wire import (
     ClassificationResponse,
     ClassifierSummary,
@@ -70,13 +71,13 @@ ROUTES: dict[str, Callable[[FastAPI], Callable]] = {
     "http_list_classifiers_post": lambda api: api.post("/v1/classifiers", response_model=list[ClassifierSummary]),
     "http_delete_classifier": lambda api: api.delete("/v1/classifiers/{classifier_id}", response_model=DeleteResponse),
     "info.usage": lambda api: api.get("/v1/usage", response_model=UsageReport),
-    "info.models": lambda api: api.get("/v1/models"),
-    "info.model": lambda api: api.get("/v1/models/{model_id}"),
+    "info.models": lambda api: api.get("/v1/models", response_model=ModelList),
+    "info.model": lambda api: api.get("/v1/models/{model_id}", response_model=ModelCard),
     "info.playground": lambda api: api.get("/playground", include_in_schema=False),
-    "info.health": lambda api: api.get("/health"),
-    "info.live": lambda api: api.get("/live"),
-    "info.ready": lambda api: api.get("/ready"),
-    "info.stats": lambda api: api.get("/v1/stats"),
+    "info.health": lambda api: api.get("/health", response_model=Health),
+    "info.live": lambda api: api.get("/live", response_model=Health),
+    "info.ready": lambda api: api.get("/ready", response_model=Readiness),
+    "info.stats": lambda api: api.get("/v1/stats", response_model=ServiceStats),
 }
 # the request models the routes read themselves
 BODIES: list[type[BaseModel]] = [ClassifyRequest, TrainRequest, EmbeddingsRequest]
@@ -89,7 +90,7 @@ class Ingress:
 
     def __init__(
         self, embedders: dict[str, DeploymentHandle], *, registry: Registry, limits: Limits, ingress: IngressConfig,
-        state: StateConfig, accounts: AccountsConfig, model_cards: dict[str, dict], generation: int,
+        state: StateConfig, accounts: AccountsConfig, model_cards: dict[str, ModelCard], generation: int,
     ):
         self.parts = build_parts(embedders, registry=registry, limits=limits, ingress=ingress, state=state,
                                  accounts=accounts, generation=generation)

@@ -40,6 +40,7 @@ from typing import Callable, Protocol
 
 from classifiers.accounts.keys import AccountStore
 from classifiers.accounts.ratelimit import MODES, Mode
+from classifiers.protocol.wire import ModeUsage
 
 logger = logging.getLogger("ray.serve")
 MAX_SENDERS = 64  # meters whose last applied flush a ledger entry remembers (most recent first to stay)
@@ -61,6 +62,17 @@ class FlushId:
 
     sender: str
     seq: int
+
+
+@dataclass(frozen=True)
+class SubjectUsage:
+    """What a subject has used, as :meth:`UsageMeter.usage` answers it: typed, so a caller reads fields, never
+    the ledger entry's keys (the entry is the stored format, with bookkeeping such as the applied marks)."""
+
+    account_id: str
+    tokens: int
+    requests: int
+    by_mode: dict[str, ModeUsage]
 
 
 def empty_entry(subject: str, account_id: str) -> dict:
@@ -177,18 +189,20 @@ class UsageMeter:
         slot[0] += tokens
         slot[1] += 1
 
-    async def usage(self, subject: str, account_id: str) -> dict:
+    async def usage(self, subject: str, account_id: str) -> SubjectUsage:
         """The ledger's entry for a subject with this replica's pending counts added: what the caller has used."""
-        e = copy.deepcopy(await self.sink.usage(subject))
-        e["account_id"] = e.get("account_id") or account_id
-        for s, mode, tokens, requests in self._not_acknowledged():
+        e = await self.sink.usage(subject)
+        tokens, requests = e["tokens"], e["requests"]
+        by_mode = {mode: ModeUsage(**counts) for mode, counts in e["by_mode"].items()}
+        for s, mode, t, r in self._not_acknowledged():
             if s == subject:
-                e["tokens"] += tokens
-                e["requests"] += requests
-                slot = e["by_mode"].setdefault(mode, {"tokens": 0, "requests": 0})
-                slot["tokens"] += tokens
-                slot["requests"] += requests
-        return e
+                tokens += t
+                requests += r
+                slot = by_mode.setdefault(mode, ModeUsage())
+                slot.tokens += t
+                slot.requests += r
+        return SubjectUsage(account_id=e.get("account_id") or account_id, tokens=tokens, requests=requests,
+                            by_mode=by_mode)
 
     def refund(self, subject: str, account_id: str, mode: Mode, tokens: int) -> None:
         """Take back a charge recorded for a request that turned out not to be chargeable (in memory only)."""

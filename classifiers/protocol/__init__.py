@@ -1,1 +1,2 @@
-"""Jina's wire format (pydantic request/response models) and the typed errors of the core; imports only pydantic."""
+"""Jina's wire format and the informational answers (pydantic models), and the typed errors of the core; imports
+only pydantic, so the client's distribution ships this package as it is (docs/architecture.md)."""

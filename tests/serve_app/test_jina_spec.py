@@ -168,3 +168,57 @@ def test_class_limit(http, spec):
     assert r.status_code == 400 and r.json()["code"] == "INPUT_LABEL_LIMIT_EXCEEDED"
     check(spec, r, "/v1/train")
     # The 403 (the owner's classifier limit) is checked where it is produced: test_fewshot_http.py.
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _ok_schema(operation: dict) -> dict:
+    return operation["responses"].get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+
+
+def _unpromised(ours: dict, our_schema: dict, spec: dict, their_schema: dict, at: str) -> list[str]:
+    """Fields Jina's schema requires that ours does not, following required properties and array items."""
+    a, b = _resolve(ours, our_schema), _resolve(spec, their_schema)
+    if b.get("type") == "array" and "items" in b:
+        return _unpromised(ours, a.get("items", {}), spec, b["items"], f"{at}[]") if a.get("type") == "array" \
+            else [f"{at}: an array in Jina's spec"]
+    missing = [f"{at}.{name}" for name in b.get("required", []) if name not in a.get("required", [])]
+    for name in set(b.get("required", [])) & set(a.get("required", [])):
+        missing += _unpromised(ours, a["properties"][name], spec, b["properties"][name], f"{at}.{name}")
+    return missing
+
+
+def test_every_route_has_a_response_model_that_keeps_jinas_promises(http, spec):
+    """/openapi.json types every route's answer (a model, not `{}`); where Jina defines the route, our model requires
+    every field Jina's requires, down through lists and nested objects (our answers may add fields: Jina's spec
+    allows them)."""
+    ours = http.get("/openapi.json").json()
+    untyped, unpromised = [], []
+    for route, operations in ours["paths"].items():
+        for method, operation in operations.items():
+            schema = _ok_schema(operation)
+            target = _resolve(ours, schema.get("items", schema)) if schema else {}
+            if not target.get("properties"):
+                untyped.append(f"{method.upper()} {route}")
+            theirs = _ok_schema(spec["paths"].get(route, {}).get(method, {"responses": {}}))
+            if schema and theirs:
+                unpromised += _unpromised(ours, schema, spec, theirs, f"{method.upper()} {route}")
+    assert not untyped, f"routes without a response model: {untyped}"
+    assert not unpromised, f"fields Jina's spec requires that our response models do not: {unpromised}"
+    cards = ours["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert cards == {"$ref": "#/components/schemas/ModelList"}
+
+
+def test_informational_answers_match_jinas_spec_and_their_models(http, spec):
+    from classifiers.protocol.info import Health, Readiness, ServiceStats
+
+    for route, model in (("/health", Health), ("/live", Health), ("/ready", Readiness)):
+        r = http.get(route)
+        assert r.status_code == 200, r.text
+        model.model_validate(check(spec, r, route, "get"))
+    stats = ServiceStats.model_validate(http.get("/v1/stats").json())
+    assert MODEL in stats.embedders and stats.ingress.pid > 0 and stats.embed_calls.calls >= 0

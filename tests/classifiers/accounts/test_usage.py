@@ -120,7 +120,9 @@ def test_a_send_applied_but_unanswered_is_resent_and_counted_once(tmp_path):
         with pytest.raises(ServiceUnavailable):
             run(meter.flush())
     meter.record("k", "a", "train", 2)  # newer usage waits for the unanswered batch, never merges into it
-    assert run(meter.usage("k", "a"))["tokens"] == 40 + 40 + 2  # the ledger's 40, and the 40 + 2 not acknowledged
+    used = run(meter.usage("k", "a"))
+    assert used.tokens == 40 + 40 + 2  # the ledger's 40, and the 40 + 2 not acknowledged
+    assert (used.requests, used.by_mode["train"].tokens, used.account_id) == (3, 82, "a")
     link.lose = False
     assert run(meter.flush()) == 3  # the resend (2 subjects), then the newer batch
     assert link.sends == 5 and meter.failed_flushes == 3

@@ -1,7 +1,8 @@
 """The Python client and the CLI against the REAL service (no stand-ins): the session app of tests/conftest.py for
 zero-shot, few-shot, listing, deletion, typed errors, the async client and the CLI as a subprocess; a second small
 app with keys required and a tiny rate-limit tier for API keys and a real 429 retried after its Retry-After.
-Pure helpers (Retry-After parsing, bodies, CSV, tables): tests/serve_app/test_cli.py."""
+The pure parts and a scripted local server: the other tests of tests/classifier_client, which also run with the
+client installed alone (scripts/test); these need the service, so they run in the main suite only."""
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +17,11 @@ import httpx
 import pytest
 from ray import serve
 
+from classifier_client import ApiError, AsyncClient, Client
 from classifiers.accounts.keys import AccountStore
 from classifiers.protocol.wire import ClassificationResponse, ClassifierSummary, DeleteResponse, TrainingResponse
 from classifiers.storage.store import LocalDirStore
 from serve_app.app import bind_app
-from serve_app.client import ApiError, AsyncClient, Client
 from serve_app.config import load_config
 from tests.conftest import ROOT
 
@@ -81,8 +82,9 @@ def test_zero_shot_label_groups_and_abstain(client):
 
 
 def test_models(client):
-    ids = {m["id"] for m in client.models()["data"]}
-    assert {MODEL, "multilingual-e5-small", "jina-embeddings-v3"} <= ids
+    cards = {m.id: m for m in client.models().data}  # ModelList: the typed cards the service sent
+    assert {MODEL, "multilingual-e5-small", "jina-embeddings-v3"} <= set(cards)
+    assert cards["jina-embeddings-v3"].alias_of == "multilingual-e5-small" and cards[MODEL].served_by is not None
 
 
 # -- few-shot ------------------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def test_async_client(serve_url):
     results, t, listed, few, deleted, err, models = asyncio.run(go())
     assert [r.data[0].prediction for r in results] == ["weather", "sport"]
     assert t.classifier_id in {s.classifier_id for s in listed} and few.data[0].prediction == "weather"
-    assert deleted.deleted and err.code == "INPUT_INVALID_LABELS" and MODEL in {m["id"] for m in models["data"]}
+    assert deleted.deleted and err.code == "INPUT_INVALID_LABELS" and MODEL in {m.id for m in models.data}
 
 
 def test_embeddings(client, serve_url):
@@ -184,7 +186,7 @@ def test_embeddings(client, serve_url):
 # -- the CLI, as a subprocess -----------------------------------------------------------------------------------------
 def run_cli(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("CLASSIFIER_API_KEY", "CLASSIFIER_URL")}
-    return subprocess.run([sys.executable, "-m", "serve_app.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "classifier_client", *args], input=stdin, capture_output=True, text=True,
                           cwd=ROOT, env={**base, **(env or {})}, timeout=180)
 
 

@@ -1,20 +1,61 @@
-"""The client's one retry policy (serve_app/client.py: _RetryPolicy on tenacity), run by Client and AsyncClient
-alike against scripted answers (httpx.MockTransport; no service, no network): what is retried, how often, after
-which wait, and what comes back when the retries end. The real 429 path: tests/serve_app/test_client.py."""
+"""The client's one retry policy (classifier_client/retry.py): Retry-After parsing and the pure retry decisions,
+then the policy as Client and AsyncClient run it alike against scripted answers (httpx.MockTransport stands in for
+the server, not for the policy): what is retried, how often, after which wait, and what comes back when the retries
+end. Over real HTTP: test_sync_client.py; the real service's 429: test_against_service.py."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 
 import httpx
 import pytest
 
-from serve_app.client import ApiConnectionError, ApiError, AsyncClient, Client
+from classifier_client import ApiConnectionError, ApiError, AsyncClient, Client, parse_retry_after, retry_wait
+from classifier_client.retry import IDEMPOTENT_RETRY_STATUSES
 
 URL = "http://classifier.test"
+
+
 LIST_OK = [{"classifier_id": "c1", "user_id": "u1", "model": "m", "labels": ["a", "b"], "access": "private",
             "num_samples": 2, "updated_number": 0, "used_number": 0, "created_at": "2024-01-01T00:00:00Z",
             "updated_at": "2024-01-01T00:00:00Z"}]
+
+
+def test_parse_retry_after_seconds_dates_and_garbage():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("2.5") == 2.5
+    now = 1_700_000_000.0
+    assert parse_retry_after(email.utils.formatdate(now + 7, usegmt=True), now=now) == pytest.approx(7, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+    for bad in (None, "", "soon", "-1", "nan", "inf", "Wed, 99 Foo 2015 07:28:00 GMT"):
+        assert parse_retry_after(bad) is None, bad
+
+
+def test_retry_wait_honours_retry_after_within_bounds():
+    assert retry_wait(0, status=429, retry_after=2.0) == 2.0
+    assert retry_wait(0, status=503, retry_after=0.0) == 0.0
+    assert retry_wait(0, status=429, retry_after=31.0, max_retry_wait=30) is None  # raise at once, not wait less
+    assert retry_wait(0, status=429, retry_after=31.0, max_retry_wait=60) == 31.0
+    assert [retry_wait(a, status=504, max_retries=10) for a in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    assert retry_wait(0, status=None, backoff=0.1) == 0.1  # a connection failure
+    assert retry_wait(3, status=429, retry_after=1.0, max_retries=3) is None
+    for status in (400, 401, 404, 409, 422, 500, 502):
+        assert retry_wait(0, status=status, retry_after=1.0) is None, status
+
+
+def test_only_calls_with_an_idempotency_key_retry_a_409():
+    """409 CONFLICT_RESOURCE_BUSY: the key's first request is still running; a train (which resends its own key)
+    waits and retries to get that answer. Without a key a 409 is not the client's to retry."""
+    c = Client("http://example.invalid", api_key="")
+    train = c._train_call([("a", "x")], None, None, "private", 10, None, None)
+    classify = c._classify_call(["a"], ["x", "y"], "m", None, None)
+    assert train.retry_statuses == IDEMPOTENT_RETRY_STATUSES and 409 not in classify.retry_statuses
+    assert retry_wait(0, status=409, retry_after=1.0, statuses=train.retry_statuses) == 1.0
+    assert retry_wait(0, status=409, retry_after=1.0, statuses=classify.retry_statuses) is None
+    assert retry_wait(0, status=422, retry_after=1.0, statuses=train.retry_statuses) is None  # a reused key: final
+    c.close()
 
 
 def _script(*answers):
