@@ -465,7 +465,8 @@ def guard_lines(ablations: dict) -> list[str]:
         f"{MAX_HALVINGS} times, then off) | traffic overruling labelled examples | bound in {binds} of the chunks "
         "with 8 labelled examples per class (the labelled part already outweighs the zero-shot part there) | compile "
         f"{ms[0]} ms with it, {ms[1]} ms without (the few-shot fit dominates) |",
-        "", "The scale of the adapted scores (`unlabeled_scale_gain` 1.4) is not a guard but keeps them calibrated: "
+        "", f"The scale of the adapted scores (`unlabeled_scale_gain` {LearnerConfig().unlabeled_scale_gain:g}) is not "
+        "a guard but keeps them calibrated: "
         f"150-way ECE {ece(base)} with it, {ece('no rescaling of the adapted scores (unlabeled_scale_gain 1)')} "
         "without.",
     ]

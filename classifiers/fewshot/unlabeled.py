@@ -22,9 +22,9 @@ The guards the measurements asked for (CLINC150 *train* streams, e5 / MiniLM; th
 fields of :class:`LearnerConfig`, bench/eval_unlabeled.py ``--ablations``): minimum evidence, no prototype moves
 before the classifier has learned ``min_per_class`` inputs per declared class on average (without it the first few
 hundred inputs of a 150-way stream moved the prototypes onto one or two inputs each: cumulative accuracy down to
-0.012 below zero-shot); ``lam_k`` grows with the class's own evidence, so a class the traffic rarely brings keeps
+0.018 below zero-shot); ``lam_k`` grows with the class's own evidence, so a class the traffic rarely brings keeps
 most of its label vector (one share for all classes moved the classes absent from the traffic onto their
-neighbours' inputs: +0.013 / -0.008 instead of +0.039 / +0.033 on a stream of a fifth of the 150 intents);
+neighbours' inputs: +0.003 / -0.008 instead of +0.038 / +0.033 on a stream of a fifth of the 150 intents);
 ``max_share`` keeps ``1 - max_share`` of the label vector in every prototype (drift limit); ``class_cap`` bounds a
 class's evidence; and :func:`anchored` checks that the adapted classifier still gives every labelled class mean the
 class the classifier without adaptation gives it (a labelled example outweighs any number of unlabelled inputs
