@@ -752,10 +752,21 @@ def accuracy_check_rows(report: dict) -> list[str]:
             f"`{check['baseline']}`) |" for model, what, ok, detail in check.get("rows", [])]
 
 
+# Learning from classified inputs has its own prequential evaluation (it needs streams, not this script's curves).
+UNLABELED_SECTION = (
+    "## Learning from classified inputs (`learn_from_inputs`)", "",
+    "A classifier of declared labels that learns, without labels, from the inputs it classifies: the prequential "
+    "evaluation on CLINC150 test streams (chunks of 50, each answered before it is learned; 150-way and per domain; "
+    "both models; 3 seeds; with and without 8 labelled examples per class) is `bench/eval_unlabeled.py`, its "
+    "report [unlabeled.md](unlabeled.md) (goals MET / NOT MET, the guards and their ablations on train streams).", "",
+    "![accuracy so far along the stream](unlabeled_accuracy.png)", "",
+)
+
+
 def _new_sections(report: dict) -> list[str]:
     """Report sections for declared labels (all-classes protocol), out-of-scope detection, the zero-shot label
     recipe and class scaling."""
-    L: list[str] = []
+    L: list[str] = list(UNLABELED_SECTION)
     models = report["models"]
     if any("all_classes" in i for i in models.values()):
         L += ["## Declared labels: the all-classes protocol", "",
