@@ -79,7 +79,12 @@ def test_python_m_serve_app_serves_behind_haproxy_and_stops_cleanly(tmp_path):
             assert stats_port != "8404"
             with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=10) as r:
                 assert r.status == 200 and b"HAProxy" in r.read()
-        assert "started in" in started  # the start-up's phases, for cold-start tracking
+        # the start-up's phases, for cold-start tracking: logged once serve.run returns, which can be a moment after
+        # the app already answers /ready
+        deadline = time.monotonic() + 60
+        while "started in" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "started in" in (tmp_path / "serve.log").read_text()
         ray_processes = descendants(proc.pid)  # raylet, GCS, agents, workers, HAProxy
         assert ray_processes
         proc.send_signal(signal.SIGINT)
