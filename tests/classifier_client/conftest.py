@@ -2,7 +2,7 @@
 
 The client's own tests run with nothing but the client installed (``./scripts/test`` runs them in a fresh virtual
 environment without Ray, torch or numpy), so this file imports only the standard library and pytest; the tests
-against the real service (``test_against_service.py``) use the suite's fixtures instead.
+against the real service (``tests/serve_app/test_python_client.py``) use the suite's fixtures instead.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The CLI: labels, groups, examples and CSV files, inputs from arguments and stdin, usage errors (exit 2) before any
 request, the default model; and whole commands against a real local HTTP server (tables, --json, errors: exit 1).
-The CLI against the real service: test_against_service.py."""
+The CLI against the real service: tests/serve_app/test_python_client.py."""
 from __future__ import annotations
 
 import io

@@ -1,7 +1,7 @@
 """The client's one retry policy (classifier_client/retry.py): Retry-After parsing and the pure retry decisions,
 then the policy as Client and AsyncClient run it alike against scripted answers (httpx.MockTransport stands in for
 the server, not for the policy): what is retried, how often, after which wait, and what comes back when the retries
-end. Over real HTTP: test_sync_client.py; the real service's 429: test_against_service.py."""
+end. Over real HTTP: test_sync_client.py; the real service's 429: tests/serve_app/test_python_client.py."""
 from __future__ import annotations
 
 import asyncio
