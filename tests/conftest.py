@@ -110,6 +110,9 @@ def app_config(tmp_path_factory, image_server):
             "state": {"store_url": str(store), "num_shards": 2},
             # Limits on (the lease path runs in every e2e test) but far above what the suite sends per minute.
             "accounts": {"tiers": {"default": {m: {"rpm": 100_000, "tpm": 100_000_000} for m in ("zeroshot", "fewshot", "train")}}},
+            # The whole suite is one client address; the per-client cap has its own tests (tests/reliability,
+            # tests/serve_app/test_admission.py) on apps of their own. Here it only made concurrent tests flaky.
+            "ingress": {"max_inflight_per_client": 1000},
             "images": {"allow_hosts": [f"127.0.0.1:{image_server.port}"], "timeout_s": 5},
         },
         env={},
