@@ -145,6 +145,39 @@ def test_label_cuts_are_per_label_and_a_label_without_record_takes_the_pooled_cu
     assert np.all(np.isin(cuts[np.isfinite(cuts)], cal.U_EDGES))
 
 
+def test_a_class_with_few_positives_leans_on_the_pooled_cut_and_one_with_many_keeps_its_own():
+    """The prior of a class's cut is counted in positive pairs (as many as the average class has): a rare class
+    whose 2 positives happen to score low keeps about the pooled cut at its own rate instead of dropping to catch
+    them (20 pooled pairs, the former prior, bring under one positive and let it drop), while a class with many
+    positives that score lower than the others' still takes its own, lower cut."""
+    K, neg, hi, mid, low = 4, 1000.0, 24, 20, 12  # bins: most classes' positives, class 1's, the rare one's
+    h = np.zeros((K, 2, cal.U_BINS))
+    h[:, 0, :low] = neg / low  # every class: 1,000 negatives spread over the low u
+    h[:, 0, low : low + 4] = 5.0  # and a few further up, where the rare class's positives fall
+    for k, (b, n) in enumerate(((hi, 60.0), (mid, 60.0), (low, 2.0), (hi, 60.0))):
+        h[k, 0, b] += n
+        h[k, 1, b] += n
+    rec = LabelRecord(K, h.sum(0), h)
+    cuts = rec.cuts()
+    # the rare class: its own record alone would cut at the edge of bin 12 (F1 1/6 there, 0 above)
+    alone = LabelRecord(1, h[2], h[2:3])
+    assert alone.cuts()[0] == cal.U_EDGES[low]
+    assert cuts[2] >= cal.U_EDGES[low + 4]  # with the prior it stays above the bins where its negatives lie
+    for k in (0, 1, 3):  # classes with ample record keep all their positives and none of their negatives ...
+        assert cal.U_EDGES[low + 4] <= cuts[k] <= cal.U_EDGES[mid if k == 1 else hi]
+    assert cuts[1] <= cal.U_EDGES[mid] < cal.U_EDGES[hi]  # ... class 1 too, whose positives score lower
+    # the rule, brute force: own histogram + the pooled one at the class's rate, bringing pooled positives / classes
+    P_tot, P_pos = h.sum(0)
+    for k in range(K):
+        rate = (h[k, 1].sum() + 1.0) / (h[k, 0].sum() + 2.0)  # the class's base rate (Laplace)
+        prior_pos = np.minimum(P_pos * rate / (P_pos.sum() / P_tot.sum()), P_tot)
+        w = (P_pos.sum() / K) / (P_pos.sum() * rate / (P_pos.sum() / P_tot.sum()))  # prior positives: 182 / 4
+        tot, pos = h[k, 0] + w * P_tot, h[k, 1] + w * prior_pos
+        f1 = [2 * pos[j:].sum() / (tot[j:].sum() + pos.sum()) for j in range(cal.U_BINS)]
+        j = int(np.argmax(f1))
+        assert cuts[k] == (cal.U_EDGES[j] if j > 0 else -np.inf)
+
+
 def test_label_lists_become_pairs():
     assert cal.label_sets(["a", ["b", "c", "b"], ("c",)]) == [("a",), ("b", "c"), ("c",)]
     for bad in ([[]], [None], [["a", 1]], [3], [{"a"}], [b"a"]):
