@@ -119,7 +119,12 @@ class BatchStats:
         self.items = 0
         self.max_requests_in_batch = 0
         self.histogram: dict[int, int] = {}  # requests per batch -> number of batches
+        self.threads: dict[int, int] = {}  # engine threads of a model call -> number of calls
         self.model_cpu_s = 0.0
+
+    def add_call(self, threads: int) -> None:
+        """A model call ran on ``threads`` engine threads (the replica's thread policy chose them)."""
+        self.threads[threads] = self.threads.get(threads, 0) + 1
 
     def add_model_cpu(self, seconds: float) -> None:
         """CPU the process spent during model calls (process time, so the engine's own threads count; the
@@ -143,5 +148,6 @@ class BatchStats:
             "max_requests_in_batch": self.max_requests_in_batch,
             "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
             "requests_per_batch_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+            "calls_per_thread_count": {str(k): v for k, v in sorted(self.threads.items())},
             "model_cpu_s": self.model_cpu_s,
         }

@@ -36,6 +36,35 @@ def test_concurrent_requests_are_coalesced_into_batches(http, serve_url):
     assert after["max_requests_in_batch"] > 1
 
 
+def test_a_lone_request_runs_on_every_core_and_concurrent_ones_on_the_small_count(http, serve_url):
+    """A one-input request with nothing else at the replica is the one case where a call's latency is the
+    request's: the replica gives it the policy's large thread count; under concurrency small calls keep the
+    small count (the other cores serve the ingress and Ray)."""
+    model = "all-MiniLM-L6-v2"
+    body = {"model": model, "input": ["hello there"], "labels": ["greeting", "farewell"]}
+    http.post("/v1/classify", json=body)  # labels cached
+    before = http.get("/v1/stats").json()["embedders"][model]
+    policy = before["thread_policy"]
+    for i in range(3):
+        assert http.post("/v1/classify", json={**body, "input": [f"hello there number {i}"]}).status_code == 200
+    after = http.get("/v1/stats").json()["embedders"][model]
+    calls = {int(k): v - before["calls_per_thread_count"].get(k, 0) for k, v in after["calls_per_thread_count"].items()}
+    assert calls.get(policy["large"], 0) >= 3, (policy, calls)
+    if policy["small"] == policy["large"]:
+        return  # one core (or a configured count): nothing to tell apart
+
+    def one(i: int) -> int:
+        with httpx.Client(base_url=serve_url, timeout=120) as c:
+            return c.post("/v1/classify", json={**body, "input": [f"a concurrent greeting {i}"]}).status_code
+
+    before = after
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        assert list(pool.map(one, range(96))) == [200] * 96
+    after = http.get("/v1/stats").json()["embedders"][model]
+    calls = {int(k): v - before["calls_per_thread_count"].get(k, 0) for k, v in after["calls_per_thread_count"].items()}
+    assert calls.get(policy["small"], 0) >= 1, (policy, calls)  # calls that shared the replica kept the small count
+
+
 REG = build_registry(["multilingual-e5-small", "all-MiniLM-L6-v2"])
 
 
@@ -43,6 +72,7 @@ def test_torch_engines_use_half_the_cores_for_small_calls_and_all_for_large_ones
     policy = thread_policy(REG.get("all-MiniLM-L6-v2"), 4, None)
     assert policy == ThreadPolicy(small=2, large=4)
     assert policy.for_tokens(8) == 2 and policy.for_tokens(32 * 10) == 4
+    assert policy.for_tokens(8, alone=True) == 4  # the replica's only work: nobody else needs the cores
     assert thread_policy(REG.get("all-MiniLM-L6-v2"), 1, None) == ThreadPolicy(1, 1)
 
 
